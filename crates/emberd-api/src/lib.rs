@@ -1,0 +1,150 @@
+//! Wire types of emberd's public HTTP API.
+//!
+//! These types are the contract with clients of the original emberd API
+//! (DESIGN.md §6): field names and shapes here must not change. Request types
+//! reject unknown fields so that typos are reported, not ignored.
+
+use serde::{Deserialize, Serialize};
+
+/// The language pack used when a create request names none.
+pub const DEFAULT_LANGUAGE_PACK: &str = "python";
+
+/// `POST /sandboxes` body. An empty body means all defaults.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSandboxRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language_pack: Option<String>,
+}
+
+impl CreateSandboxRequest {
+    /// The requested pack, or the default one.
+    pub fn pack(&self) -> &str {
+        self.language_pack
+            .as_deref()
+            .filter(|p| !p.is_empty())
+            .unwrap_or(DEFAULT_LANGUAGE_PACK)
+    }
+}
+
+/// `POST /sandboxes` 201 body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateSandboxResponse {
+    pub id: String,
+}
+
+/// `POST /sandboxes/{id}/exec` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecRequest {
+    pub code: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// `POST /sandboxes/{id}/exec` 200 body, whatever the exit code.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExecResponse {
+    pub stdout: String,
+    pub stderr: String,
+    /// The process's exit status; -1 on a timeout or a signal death.
+    pub exit_code: i32,
+    pub duration_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    /// Why the run ended abnormally, e.g. `"execution timed out"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Lifecycle state of a sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Booting,
+    Running,
+    Stopping,
+}
+
+/// One entry of `GET /sandboxes` and the body of `GET /sandboxes/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxInfo {
+    pub id: String,
+    pub pack: String,
+    pub state: SandboxState,
+    pub backend: String,
+    /// RFC 3339 UTC time of creation.
+    pub created_at: String,
+    /// How this sandbox was made: "warm-pool", "snapshot-restore" or "cold-boot".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_path: Option<String>,
+    /// PID of the VMM process on the host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vmm_pid: Option<u32>,
+    /// Last lines of the guest console log (only in `GET /sandboxes/{id}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub console_tail: Option<String>,
+}
+
+/// `GET /sandboxes` body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxList {
+    pub sandboxes: Vec<SandboxInfo>,
+}
+
+/// `GET /info` body. The first five fields are those of the original API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InfoResponse {
+    pub guest_ram_mib: u32,
+    pub guest_vcpus: u32,
+    /// "warm-pool", "snapshot-restore" or "cold-boot": how the next create is served.
+    pub boot_path: String,
+    /// Sorted pack names.
+    pub packs: Vec<String>,
+    pub work_dir: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accel: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+}
+
+/// Every error body: `{"error": "<message>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_create_request_means_python() {
+        let req: CreateSandboxRequest = serde_json::from_str("{}").unwrap();
+        assert_eq!(req.pack(), "python");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected() {
+        assert!(serde_json::from_str::<ExecRequest>(r#"{"code":"1","cod":"2"}"#).is_err());
+    }
+
+    #[test]
+    fn exec_response_omits_absent_optionals() {
+        let body = serde_json::to_value(ExecResponse {
+            stdout: "42\n".into(),
+            exit_code: 0,
+            duration_ms: 13,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"stdout":"42\n","stderr":"","exit_code":0,"duration_ms":13})
+        );
+    }
+}

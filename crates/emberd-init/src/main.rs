@@ -1,0 +1,2 @@
+//! emberd-init: guest PID 1 and agent.
+fn main() {}

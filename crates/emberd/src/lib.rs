@@ -1,0 +1,13 @@
+//! emberd: a daemon that runs untrusted code in throw-away microVMs.
+//!
+//! - [`api`]: axum handlers; parse, call the manager, map errors.
+//! - [`sandbox`]: the Manager; ids, lifecycle, pools, snapshots, limits.
+//! - [`vmm`]: the VM backend trait and its QEMU and Firecracker backends.
+//! - [`guest`]: the gRPC connection to the agent inside each sandbox.
+//! - [`image`]: building and locating kernels, initramfs and packs.
+
+pub mod api;
+pub mod guest;
+pub mod image;
+pub mod sandbox;
+pub mod vmm;
