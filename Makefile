@@ -1,0 +1,55 @@
+# emberd — two commands on a fresh Debian machine:
+#   make run    install what's missing, build, build the guest images, serve on 127.0.0.1:7777
+#   make test   the same set-up, then every test (including the real-VM ones)
+
+SHELL := /bin/bash
+CARGO ?= cargo
+MUSL_TARGET := x86_64-unknown-linux-musl
+DATA_DIR ?= $(or $(EMBERD_DATA_DIR),$(HOME)/.local/share/emberd)
+ADDR ?= 127.0.0.1:7777
+INIT_BIN := target/$(MUSL_TARGET)/release/emberd-init
+EMBERD_BIN := target/release/emberd
+export EMBERD_DATA_DIR := $(DATA_DIR)
+export EMBERD_INIT_BIN := $(CURDIR)/$(INIT_BIN)
+
+.PHONY: setup build images run test test-firecracker lint bench clean-images
+
+## Install every system package and Rust target the project needs (idempotent).
+setup:
+	@bash scripts/install-deps.sh
+
+## Build the daemon, the CLI and the static guest agent.
+build: setup
+	$(CARGO) build --release -p emberd -p emberctl
+	$(CARGO) build --release -p emberd-init --target $(MUSL_TARGET)
+
+## Build kernel, initramfs and language packs into $(DATA_DIR) (a no-op when up to date).
+images: build
+	$(EMBERD_BIN) image build --data-dir "$(DATA_DIR)" --init-bin "$(INIT_BIN)"
+
+## Set up and serve in the foreground.
+run: images
+	@echo "emberd: serving on http://$(ADDR) — try:"
+	@echo "  curl -s -X POST $(ADDR)/sandboxes -d '{\"language_pack\":\"python\"}'"
+	@echo "  curl -s -X POST $(ADDR)/sandboxes/<id>/exec -d '{\"code\":\"print(6*7)\"}'"
+	$(EMBERD_BIN) serve --addr $(ADDR) --data-dir "$(DATA_DIR)"
+
+## Set up, then run every test, real VMs included.
+test: images
+	$(CARGO) nextest run --workspace --no-fail-fast
+
+## The real-VM suite on Firecracker (needs hardware KVM and firecracker; fails otherwise).
+test-firecracker: images
+	EMBERD_TEST_BACKEND=firecracker $(CARGO) nextest run -p emberd --test e2e --no-fail-fast
+
+## Formatting and lints, as CI-quality gates for contributors.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Benchmark against a running daemon (start it with `make run` in another shell).
+bench: build
+	target/release/emberctl --addr $(ADDR) bench
+
+clean-images:
+	rm -rf "$(DATA_DIR)"
