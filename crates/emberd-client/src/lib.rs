@@ -1,1 +1,332 @@
-//! Rust client of the emberd HTTP API.
+//! Rust client of the emberd HTTP API (DESIGN.md §6).
+//!
+//! [`Client`] has one typed async method per route. Every failure is a
+//! [`ClientError`]: an error answer from the daemon keeps its HTTP status and the
+//! daemon's `error` message; a refused connection is told apart so that callers
+//! can say "the daemon isn't running" instead of printing a transport error.
+
+use std::time::Duration;
+
+use emberd_api::{
+    CreateSandboxRequest, CreateSandboxResponse, ErrorBody, ExecRequest, ExecResponse,
+    InfoResponse, SandboxInfo, SandboxList,
+};
+use reqwest::{Method, StatusCode, Url};
+use serde::de::DeserializeOwned;
+
+/// Address used when none is given.
+pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7777";
+
+/// Extra time allowed over an exec's own `timeout_ms` before the client gives up,
+/// so that the daemon's timeout answer (with partial output) arrives first.
+const EXEC_TIMEOUT_GRACE: Duration = Duration::from_secs(30);
+
+/// Why a call to the daemon failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid daemon address {addr:?}: {reason}")]
+    InvalidAddress { addr: String, reason: String },
+    #[error("cannot connect to the daemon at {addr}")]
+    Unreachable {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("the daemon at {addr} did not answer in time")]
+    TimedOut {
+        addr: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The daemon answered with an error status; `message` is its `error` field
+    /// (or the raw body when it was not an error object).
+    #[error("{message}")]
+    Api { status: StatusCode, message: String },
+    #[error("invalid sandbox id {0:?}")]
+    InvalidId(String),
+    #[error("request to the daemon failed")]
+    Transport(#[source] reqwest::Error),
+    #[error("unexpected answer from the daemon ({status}) to {route}")]
+    InvalidResponse {
+        route: String,
+        status: StatusCode,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ClientError {
+    /// HTTP status of an error answer from the daemon, if that is what this is.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            ClientError::InvalidResponse { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True when nothing was listening at the address.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, ClientError::Unreachable { .. })
+    }
+
+    /// True for a 404 answer (unknown sandbox or route).
+    pub fn is_not_found(&self) -> bool {
+        self.status() == Some(StatusCode::NOT_FOUND)
+    }
+}
+
+/// Parses a daemon address: a full `http://` URL, or `host:port` without a scheme.
+pub fn parse_addr(addr: &str) -> Result<Url, ClientError> {
+    let invalid = |reason: String| ClientError::InvalidAddress {
+        addr: addr.to_string(),
+        reason,
+    };
+    let trimmed = addr.trim();
+    if trimmed.is_empty() {
+        return Err(invalid("it is empty".into()));
+    }
+    let with_scheme = if trimmed.contains("://") {
+        trimmed.to_string()
+    } else {
+        format!("http://{trimmed}")
+    };
+    let mut url = Url::parse(&with_scheme).map_err(|e| invalid(e.to_string()))?;
+    if url.scheme() != "http" && url.scheme() != "https" {
+        return Err(invalid(format!(
+            "scheme {:?} is not http or https",
+            url.scheme()
+        )));
+    }
+    if url.host_str().is_none() {
+        return Err(invalid("it has no host".into()));
+    }
+    if !url.path().ends_with('/') {
+        let path = format!("{}/", url.path());
+        url.set_path(&path);
+    }
+    Ok(url)
+}
+
+/// Async client of one emberd daemon.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: Url,
+    http: reqwest::Client,
+    request_timeout: Option<Duration>,
+}
+
+impl Client {
+    /// A client of the daemon at `addr` (see [`parse_addr`]); calls other than
+    /// exec have no deadline until [`Client::with_request_timeout`] sets one.
+    pub fn new(addr: &str) -> Result<Self, ClientError> {
+        let base = parse_addr(addr)?;
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .build()
+            .map_err(ClientError::Transport)?;
+        Ok(Self {
+            base,
+            http,
+            request_timeout: None,
+        })
+    }
+
+    /// Sets a deadline for every call except exec, whose deadline follows its
+    /// `timeout_ms`.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
+        self
+    }
+
+    /// The daemon's base URL, ending in `/`.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// `GET /healthz`: Ok when the daemon answers 2xx.
+    pub async fn healthz(&self) -> Result<(), ClientError> {
+        let response = self
+            .send(Method::GET, "healthz", None::<&()>, self.request_timeout)
+            .await?;
+        Self::check_status(response).await.map(drop)
+    }
+
+    /// `GET /info`.
+    pub async fn info(&self) -> Result<InfoResponse, ClientError> {
+        self.call(Method::GET, "info", None::<&()>, self.request_timeout)
+            .await
+    }
+
+    /// `POST /sandboxes`; `None` asks for the default pack.
+    pub async fn create_sandbox(&self, language_pack: Option<&str>) -> Result<String, ClientError> {
+        let body = CreateSandboxRequest {
+            language_pack: language_pack.map(str::to_string),
+        };
+        let created: CreateSandboxResponse = self
+            .call(Method::POST, "sandboxes", Some(&body), self.request_timeout)
+            .await?;
+        Ok(created.id)
+    }
+
+    /// `GET /sandboxes`.
+    pub async fn list_sandboxes(&self) -> Result<Vec<SandboxInfo>, ClientError> {
+        let list: SandboxList = self
+            .call(Method::GET, "sandboxes", None::<&()>, self.request_timeout)
+            .await?;
+        Ok(list.sandboxes)
+    }
+
+    /// `GET /sandboxes/{id}`.
+    pub async fn get_sandbox(&self, id: &str) -> Result<SandboxInfo, ClientError> {
+        let route = format!("sandboxes/{}", path_segment(id)?);
+        self.call(Method::GET, &route, None::<&()>, self.request_timeout)
+            .await
+    }
+
+    /// `POST /sandboxes/{id}/exec`. A non-zero exit code or a timeout is a
+    /// successful call; look at `exit_code` and `error` in the answer.
+    pub async fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResponse, ClientError> {
+        let route = format!("sandboxes/{}/exec", path_segment(id)?);
+        let deadline = request
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms) + EXEC_TIMEOUT_GRACE);
+        self.call(Method::POST, &route, Some(request), deadline)
+            .await
+    }
+
+    /// `DELETE /sandboxes/{id}`.
+    pub async fn delete_sandbox(&self, id: &str) -> Result<(), ClientError> {
+        let route = format!("sandboxes/{}", path_segment(id)?);
+        let response = self
+            .send(Method::DELETE, &route, None::<&()>, self.request_timeout)
+            .await?;
+        Self::check_status(response).await.map(drop)
+    }
+
+    async fn call<B: serde::Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        route: &str,
+        body: Option<&B>,
+        deadline: Option<Duration>,
+    ) -> Result<T, ClientError> {
+        let response = self.send(method, route, body, deadline).await?;
+        let response = Self::check_status(response).await?;
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
+        serde_json::from_slice(&bytes).map_err(|source| ClientError::InvalidResponse {
+            route: format!("/{route}"),
+            status,
+            source,
+        })
+    }
+
+    async fn send<B: serde::Serialize>(
+        &self,
+        method: Method,
+        route: &str,
+        body: Option<&B>,
+        deadline: Option<Duration>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = self
+            .base
+            .join(route)
+            .map_err(|e| ClientError::InvalidAddress {
+                addr: format!("{}{route}", self.base),
+                reason: e.to_string(),
+            })?;
+        let mut request = self.http.request(method, url);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        if let Some(deadline) = deadline {
+            request = request.timeout(deadline);
+        }
+        request.send().await.map_err(|e| self.transport(e))
+    }
+
+    /// Turns a non-2xx answer into [`ClientError::Api`].
+    async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let body = response.text().await.unwrap_or_default();
+        let message = match serde_json::from_str::<ErrorBody>(&body) {
+            Ok(error) => error.error,
+            Err(_) if body.trim().is_empty() => status
+                .canonical_reason()
+                .unwrap_or("request failed")
+                .to_lowercase(),
+            Err(_) => body.trim().to_string(),
+        };
+        Err(ClientError::Api { status, message })
+    }
+
+    fn transport(&self, source: reqwest::Error) -> ClientError {
+        let addr = self.base.as_str().trim_end_matches('/').to_string();
+        if source.is_connect() {
+            ClientError::Unreachable { addr, source }
+        } else if source.is_timeout() {
+            ClientError::TimedOut { addr, source }
+        } else {
+            ClientError::Transport(source)
+        }
+    }
+}
+
+/// Percent-encodes an id so that it stays one path segment (ids come from users).
+/// Empty, `.` and `..` are refused: URL normalisation would drop or climb them.
+fn path_segment(id: &str) -> Result<String, ClientError> {
+    if id.is_empty() || id == "." || id == ".." {
+        return Err(ClientError::InvalidId(id.to_string()));
+    }
+    let mut encoded = String::with_capacity(id.len());
+    for byte in id.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {
+            encoded.push(byte as char);
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    Ok(encoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addr_without_scheme_gets_http() {
+        assert_eq!(
+            parse_addr("127.0.0.1:7777").unwrap().as_str(),
+            "http://127.0.0.1:7777/"
+        );
+        assert_eq!(
+            parse_addr("http://localhost:9/").unwrap().as_str(),
+            "http://localhost:9/"
+        );
+        assert_eq!(
+            parse_addr("http://host:1/prefix").unwrap().as_str(),
+            "http://host:1/prefix/"
+        );
+    }
+
+    #[test]
+    fn bad_addresses_are_rejected() {
+        assert!(parse_addr("").is_err());
+        assert!(parse_addr("ftp://host:1").is_err());
+        assert!(parse_addr("http://").is_err());
+        assert!(parse_addr("host:notaport").is_err());
+    }
+
+    #[test]
+    fn ids_stay_one_path_segment() {
+        assert_eq!(path_segment("sb_0123abcd").unwrap(), "sb_0123abcd");
+        assert_eq!(path_segment("../info").unwrap(), "..%2Finfo");
+        assert_eq!(path_segment("a b").unwrap(), "a%20b");
+        assert!(path_segment("..").is_err());
+        assert!(path_segment("").is_err());
+    }
+}
