@@ -57,6 +57,16 @@ pub struct ExecResponse {
     /// Why the run ended abnormally, e.g. `"execution timed out"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Set when stdout went over the output cap and was cut.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stdout_truncated: bool,
+    /// Set when stderr went over the output cap and was cut.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub stderr_truncated: bool,
+}
+
+fn is_false(flag: &bool) -> bool {
+    !*flag
 }
 
 /// Lifecycle state of a sandbox.

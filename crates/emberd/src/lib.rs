@@ -7,7 +7,9 @@
 //! - [`image`]: building and locating kernels, initramfs and packs.
 
 pub mod api;
+pub mod config;
 pub mod guest;
 pub mod image;
 pub mod sandbox;
+pub mod serve;
 pub mod vmm;

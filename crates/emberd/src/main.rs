@@ -1,1 +1,64 @@
-fn main() {}
+//! The `emberd` command: `serve`, `image build`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "emberd",
+    version,
+    about = "Run untrusted code in throw-away microVMs"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the HTTP API.
+    Serve(emberd::config::ServeArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EMBERD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(emberd::serve::run(args))
+                    .map_err(anyhow::Error::from)
+            }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("emberd: {}", chain(&e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// "outer: cause: root cause", each error once.
+fn chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for (i, cause) in error.chain().enumerate() {
+        let message = cause.to_string();
+        if i > 0 {
+            if text.contains(&message) {
+                continue;
+            }
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
+}

@@ -1,1 +1,315 @@
-//! guest
+//! The daemon's end of the host↔guest protocol.
+//!
+//! Owns one gRPC connection to the agent of one sandbox ([`AgentClient`]):
+//! the `Hello` handshake, identity push, health checks, quiesce, and running
+//! one program to completion with its output collected under a cap
+//! ([`AgentClient::run`]). The byte stream underneath comes from the VM
+//! backend; nothing here knows which one.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use emberd_proto::v1::{
+    agent_client::AgentClient as RawAgentClient, exec_input, exec_output, ExecInput, ExecStart,
+    HealthRequest, HelloRequest, Identity, QuiesceRequest,
+};
+use emberd_proto::PROTOCOL_GENERATION;
+use rand::RngCore;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+use crate::vmm::AgentStream;
+
+/// Size of one stdin chunk sent to the agent.
+const STDIN_CHUNK: usize = 64 * 1024;
+
+/// Errors talking to the guest agent.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    #[error("cannot open a protocol session to the guest agent")]
+    Connect(#[source] tonic::transport::Error),
+    #[error("the guest agent speaks protocol generation {agent}, this daemon speaks {host}")]
+    Generation { agent: u32, host: u32 },
+    #[error("the guest agent refused {call}: {message}")]
+    Refused { call: &'static str, message: String },
+    #[error("the connection to the guest agent broke during {call}")]
+    Broken {
+        call: &'static str,
+        #[source]
+        source: tonic::Status,
+    },
+    #[error("the guest agent ended {call} without an exit status")]
+    NoExit { call: &'static str },
+}
+
+impl GuestError {
+    fn from_status(call: &'static str, status: tonic::Status) -> Self {
+        use tonic::Code;
+        match status.code() {
+            Code::InvalidArgument
+            | Code::FailedPrecondition
+            | Code::NotFound
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::ResourceExhausted => GuestError::Refused {
+                call,
+                message: status.message().to_owned(),
+            },
+            _ => GuestError::Broken {
+                call,
+                source: status,
+            },
+        }
+    }
+}
+
+/// What the agent said about itself in `Hello`.
+#[derive(Debug, Clone)]
+pub struct AgentHello {
+    pub generation: u32,
+    pub agent_version: String,
+    pub capabilities: Vec<String>,
+}
+
+/// One program to run in the guest.
+#[derive(Debug, Clone, Default)]
+pub struct RunSpec {
+    /// Interpreter argv; the code file is appended by the agent.
+    pub interpreter: Vec<String>,
+    pub code: Vec<u8>,
+    pub file_suffix: String,
+    pub stdin: Option<Vec<u8>>,
+    pub timeout: Option<Duration>,
+    /// Per-stream cap on collected output.
+    pub output_limit_bytes: u64,
+    /// Ask for the agent's pre-started interpreter of this language.
+    pub warm_language: Option<String>,
+}
+
+/// How a program ended, with its collected output.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Exit status, 128 + signal after a signal death, -1 when it never started.
+    pub exit_code: i32,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub stdout_truncated: bool,
+    pub stderr_truncated: bool,
+    /// Time from spawn to exit, measured in the guest.
+    pub guest_duration: Duration,
+    /// Why the program could not be started, if it could not.
+    pub launch_error: Option<String>,
+    /// True when it was forked from a pre-started interpreter.
+    pub warm: bool,
+}
+
+/// A protocol session with one agent. Cheap to clone; clones share the
+/// connection, and calls on it may run concurrently.
+#[derive(Clone)]
+pub struct AgentClient {
+    channel: Channel,
+}
+
+impl AgentClient {
+    /// Opens a session over `stream` and performs the `Hello` handshake.
+    pub async fn handshake(stream: AgentStream) -> Result<(Self, AgentHello), GuestError> {
+        let channel = emberd_proto::channel_over(stream)
+            .await
+            .map_err(GuestError::Connect)?;
+        let client = AgentClient { channel };
+        let hello = client.hello().await?;
+        Ok((client, hello))
+    }
+
+    fn raw(&self) -> RawAgentClient<Channel> {
+        RawAgentClient::new(self.channel.clone())
+            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_encoding_message_size(16 * 1024 * 1024)
+    }
+
+    async fn hello(&self) -> Result<AgentHello, GuestError> {
+        let reply = self
+            .raw()
+            .hello(HelloRequest {
+                generation: PROTOCOL_GENERATION,
+                host_version: env!("CARGO_PKG_VERSION").to_owned(),
+            })
+            .await
+            .map_err(|status| GuestError::from_status("Hello", status))?
+            .into_inner();
+        if reply.generation != PROTOCOL_GENERATION {
+            return Err(GuestError::Generation {
+                agent: reply.generation,
+                host: PROTOCOL_GENERATION,
+            });
+        }
+        Ok(AgentHello {
+            generation: reply.generation,
+            agent_version: reply.agent_version,
+            capabilities: reply.capabilities,
+        })
+    }
+
+    /// True when the agent answers `Health` with ok.
+    pub async fn healthy(&self) -> bool {
+        matches!(
+            self.raw().health(HealthRequest {}).await,
+            Ok(reply) if reply.get_ref().ok
+        )
+    }
+
+    /// Gives the guest its own clock, entropy, hostname and sandbox id.
+    pub async fn set_identity(&self, sandbox_id: &str) -> Result<(), GuestError> {
+        let mut seed = vec![0u8; 64];
+        rand::thread_rng().fill_bytes(&mut seed);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        self.raw()
+            .set_identity(Identity {
+                unix_time_ns: i64::try_from(now.as_nanos()).unwrap_or(i64::MAX),
+                entropy_seed: seed,
+                hostname: sandbox_id.to_owned(),
+                sandbox_id: sandbox_id.to_owned(),
+            })
+            .await
+            .map_err(|status| GuestError::from_status("SetIdentity", status))?;
+        Ok(())
+    }
+
+    /// Asks the agent to flush and stop taking work before a snapshot.
+    pub async fn quiesce(&self) -> Result<(), GuestError> {
+        self.raw()
+            .quiesce(QuiesceRequest {})
+            .await
+            .map_err(|status| GuestError::from_status("Quiesce", status))?;
+        Ok(())
+    }
+
+    /// Runs one program to completion and collects its output. Dropping the
+    /// returned future drops the stream, and the agent kills the process.
+    pub async fn run(&self, spec: RunSpec) -> Result<RunOutcome, GuestError> {
+        let (input_tx, input_rx) = mpsc::channel::<ExecInput>(8);
+        let start = ExecStart {
+            interpreter: spec.interpreter,
+            code: spec.code,
+            file_suffix: spec.file_suffix,
+            timeout_ms: spec
+                .timeout
+                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+                .unwrap_or(0),
+            output_limit_bytes: spec.output_limit_bytes,
+            warm_language: spec.warm_language.unwrap_or_default(),
+            ..ExecStart::default()
+        };
+        let first = ExecInput {
+            kind: Some(exec_input::Kind::Start(start)),
+        };
+        // The channel has room for the start message; stdin follows from a task
+        // so that a large stdin never blocks reading the output.
+        input_tx.try_send(first).expect("fresh channel has room");
+        let stdin = spec.stdin;
+        let feeder = tokio::spawn(async move {
+            if let Some(data) = stdin {
+                for chunk in data.chunks(STDIN_CHUNK) {
+                    let msg = ExecInput {
+                        kind: Some(exec_input::Kind::Stdin(chunk.to_vec())),
+                    };
+                    if input_tx.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let close = ExecInput {
+                kind: Some(exec_input::Kind::CloseStdin(Default::default())),
+            };
+            let _ = input_tx.send(close).await;
+            // Keep the request stream open until the exec ends: closing it
+            // early would read as the host going away.
+            input_tx.closed().await;
+        });
+        let result = self
+            .collect(ReceiverStream::new(input_rx), spec.output_limit_bytes)
+            .await;
+        feeder.abort();
+        result
+    }
+
+    async fn collect(
+        &self,
+        input: ReceiverStream<ExecInput>,
+        limit: u64,
+    ) -> Result<RunOutcome, GuestError> {
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mut output = self
+            .raw()
+            .exec(input)
+            .await
+            .map_err(|status| GuestError::from_status("Exec", status))?
+            .into_inner();
+        let mut outcome = RunOutcome::default();
+        loop {
+            let message = output
+                .message()
+                .await
+                .map_err(|status| GuestError::from_status("Exec", status))?;
+            let Some(message) = message else {
+                return Err(GuestError::NoExit { call: "Exec" });
+            };
+            match message.kind {
+                Some(exec_output::Kind::Started(started)) => outcome.warm = started.warm,
+                Some(exec_output::Kind::Stdout(data)) => {
+                    outcome.stdout_truncated |= append_capped(&mut outcome.stdout, &data, limit);
+                }
+                Some(exec_output::Kind::Stderr(data)) => {
+                    outcome.stderr_truncated |= append_capped(&mut outcome.stderr, &data, limit);
+                }
+                Some(exec_output::Kind::Exit(exit)) => {
+                    outcome.exit_code = exit.exit_code;
+                    outcome.signal = (exit.signal != 0).then_some(exit.signal);
+                    outcome.timed_out = exit.timed_out;
+                    outcome.stdout_truncated |= exit.stdout_truncated;
+                    outcome.stderr_truncated |= exit.stderr_truncated;
+                    outcome.guest_duration = Duration::from_micros(exit.duration_us);
+                    outcome.launch_error = (!exit.error.is_empty()).then_some(exit.error);
+                    return Ok(outcome);
+                }
+                None => {}
+            }
+        }
+    }
+}
+
+/// Appends at most `limit - buf.len()` bytes; returns true when some were cut.
+fn append_capped(buf: &mut Vec<u8>, data: &[u8], limit: usize) -> bool {
+    let room = limit.saturating_sub(buf.len());
+    let take = room.min(data.len());
+    buf.extend_from_slice(&data[..take]);
+    take < data.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_is_capped_and_flagged() {
+        let mut buf = Vec::new();
+        assert!(!append_capped(&mut buf, b"abc", 5));
+        assert!(append_capped(&mut buf, b"defg", 5));
+        assert_eq!(buf, b"abcde");
+        assert!(append_capped(&mut buf, b"x", 5));
+        assert_eq!(buf, b"abcde");
+    }
+
+    #[test]
+    fn protocol_refusals_are_told_apart_from_broken_connections() {
+        let refused = GuestError::from_status("Exec", tonic::Status::invalid_argument("bad"));
+        assert!(matches!(refused, GuestError::Refused { .. }));
+        let broken = GuestError::from_status("Exec", tonic::Status::unavailable("gone"));
+        assert!(matches!(broken, GuestError::Broken { .. }));
+    }
+}

@@ -1,1 +1,532 @@
-//! sandbox
+//! The sandbox manager: ids, lifecycle, and the work dir.
+//!
+//! Owns every sandbox of the daemon, from create (boot a VM, open the agent
+//! session, push the identity) through exec to delete (stop the VM, remove
+//! its directory), and the daemon-wide duties around them: refusing a work
+//! dir another daemon holds, clearing what a crashed daemon left behind, and
+//! stopping everything at shutdown. It knows nothing of HTTP: callers get a
+//! [`SandboxError`] and map it themselves.
+
+mod recovery;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use emberd_api::{ExecResponse, InfoResponse, SandboxInfo, SandboxState};
+use rand::RngCore;
+use tokio_util::sync::CancellationToken;
+
+use crate::guest::{AgentClient, GuestError, RunOutcome, RunSpec};
+use crate::image::{Manifest, ManifestError, PackArtefact};
+use crate::vmm::{BootSpec, Vm, VmBackend, VmmError};
+
+pub use recovery::{WorkDirError, WorkDirLock};
+
+/// Timeout of an exec that names none.
+pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest timeout an exec may ask for.
+pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(3600);
+/// Per-stream cap on the output an exec returns.
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 4 * 1024 * 1024;
+/// Extra time the daemon waits for the agent's answer beyond an exec's timeout.
+const EXEC_ANSWER_GRACE: Duration = Duration::from_secs(10);
+/// Lines of the console log shown by `GET /sandboxes/{id}`.
+const CONSOLE_TAIL_LINES: usize = 20;
+
+/// Errors of the sandbox manager.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("unknown language pack: {0:?}")]
+    UnknownPack(String),
+    #[error("sandbox not found")]
+    NotFound,
+    #[error("sandbox is {0}, not running")]
+    NotRunning(&'static str),
+    #[error("invalid request: {0}")]
+    InvalidRequest(String),
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("sandbox was deleted while {0}")]
+    Deleted(&'static str),
+    #[error("sandbox failed to boot: {0}")]
+    Boot(String),
+    #[error("cannot create the sandbox directory {path}")]
+    SandboxDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the guest agent did not answer within {0:?} of the exec's timeout")]
+    AgentUnresponsive(Duration),
+    #[error("exec failed: {0}")]
+    Exec(#[source] GuestError),
+}
+
+/// Settings of the manager.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    pub work_dir: PathBuf,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub boot_timeout: Duration,
+    /// Size of each sandbox's writable layer, in MiB.
+    pub overlay_mib: u32,
+}
+
+/// One exec as the manager takes it.
+#[derive(Debug, Clone, Default)]
+pub struct ExecParams {
+    pub code: String,
+    pub stdin: Option<String>,
+    pub timeout_ms: Option<u64>,
+}
+
+struct Sandbox {
+    id: String,
+    pack: String,
+    created_at: SystemTime,
+    dir: PathBuf,
+    boot_path: &'static str,
+    state: Mutex<SandboxState>,
+    vm: OnceLock<Box<dyn Vm>>,
+    agent: OnceLock<AgentClient>,
+    /// Cancelled on delete: ends a boot or exec in progress.
+    deleted: CancellationToken,
+}
+
+impl Sandbox {
+    fn state(&self) -> SandboxState {
+        *self.state.lock().expect("state lock")
+    }
+
+    fn set_state(&self, state: SandboxState) {
+        *self.state.lock().expect("state lock") = state;
+    }
+
+    fn info(&self, backend: &str, with_console: bool) -> SandboxInfo {
+        SandboxInfo {
+            id: self.id.clone(),
+            pack: self.pack.clone(),
+            state: self.state(),
+            backend: backend.to_owned(),
+            created_at: humantime::format_rfc3339_seconds(self.created_at).to_string(),
+            boot_path: Some(self.boot_path.to_owned()),
+            vmm_pid: self.vm.get().and_then(|vm| vm.pid()),
+            console_tail: with_console.then(|| console_tail(&self.dir.join("console.log"))),
+        }
+    }
+
+    /// Stops the VM (if any) and removes the directory. Idempotent.
+    async fn teardown(&self) {
+        if let Some(vm) = self.vm.get() {
+            if let Err(e) = vm.stop().await {
+                tracing::warn!(sandbox = %self.id, error = %e, "stopping the VM failed");
+            }
+        }
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(sandbox = %self.id, error = %e, "removing the sandbox directory failed");
+            }
+        }
+    }
+}
+
+/// Owns all sandboxes of one daemon.
+pub struct Manager {
+    backend: Arc<dyn VmBackend>,
+    manifest: Manifest,
+    config: ManagerConfig,
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    shutting_down: CancellationToken,
+    _lock: WorkDirLock,
+}
+
+impl Manager {
+    /// Takes the work dir (refusing one held by another daemon), clears what
+    /// a crashed daemon left in it, and returns a manager ready to serve.
+    pub fn new(
+        backend: Arc<dyn VmBackend>,
+        manifest: Manifest,
+        config: ManagerConfig,
+    ) -> Result<Self, WorkDirError> {
+        let lock = WorkDirLock::acquire(&config.work_dir)?;
+        let cleared = recovery::clear_leftovers(&config.work_dir);
+        if cleared.processes > 0 || cleared.dirs > 0 {
+            tracing::warn!(
+                processes = cleared.processes,
+                dirs = cleared.dirs,
+                "cleared what a previous daemon left behind"
+            );
+        }
+        Ok(Manager {
+            backend,
+            manifest,
+            config,
+            sandboxes: Mutex::new(HashMap::new()),
+            shutting_down: CancellationToken::new(),
+            _lock: lock,
+        })
+    }
+
+    pub fn backend(&self) -> &dyn VmBackend {
+        self.backend.as_ref()
+    }
+
+    pub fn config(&self) -> &ManagerConfig {
+        &self.config
+    }
+
+    /// `GET /info`.
+    pub fn info(&self) -> InfoResponse {
+        InfoResponse {
+            guest_ram_mib: self.config.memory_mib,
+            guest_vcpus: self.config.vcpus,
+            boot_path: "cold-boot".into(),
+            packs: self.manifest.pack_names(),
+            work_dir: self.config.work_dir.display().to_string(),
+            backend: Some(self.backend.name().to_owned()),
+            accel: self.backend.accel(),
+            version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+        }
+    }
+
+    fn lookup(&self, id: &str) -> Result<Arc<Sandbox>, SandboxError> {
+        self.sandboxes
+            .lock()
+            .expect("sandbox map lock")
+            .get(id)
+            .cloned()
+            .ok_or(SandboxError::NotFound)
+    }
+
+    /// Creates a sandbox of `pack` and returns its id once its agent answers.
+    pub async fn create(&self, pack: &str) -> Result<String, SandboxError> {
+        if self.shutting_down.is_cancelled() {
+            return Err(SandboxError::ShuttingDown);
+        }
+        let artefact = self.manifest.pack(pack).map_err(|e| match e {
+            ManifestError::UnknownPack(name) => SandboxError::UnknownPack(name),
+            other => SandboxError::Boot(other.to_string()),
+        })?;
+        let id = new_sandbox_id();
+        let dir = self.config.work_dir.join(&id);
+        create_private_dir(&dir).map_err(|source| SandboxError::SandboxDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let sandbox = Arc::new(Sandbox {
+            id: id.clone(),
+            pack: pack.to_owned(),
+            created_at: SystemTime::now(),
+            dir,
+            boot_path: "cold-boot",
+            state: Mutex::new(SandboxState::Booting),
+            vm: OnceLock::new(),
+            agent: OnceLock::new(),
+            deleted: CancellationToken::new(),
+        });
+        self.sandboxes
+            .lock()
+            .expect("sandbox map lock")
+            .insert(id.clone(), sandbox.clone());
+        let started = Instant::now();
+        let booted = tokio::select! {
+            result = self.boot(&sandbox, artefact) => result,
+            () = sandbox.deleted.cancelled() => Err(SandboxError::Deleted("booting")),
+        };
+        // A delete that raced the boot may have missed the VM: check again.
+        let booted = booted.and_then(|()| {
+            if sandbox.deleted.is_cancelled() {
+                Err(SandboxError::Deleted("booting"))
+            } else {
+                Ok(())
+            }
+        });
+        match booted {
+            Ok(()) => {
+                sandbox.set_state(SandboxState::Running);
+                tracing::info!(sandbox = %id, pack, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox ready");
+                Ok(id)
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "create failed; unwinding");
+                self.sandboxes.lock().expect("sandbox map lock").remove(&id);
+                sandbox.teardown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn boot(&self, sandbox: &Sandbox, pack: &PackArtefact) -> Result<(), SandboxError> {
+        let spec = BootSpec {
+            sandbox_id: sandbox.id.clone(),
+            sandbox_dir: sandbox.dir.clone(),
+            kernel_bzimage: self.manifest.kernel.bzimage.clone(),
+            kernel_vmlinux: self.manifest.kernel.vmlinux.clone(),
+            initramfs: self.manifest.initramfs.clone(),
+            root_disk: pack.squashfs.clone(),
+            vcpus: self.config.vcpus,
+            memory_mib: self.config.memory_mib,
+            extra_kernel_args: vec![format!("emberd.overlay_size={}M", self.config.overlay_mib)],
+            boot_timeout: self.config.boot_timeout,
+        };
+        let deadline = Instant::now() + self.config.boot_timeout;
+        let vm = self.backend.start(&spec).await.map_err(boot_error)?;
+        let vm = match sandbox.vm.set(vm) {
+            Ok(()) => sandbox.vm.get().expect("just set"),
+            Err(vm) => {
+                vm.stop().await.ok();
+                return Err(SandboxError::Boot("sandbox already has a VM".into()));
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let agent = tokio::time::timeout(remaining, connect_agent(vm.as_ref()))
+            .await
+            .map_err(|_| {
+                SandboxError::Boot(format!(
+                    "the guest agent did not answer within {:?}{}",
+                    self.config.boot_timeout,
+                    console_hint(&sandbox.dir)
+                ))
+            })??;
+        agent
+            .set_identity(&sandbox.id)
+            .await
+            .map_err(|e| SandboxError::Boot(e.to_string()))?;
+        let _ = sandbox.agent.set(agent);
+        Ok(())
+    }
+
+    /// Runs `params.code` in sandbox `id` with the pack's interpreter.
+    pub async fn exec(&self, id: &str, params: ExecParams) -> Result<ExecResponse, SandboxError> {
+        let sandbox = self.lookup(id)?;
+        match sandbox.state() {
+            SandboxState::Running => {}
+            SandboxState::Booting => return Err(SandboxError::NotRunning("booting")),
+            SandboxState::Stopping => return Err(SandboxError::NotRunning("stopping")),
+        }
+        let timeout = match params.timeout_ms {
+            None | Some(0) => DEFAULT_EXEC_TIMEOUT,
+            Some(ms) if Duration::from_millis(ms) > MAX_EXEC_TIMEOUT => {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "timeout_ms must be at most {}",
+                    MAX_EXEC_TIMEOUT.as_millis()
+                )))
+            }
+            Some(ms) => Duration::from_millis(ms),
+        };
+        let pack = self
+            .manifest
+            .pack(&sandbox.pack)
+            .map_err(|e| SandboxError::Boot(e.to_string()))?;
+        let agent = sandbox
+            .agent
+            .get()
+            .cloned()
+            .ok_or(SandboxError::NotRunning("booting"))?;
+        let spec = RunSpec {
+            interpreter: pack.interpreter.clone(),
+            code: params.code.into_bytes(),
+            file_suffix: pack.file_suffix.clone(),
+            stdin: params.stdin.map(String::into_bytes),
+            timeout: Some(timeout),
+            output_limit_bytes: DEFAULT_OUTPUT_LIMIT,
+            warm_language: pack.warm_language.clone(),
+        };
+        let started = Instant::now();
+        let outcome = tokio::select! {
+            result = agent.run(spec) => result.map_err(SandboxError::Exec)?,
+            () = sandbox.deleted.cancelled() => return Err(SandboxError::Deleted("the code was running")),
+            () = tokio::time::sleep(timeout + EXEC_ANSWER_GRACE) => {
+                return Err(SandboxError::AgentUnresponsive(EXEC_ANSWER_GRACE))
+            }
+        };
+        Ok(exec_response(outcome, started.elapsed()))
+    }
+
+    /// Stops and removes sandbox `id`.
+    pub async fn delete(&self, id: &str) -> Result<(), SandboxError> {
+        let sandbox = self
+            .sandboxes
+            .lock()
+            .expect("sandbox map lock")
+            .remove(id)
+            .ok_or(SandboxError::NotFound)?;
+        sandbox.set_state(SandboxState::Stopping);
+        sandbox.deleted.cancel();
+        sandbox.teardown().await;
+        tracing::info!(sandbox = %id, "sandbox deleted");
+        Ok(())
+    }
+
+    /// `GET /sandboxes`, oldest first.
+    pub fn list(&self) -> Vec<SandboxInfo> {
+        let mut all: Vec<_> = self
+            .sandboxes
+            .lock()
+            .expect("sandbox map lock")
+            .values()
+            .map(|s| s.info(self.backend.name(), false))
+            .collect();
+        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        all
+    }
+
+    /// `GET /sandboxes/{id}`.
+    pub fn get(&self, id: &str) -> Result<SandboxInfo, SandboxError> {
+        Ok(self.lookup(id)?.info(self.backend.name(), true))
+    }
+
+    /// Refuses new sandboxes and stops every VM. Called once at shutdown.
+    pub async fn shutdown(&self) {
+        self.shutting_down.cancel();
+        let ids: Vec<String> = self
+            .sandboxes
+            .lock()
+            .expect("sandbox map lock")
+            .keys()
+            .cloned()
+            .collect();
+        let count = ids.len();
+        futures::future::join_all(ids.iter().map(|id| self.delete(id))).await;
+        tracing::info!(stopped = count, "all sandboxes stopped");
+    }
+}
+
+async fn connect_agent(vm: &dyn Vm) -> Result<AgentClient, SandboxError> {
+    // The agent's socket may refuse connections for a moment while the VMM
+    // sets it up; a connected stream then waits for the guest to open its end.
+    loop {
+        match vm.connect_agent().await {
+            Ok(stream) => {
+                return AgentClient::handshake(stream)
+                    .await
+                    .map(|(client, _hello)| client)
+                    .map_err(|e| SandboxError::Boot(e.to_string()));
+            }
+            Err(VmmError::AgentConnect(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(other) => return Err(boot_error(other)),
+        }
+    }
+}
+
+fn boot_error(error: VmmError) -> SandboxError {
+    let mut message = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    SandboxError::Boot(message)
+}
+
+/// Maps the guest's outcome onto the API's contract: -1 for a timeout or a
+/// signal death, with a reason in `error`.
+fn exec_response(outcome: RunOutcome, elapsed: Duration) -> ExecResponse {
+    let (exit_code, error) = if outcome.timed_out {
+        (-1, Some("execution timed out".to_owned()))
+    } else if let Some(reason) = outcome.launch_error {
+        (-1, Some(reason))
+    } else if let Some(signal) = outcome.signal {
+        (-1, Some(format!("killed by signal {signal}")))
+    } else {
+        (outcome.exit_code, None)
+    };
+    ExecResponse {
+        stdout: String::from_utf8_lossy(&outcome.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&outcome.stderr).into_owned(),
+        exit_code,
+        duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
+        duration_us: Some(u64::try_from(outcome.guest_duration.as_micros()).unwrap_or(u64::MAX)),
+        error,
+        stdout_truncated: outcome.stdout_truncated,
+        stderr_truncated: outcome.stderr_truncated,
+    }
+}
+
+/// `sb_` followed by 12 lowercase hex digits.
+pub fn new_sandbox_id() -> String {
+    let mut bytes = [0u8; 6];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    format!("sb_{}", hex::encode(bytes))
+}
+
+/// True for strings shaped like a sandbox id.
+pub fn is_sandbox_id(s: &str) -> bool {
+    s.strip_prefix("sb_").is_some_and(|hex| {
+        hex.len() == 12
+            && hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    })
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().mode(0o700).create(dir)
+}
+
+fn console_tail(path: &Path) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines.len().saturating_sub(CONSOLE_TAIL_LINES);
+    lines[start..].join("\n")
+}
+
+fn console_hint(dir: &Path) -> String {
+    let tail = console_tail(&dir.join("console.log"));
+    match tail.lines().last() {
+        Some(last) => format!("; last console line: {last}"),
+        None => String::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_have_the_documented_shape() {
+        for _ in 0..100 {
+            let id = new_sandbox_id();
+            assert!(is_sandbox_id(&id), "{id}");
+        }
+        assert!(!is_sandbox_id("sb_123"));
+        assert!(!is_sandbox_id("sb_ABCDEF123456"));
+        assert!(!is_sandbox_id("../etc/passwd"));
+    }
+
+    #[test]
+    fn timeouts_and_signals_map_to_minus_one() {
+        let timed_out = RunOutcome {
+            timed_out: true,
+            exit_code: 137,
+            signal: Some(9),
+            stdout: b"partial".to_vec(),
+            ..RunOutcome::default()
+        };
+        let response = exec_response(timed_out, Duration::from_millis(5));
+        assert_eq!(response.exit_code, -1);
+        assert_eq!(response.error.as_deref(), Some("execution timed out"));
+        assert_eq!(response.stdout, "partial");
+
+        let killed = RunOutcome {
+            exit_code: 143,
+            signal: Some(15),
+            ..RunOutcome::default()
+        };
+        let response = exec_response(killed, Duration::ZERO);
+        assert_eq!(response.exit_code, -1);
+        assert_eq!(response.error.as_deref(), Some("killed by signal 15"));
+
+        let normal = RunOutcome {
+            exit_code: 7,
+            ..RunOutcome::default()
+        };
+        assert_eq!(exec_response(normal, Duration::ZERO).exit_code, 7);
+    }
+}

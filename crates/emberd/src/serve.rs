@@ -1,0 +1,117 @@
+//! `emberd serve`: start-up checks, the backend choice, the HTTP server and
+//! graceful shutdown.
+//!
+//! Order: resolve settings → load and verify the images → pick the backend
+//! (and say why) → take the work dir (clearing a crashed daemon's leftovers)
+//! → bind → serve until SIGINT/SIGTERM → drain HTTP within a bound → stop
+//! every VM → exit 0.
+
+use std::future::IntoFuture;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BackendChoice, ConfigError, ServeArgs, Settings};
+use crate::image::{Manifest, ManifestError};
+use crate::sandbox::{Manager, ManagerConfig, WorkDirError};
+use crate::vmm::qemu::{QemuBackend, QemuSetupError};
+use crate::vmm::VmBackend;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Images(#[from] ManifestError),
+    #[error(transparent)]
+    Qemu(#[from] QemuSetupError),
+    #[error("{0}")]
+    Backend(String),
+    #[error(transparent)]
+    WorkDir(#[from] WorkDirError),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the HTTP server failed")]
+    Server(#[source] std::io::Error),
+}
+
+/// Runs the daemon until a termination signal; returns once every VM is stopped.
+pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
+    let settings = args.resolve()?;
+    let manifest = Manifest::load(&settings.data_dir)?;
+    manifest.verify()?;
+    let backend = make_backend(&settings)?;
+    let manager = Arc::new(Manager::new(
+        backend,
+        manifest,
+        ManagerConfig {
+            work_dir: settings.work_dir.clone(),
+            vcpus: settings.vcpus,
+            memory_mib: settings.memory_mib,
+            boot_timeout: settings.boot_timeout,
+            overlay_mib: settings.overlay_mib,
+        },
+    )?);
+    let listener = TcpListener::bind(settings.addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: settings.addr,
+            source,
+        })?;
+    tracing::info!(
+        addr = %settings.addr,
+        work_dir = %settings.work_dir.display(),
+        data_dir = %settings.data_dir.display(),
+        "emberd is serving"
+    );
+
+    let stop = CancellationToken::new();
+    let server = axum::serve(listener, crate::api::app(manager.clone()))
+        .with_graceful_shutdown(stop.clone().cancelled_owned());
+    let mut server = std::pin::pin!(server.into_future());
+    tokio::select! {
+        result = &mut server => result.map_err(ServeError::Server)?,
+        () = termination_signal() => {
+            tracing::info!(bound = ?settings.shutdown_timeout, "shutting down: draining requests");
+            stop.cancel();
+            if tokio::time::timeout(settings.shutdown_timeout, &mut server).await.is_err() {
+                tracing::warn!("requests still running after the drain bound; stopping anyway");
+            }
+        }
+    }
+    manager.shutdown().await;
+    tracing::info!("emberd stopped");
+    Ok(())
+}
+
+fn make_backend(settings: &Settings) -> Result<Arc<dyn VmBackend>, ServeError> {
+    let qemu = |why: &str| -> Result<Arc<dyn VmBackend>, ServeError> {
+        let backend = QemuBackend::new(settings.qemu_bin.clone(), settings.accel)?;
+        let accel = backend.accel_decision();
+        tracing::info!(backend = "qemu", why, version = %backend.version(), accel = accel.accel, accel_reason = %accel.reason, "backend chosen");
+        Ok(Arc::new(backend))
+    };
+    match settings.backend {
+        BackendChoice::Qemu => qemu("asked for with --backend qemu"),
+        BackendChoice::Auto => qemu("Firecracker is not available"),
+        BackendChoice::Firecracker => Err(ServeError::Backend(
+            "the Firecracker backend is not available in this build".into(),
+        )),
+    }
+}
+
+async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,523 @@
+//! The QEMU backend: `qemu-system-x86_64 -M microvm`.
+//!
+//! Owns the QEMU command line of a sandbox, the choice between KVM and TCG,
+//! the QEMU process (launched with `PR_SET_PDEATHSIG`, reaped by one task),
+//! and its control channel (QMP on a Unix socket in the sandbox dir).
+//!
+//! Per sandbox dir: `qmp.sock` (control), `agent.sock` (the chardev behind
+//! the virtio-serial port `org.emberd.agent`), `console.log` (serial
+//! console), `qemu.log` (QEMU's own stderr). The pack is a read-only
+//! virtio-blk disk; there is no network device.
+
+mod qmp;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::net::UnixStream;
+use tokio::process::Command;
+use tokio::sync::{watch, Mutex};
+
+use self::qmp::{Qmp, QmpError};
+use super::kvm::{hardware_kvm, KvmStatus};
+use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
+
+/// Name of the virtio-serial port the agent serves on.
+pub const AGENT_PORT_NAME: &str = "org.emberd.agent";
+/// File of a snapshot directory holding the migration stream.
+const MIGRATION_FILE: &str = "vm.migration";
+/// How long a VM gets to exit on SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Which accelerator to ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// KVM where hardware KVM works, TCG elsewhere.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// The accelerator in use and why it was chosen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccelDecision {
+    pub accel: &'static str,
+    pub reason: String,
+}
+
+impl AccelDecision {
+    /// Decides from the user's choice and what the host offers.
+    pub fn decide(choice: AccelChoice, kvm: &KvmStatus) -> Self {
+        match (choice, kvm) {
+            (AccelChoice::Tcg, _) => AccelDecision {
+                accel: "tcg",
+                reason: "asked for with --accel tcg".into(),
+            },
+            (AccelChoice::Kvm, _) => AccelDecision {
+                accel: "kvm",
+                reason: "asked for with --accel kvm".into(),
+            },
+            (AccelChoice::Auto, KvmStatus::Hardware { module }) => AccelDecision {
+                accel: "kvm",
+                reason: format!("hardware KVM ({module}) is usable"),
+            },
+            (AccelChoice::Auto, other) => AccelDecision {
+                accel: "tcg",
+                reason: format!("no usable hardware KVM: {}", other.explain()),
+            },
+        }
+    }
+}
+
+/// Errors setting up the QEMU backend.
+#[derive(Debug, thiserror::Error)]
+pub enum QemuSetupError {
+    #[error(
+        "{binary} not found: install QEMU (`apt-get install qemu-system-x86`, or run `make setup`)"
+    )]
+    NotFound { binary: String },
+    #[error("cannot run {binary} --version")]
+    Version {
+        binary: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Makes QEMU microvm VMs.
+pub struct QemuBackend {
+    binary: PathBuf,
+    version: String,
+    accel: AccelDecision,
+}
+
+impl QemuBackend {
+    /// Finds QEMU (`binary`, or `qemu-system-x86_64` on PATH) and picks the
+    /// accelerator.
+    pub fn new(binary: Option<PathBuf>, choice: AccelChoice) -> Result<Self, QemuSetupError> {
+        let binary = binary.unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
+        let resolved = find_in_path(&binary).ok_or_else(|| QemuSetupError::NotFound {
+            binary: binary.display().to_string(),
+        })?;
+        let output = std::process::Command::new(&resolved)
+            .arg("--version")
+            .output()
+            .map_err(|source| QemuSetupError::Version {
+                binary: resolved.display().to_string(),
+                source,
+            })?;
+        let version = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or("unknown")
+            .trim()
+            .to_owned();
+        let accel = AccelDecision::decide(choice, &hardware_kvm());
+        Ok(QemuBackend {
+            binary: resolved,
+            version,
+            accel,
+        })
+    }
+
+    /// The accelerator decision, for logging.
+    pub fn accel_decision(&self) -> &AccelDecision {
+        &self.accel
+    }
+
+    fn command(&self, spec: &BootSpec, incoming: Option<&Path>) -> Command {
+        let dir = &spec.sandbox_dir;
+        let mut cmd = Command::new(&self.binary);
+        let mut append = vec![
+            "console=ttyS0".to_owned(),
+            "reboot=t".to_owned(),
+            "panic=-1".to_owned(),
+            "quiet".to_owned(),
+        ];
+        append.extend(spec.extra_kernel_args.iter().cloned());
+        let machine = "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on";
+        cmd.args(["-M", machine, "-accel", self.accel.accel]);
+        if self.accel.accel == "kvm" {
+            cmd.args(["-cpu", "host"]);
+        }
+        cmd.args(["-smp", &spec.vcpus.to_string()])
+            .args(["-m", &format!("{}M", spec.memory_mib)])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&spec.kernel_bzimage)
+            .arg("-initrd")
+            .arg(&spec.initramfs)
+            .args(["-append", &append.join(" ")])
+            .args([
+                "-chardev",
+                &format!("file,id=console,path={}", dir.join("console.log").display()),
+            ])
+            .args(["-serial", "chardev:console"])
+            .args([
+                "-drive",
+                &format!(
+                    "id=pack,file={},format=raw,if=none,readonly=on",
+                    spec.root_disk.display()
+                ),
+            ])
+            .args(["-device", "virtio-blk-device,drive=pack"])
+            .args(["-device", "virtio-serial-device"])
+            .args([
+                "-chardev",
+                &format!(
+                    "socket,id=agent,path={},server=on,wait=off",
+                    dir.join("agent.sock").display()
+                ),
+            ])
+            .args([
+                "-device",
+                &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
+            ])
+            .args([
+                "-qmp",
+                &format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
+            ]);
+        if let Some(file) = incoming {
+            cmd.args(["-incoming", &format!("exec:cat {}", shell_quote(file))]);
+        }
+        cmd
+    }
+
+    async fn launch(&self, spec: &BootSpec, incoming: Option<&Path>) -> Result<QemuVm, VmmError> {
+        let dir = &spec.sandbox_dir;
+        let stderr = std::fs::File::create(dir.join("qemu.log"))?;
+        let mut cmd = self.command(spec, incoming);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true);
+        // SAFETY: the closure only calls prctl(2) and getppid(2), both
+        // async-signal-safe, between fork and exec.
+        unsafe {
+            cmd.pre_exec(die_with_parent);
+        }
+        let mut child = cmd.spawn().map_err(VmmError::Launch)?;
+        let pid = child
+            .id()
+            .ok_or_else(|| VmmError::ExitedEarly("no pid".into()))?;
+        let (exit_tx, exit_rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            let exit = match status {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    VmExit {
+                        code: status.code(),
+                        signal: status.signal(),
+                    }
+                }
+                Err(_) => VmExit {
+                    code: None,
+                    signal: None,
+                },
+            };
+            let _ = exit_tx.send(Some(exit));
+        });
+        let vm = QemuVm {
+            pid,
+            dir: dir.clone(),
+            exit: exit_rx,
+            qmp: Mutex::new(None),
+        };
+        match tokio::time::timeout(spec.boot_timeout, vm.wait_for_control()).await {
+            Ok(Ok(())) => Ok(vm),
+            Ok(Err(e)) => {
+                vm.stop().await.ok();
+                Err(e)
+            }
+            Err(_) => {
+                vm.stop().await.ok();
+                Err(VmmError::BootTimeout(spec.boot_timeout))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl VmBackend for QemuBackend {
+    fn name(&self) -> &'static str {
+        "qemu"
+    }
+
+    fn accel(&self) -> Option<String> {
+        Some(self.accel.accel.to_owned())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pause_resume: true,
+            snapshot: true,
+            restore: true,
+        }
+    }
+
+    fn version(&self) -> String {
+        format!("{} accel={}", self.version, self.accel.accel)
+    }
+
+    async fn start(&self, spec: &BootSpec) -> Result<Box<dyn Vm>, VmmError> {
+        Ok(Box::new(self.launch(spec, None).await?))
+    }
+
+    async fn restore(
+        &self,
+        spec: &BootSpec,
+        snapshot: &SnapshotFiles,
+    ) -> Result<Box<dyn Vm>, VmmError> {
+        let file = snapshot.dir.join(MIGRATION_FILE);
+        if !file.is_file() {
+            return Err(VmmError::Config(format!(
+                "snapshot {} has no migration file",
+                snapshot.dir.display()
+            )));
+        }
+        let vm = self.launch(spec, Some(&file)).await?;
+        if let Err(e) = vm.finish_incoming(spec.boot_timeout).await {
+            vm.stop().await.ok();
+            return Err(e);
+        }
+        Ok(Box::new(vm))
+    }
+}
+
+/// One QEMU process.
+pub struct QemuVm {
+    pid: u32,
+    dir: PathBuf,
+    exit: watch::Receiver<Option<VmExit>>,
+    qmp: Mutex<Option<Qmp>>,
+}
+
+impl QemuVm {
+    fn exited(&self) -> Option<VmExit> {
+        self.exit.borrow().clone()
+    }
+
+    fn early_exit_error(&self, exit: &VmExit) -> VmmError {
+        let log = std::fs::read_to_string(self.dir.join("qemu.log")).unwrap_or_default();
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        VmmError::ExitedEarly(format!(
+            "qemu exited ({}){}{}",
+            describe_exit(exit),
+            if last.is_empty() { "" } else { ": " },
+            last.trim()
+        ))
+    }
+
+    /// Waits until QEMU has created its sockets and answers QMP.
+    async fn wait_for_control(&self) -> Result<(), VmmError> {
+        let qmp_path = self.dir.join("qmp.sock");
+        loop {
+            if let Some(exit) = self.exited() {
+                return Err(self.early_exit_error(&exit));
+            }
+            if qmp_path.exists() && self.dir.join("agent.sock").exists() {
+                if let Ok(qmp) = Qmp::connect(&qmp_path).await {
+                    *self.qmp.lock().await = Some(qmp);
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn qmp(
+        &self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, VmmError> {
+        let mut guard = self.qmp.lock().await;
+        let qmp = guard
+            .as_mut()
+            .ok_or_else(|| VmmError::Control(std::io::Error::other("QMP is not connected")))?;
+        qmp.execute(command, arguments).await.map_err(|e| match e {
+            QmpError::Command { command, message } => VmmError::Api {
+                request: command,
+                message,
+            },
+            other => VmmError::Control(std::io::Error::other(other.to_string())),
+        })
+    }
+
+    /// Waits for an incoming migration to complete, then resumes the guest.
+    async fn finish_incoming(&self, bound: Duration) -> Result<(), VmmError> {
+        let deadline = tokio::time::Instant::now() + bound;
+        loop {
+            let status = self.qmp("query-status", None).await?;
+            match status.get("status").and_then(|s| s.as_str()) {
+                Some("inmigrate") => {}
+                Some("paused") | Some("postmigrate") | Some("prelaunch") => break,
+                Some("running") => return Ok(()),
+                other => {
+                    return Err(VmmError::Api {
+                        request: "restore".into(),
+                        message: format!("unexpected VM status {other:?} after migration"),
+                    })
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(VmmError::BootTimeout(bound));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        self.qmp("cont", None).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Vm for QemuVm {
+    fn pid(&self) -> Option<u32> {
+        Some(self.pid)
+    }
+
+    async fn connect_agent(&self) -> Result<AgentStream, VmmError> {
+        if let Some(exit) = self.exited() {
+            return Err(self.early_exit_error(&exit));
+        }
+        let stream = UnixStream::connect(self.dir.join("agent.sock"))
+            .await
+            .map_err(VmmError::AgentConnect)?;
+        Ok(Box::new(stream))
+    }
+
+    async fn pause(&self) -> Result<(), VmmError> {
+        self.qmp("stop", None).await.map(drop)
+    }
+
+    async fn resume(&self) -> Result<(), VmmError> {
+        self.qmp("cont", None).await.map(drop)
+    }
+
+    async fn snapshot(&self, dest: &SnapshotFiles) -> Result<(), VmmError> {
+        let file = dest.dir.join(MIGRATION_FILE);
+        let uri = format!("exec:cat > {}", shell_quote(&file));
+        self.qmp("migrate", Some(json!({ "uri": uri }))).await?;
+        loop {
+            let info = self.qmp("query-migrate", None).await?;
+            match info.get("status").and_then(|s| s.as_str()) {
+                Some("completed") => return Ok(()),
+                Some("failed") | Some("cancelled") => {
+                    return Err(VmmError::Api {
+                        request: "migrate".into(),
+                        message: info
+                            .get("error-desc")
+                            .and_then(|d| d.as_str())
+                            .unwrap_or("migration failed")
+                            .to_owned(),
+                    })
+                }
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    }
+
+    async fn stop(&self) -> Result<(), VmmError> {
+        let mut exit = self.exit.clone();
+        if self.exited().is_none() {
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
+            let graceful = tokio::time::timeout(STOP_GRACE, exit.wait_for(Option::is_some)).await;
+            if graceful.is_err() && self.exited().is_none() {
+                let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+            }
+        }
+        let _ = exit.wait_for(Option::is_some).await;
+        Ok(())
+    }
+
+    async fn wait(&self) -> Result<VmExit, VmmError> {
+        let mut exit = self.exit.clone();
+        let value = exit
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| VmmError::Control(std::io::Error::other("VM watcher ended")))?;
+        Ok(value.clone().unwrap_or(VmExit {
+            code: None,
+            signal: None,
+        }))
+    }
+}
+
+/// `pre_exec` hook: the VM dies with the daemon, even on SIGKILL.
+fn die_with_parent() -> std::io::Result<()> {
+    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
+    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // The parent may have died between fork and prctl.
+    // SAFETY: getppid has no preconditions.
+    if unsafe { libc::getppid() } == 1 {
+        return Err(std::io::Error::other("daemon exited during launch"));
+    }
+    Ok(())
+}
+
+fn describe_exit(exit: &VmExit) -> String {
+    match (exit.code, exit.signal) {
+        (Some(code), _) => format!("status {code}"),
+        (None, Some(signal)) => format!("signal {signal}"),
+        _ => "unknown status".into(),
+    }
+}
+
+/// Quotes a path for the `exec:` migration URIs, which QEMU runs with `/bin/sh -c`.
+fn shell_quote(path: &Path) -> String {
+    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+}
+
+/// Resolves a bare program name through PATH; a path with a slash is taken as is.
+pub fn find_in_path(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_owned());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_uses_tcg_on_paravirtual_kvm() {
+        let decision = AccelDecision::decide(AccelChoice::Auto, &KvmStatus::Paravirtual);
+        assert_eq!(decision.accel, "tcg");
+        assert!(
+            decision.reason.contains("no usable hardware KVM"),
+            "{}",
+            decision.reason
+        );
+    }
+
+    #[test]
+    fn auto_uses_kvm_on_hardware_kvm() {
+        let kvm = KvmStatus::Hardware {
+            module: "kvm_intel".into(),
+        };
+        assert_eq!(AccelDecision::decide(AccelChoice::Auto, &kvm).accel, "kvm");
+        assert_eq!(AccelDecision::decide(AccelChoice::Tcg, &kvm).accel, "tcg");
+    }
+
+    #[test]
+    fn migration_paths_are_quoted_for_the_shell() {
+        assert_eq!(shell_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
+    }
+}
