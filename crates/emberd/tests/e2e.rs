@@ -1,0 +1,329 @@
+//! End to end: the real daemon booting real VMs (QEMU/TCG here, or the
+//! backend named by `EMBERD_TEST_BACKEND`), driven over HTTP.
+//!
+//! These tests need the images built by `make images`. They fail, never
+//! skip, when a VM does not come up.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use reqwest::Method;
+use serde_json::json;
+use support::{eventually, Daemon};
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let daemon = Daemon::start(&[]);
+    let api = daemon.client();
+
+    let (status, body) = api
+        .raw(Method::POST, "/sandboxes", Some(b"{not json".to_vec()))
+        .await;
+    assert_eq!(status, 400);
+    assert!(
+        body["error"].as_str().unwrap().starts_with("invalid JSON"),
+        "{body}"
+    );
+
+    let (status, body) = api
+        .raw(
+            Method::POST,
+            "/sandboxes",
+            Some(br#"{"language_pack":"ruby"}"#.to_vec()),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body, json!({ "error": "unknown language pack: \"ruby\"" }));
+
+    let (status, body) = api
+        .raw(Method::POST, "/sandboxes", Some(vec![b' '; 8 * 1024]))
+        .await;
+    assert_eq!(status, 413, "{body}");
+    assert!(body["error"].is_string());
+
+    for (method, path) in [
+        (Method::POST, "/sandboxes/sb_000000000000/exec"),
+        (Method::GET, "/sandboxes/sb_000000000000"),
+        (Method::DELETE, "/sandboxes/sb_000000000000"),
+        (Method::DELETE, "/sandboxes/..%2F..%2Fetc"),
+    ] {
+        let body = (method == Method::POST).then(|| br#"{"code":"print(1)"}"#.to_vec());
+        let (status, reply) = api.raw(method.clone(), path, body).await;
+        assert_eq!(status, 404, "{method} {path}: {reply}");
+        assert_eq!(reply, json!({ "error": "sandbox not found" }));
+    }
+
+    let (status, info) = api.raw(Method::GET, "/info", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(info["packs"], json!(["node", "python", "shell"]));
+    assert_eq!(info["guest_ram_mib"], 256);
+    assert_eq!(info["boot_path"], "cold-boot");
+    assert_eq!(info["backend"], support::test_backend());
+
+    let (status, _) = api.raw(Method::GET, "/healthz", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn python_sandbox_runs_code_and_reports_exits() {
+    let daemon = Daemon::start(&[]);
+    let api = daemon.client();
+    let (status, body) = api.raw(Method::POST, "/sandboxes", Some(Vec::new())).await;
+    assert_eq!(status, 201, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert!(id.starts_with("sb_") && id.len() == 15, "{id}");
+
+    let out = api.exec(&id, "print(6*7)").await;
+    assert_eq!((out.stdout.as_str(), out.exit_code), ("42\n", 0), "{out:?}");
+    assert_eq!(out.error, None);
+
+    let out = api.exec(&id, "exit(7)").await;
+    assert_eq!(out.exit_code, 7, "{out:?}");
+
+    let out = api.exec(&id, "raise ValueError('boom')").await;
+    assert_eq!(out.exit_code, 1);
+    assert!(
+        out.stderr.contains("Traceback") && out.stderr.contains("ValueError: boom"),
+        "{out:?}"
+    );
+
+    let out = api
+        .exec_with(
+            &id,
+            json!({ "code": "import sys; print(sys.stdin.read().upper())", "stdin": "hello" }),
+        )
+        .await;
+    assert_eq!(out.stdout, "HELLO\n");
+
+    let started = Instant::now();
+    let out = api
+        .exec_with(
+            &id,
+            json!({ "code": "import time\nprint('before', flush=True)\ntime.sleep(60)", "timeout_ms": 1000 }),
+        )
+        .await;
+    assert_eq!(out.exit_code, -1, "{out:?}");
+    assert_eq!(out.error.as_deref(), Some("execution timed out"));
+    assert_eq!(out.stdout, "before\n");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The sandbox still works after a timeout.
+    let out = api.exec(&id, "print('still here')").await;
+    assert_eq!(out.stdout, "still here\n");
+
+    assert_eq!(api.delete(&id).await, 204);
+}
+
+#[tokio::test]
+async fn files_persist_within_a_sandbox_and_not_across() {
+    let daemon = Daemon::start(&[]);
+    let api = daemon.client();
+    let (a, b) = tokio::join!(api.create("python"), api.create("python"));
+
+    let out = api
+        .exec(&a, "open('/tmp/note.txt','w').write('kept')")
+        .await;
+    assert_eq!(out.exit_code, 0, "{out:?}");
+    let out = api.exec(&a, "print(open('/tmp/note.txt').read())").await;
+    assert_eq!(out.stdout, "kept\n");
+    let out = api
+        .exec(&a, "open('/root/home.txt','w').write('x'); print('ok')")
+        .await;
+    assert_eq!(out.stdout, "ok\n", "{out:?}");
+
+    let out = api
+        .exec(
+            &b,
+            "import os; print(os.path.exists('/tmp/note.txt'), os.path.exists('/root/home.txt'))",
+        )
+        .await;
+    assert_eq!(out.stdout, "False False\n", "{out:?}");
+
+    assert_eq!(api.delete(&a).await, 204);
+    assert_eq!(api.delete(&b).await, 204);
+}
+
+#[tokio::test]
+async fn shell_and_node_packs_run() {
+    let daemon = Daemon::start(&[]);
+    let api = daemon.client();
+    let shell = api.create("shell").await;
+    let out = api.exec(&shell, "uname -r; echo err >&2; exit 3").await;
+    assert_eq!(out.exit_code, 3, "{out:?}");
+    assert!(
+        out.stdout.trim().contains('.'),
+        "uname -r printed {:?}",
+        out.stdout
+    );
+    assert_eq!(out.stderr, "err\n");
+
+    let node = api.create("node").await;
+    let out = api.exec(&node, "console.log(6*7)").await;
+    assert_eq!((out.stdout.as_str(), out.exit_code), ("42\n", 0), "{out:?}");
+
+    assert_eq!(api.delete(&shell).await, 204);
+    assert_eq!(api.delete(&node).await, 204);
+}
+
+#[tokio::test]
+async fn delete_removes_everything_and_a_second_delete_is_404() {
+    let daemon = Daemon::start(&[]);
+    let api = daemon.client();
+    let id = api.create("python").await;
+
+    let (status, info) = api
+        .raw(Method::GET, &format!("/sandboxes/{id}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(info["state"], "running");
+    assert_eq!(info["pack"], "python");
+    let pid = info["vmm_pid"].as_u64().expect("vmm_pid") as u32;
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+
+    let (status, list) = api.raw(Method::GET, "/sandboxes", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["sandboxes"][0]["id"], id.as_str());
+
+    assert_eq!(api.delete(&id).await, 204);
+    assert_eq!(api.delete(&id).await, 404);
+    assert!(
+        daemon.vm_processes().is_empty(),
+        "{:?}",
+        daemon.vm_processes()
+    );
+    assert!(
+        daemon.sandbox_dirs().is_empty(),
+        "{:?}",
+        daemon.sandbox_dirs()
+    );
+    let (_, list) = api.raw(Method::GET, "/sandboxes", None).await;
+    assert_eq!(list["sandboxes"], json!([]));
+}
+
+#[tokio::test]
+async fn eight_sandboxes_at_once() {
+    let daemon = Daemon::start(&[]);
+    let api = daemon.client();
+    let ids = futures::future::join_all((0..8).map(|_| api.create("python"))).await;
+    let outputs = futures::future::join_all(ids.iter().enumerate().map(|(i, id)| {
+        let api = api.clone();
+        let id = id.clone();
+        async move { api.exec(&id, &format!("print({i} * 6)")).await }
+    }))
+    .await;
+    for (i, out) in outputs.iter().enumerate() {
+        assert_eq!(out.stdout, format!("{}\n", i * 6), "{out:?}");
+    }
+    assert_eq!(daemon.vm_processes().len(), 8);
+    let statuses = futures::future::join_all(ids.iter().map(|id| api.delete(id))).await;
+    assert!(statuses.iter().all(|s| *s == 204), "{statuses:?}");
+    assert!(daemon.vm_processes().is_empty());
+    assert!(daemon.sandbox_dirs().is_empty());
+}
+
+#[tokio::test]
+async fn twenty_concurrent_execs_on_one_sandbox() {
+    let daemon = Daemon::start(&[]);
+    let api = daemon.client();
+    let id = api.create("python").await;
+    let outputs = futures::future::join_all((0..20).map(|i| {
+        let api = api.clone();
+        let id = id.clone();
+        async move { (i, api.exec(&id, &format!("print({i} ** 2)")).await) }
+    }))
+    .await;
+    for (i, out) in outputs {
+        assert_eq!(out.stdout, format!("{}\n", i * i), "{out:?}");
+        assert_eq!(out.exit_code, 0);
+    }
+    assert_eq!(api.delete(&id).await, 204);
+}
+
+#[tokio::test]
+async fn delete_during_an_exec_ends_the_exec_with_an_error() {
+    let daemon = Daemon::start(&[]);
+    let api = daemon.client();
+    let id = api.create("python").await;
+    let runner = {
+        let api = api.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            api.raw(
+                Method::POST,
+                &format!("/sandboxes/{id}/exec"),
+                Some(
+                    json!({ "code": "import time; time.sleep(120)" })
+                        .to_string()
+                        .into_bytes(),
+                ),
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(api.delete(&id).await, 204);
+    let (status, body) = tokio::time::timeout(Duration::from_secs(20), runner)
+        .await
+        .expect("the exec ended")
+        .unwrap();
+    assert!(status == 409 || status == 404, "{status} {body}");
+    assert!(body["error"].is_string());
+    assert!(daemon.vm_processes().is_empty());
+}
+
+#[tokio::test]
+async fn sigterm_stops_every_vm_and_exits_zero() {
+    let mut daemon = Daemon::start(&[]);
+    let api = daemon.client();
+    let (a, b) = tokio::join!(api.create("python"), api.create("shell"));
+    assert!(!a.is_empty() && !b.is_empty());
+    assert_eq!(daemon.vm_processes().len(), 2);
+    let status = daemon.signal_and_wait(Signal::SIGTERM);
+    assert!(status.success(), "{status}:\n{}", daemon.log_text());
+    assert!(
+        daemon.vm_processes().is_empty(),
+        "{:?}",
+        daemon.vm_processes()
+    );
+    assert!(
+        daemon.sandbox_dirs().is_empty(),
+        "{:?}",
+        daemon.sandbox_dirs()
+    );
+}
+
+#[tokio::test]
+async fn a_restart_after_sigkill_leaves_nothing_behind() {
+    let mut daemon = Daemon::start(&[]);
+    let api = daemon.client();
+    let _a = api.create("python").await;
+    let _b = api.create("python").await;
+    assert_eq!(daemon.vm_processes().len(), 2);
+    daemon.signal_and_wait(Signal::SIGKILL);
+    // PR_SET_PDEATHSIG takes the VMs down with the daemon.
+    assert!(
+        eventually(Duration::from_secs(10), || daemon.vm_processes().is_empty()),
+        "VMs outlived the daemon: {:?}",
+        daemon.vm_processes()
+    );
+    assert_eq!(daemon.sandbox_dirs().len(), 2);
+    let work_dir = daemon.work_dir.clone();
+    let restarted = Daemon::start_in(&work_dir, &[]);
+    assert!(
+        restarted.sandbox_dirs().is_empty(),
+        "{:?}",
+        restarted.sandbox_dirs()
+    );
+    assert!(restarted.vm_processes().is_empty());
+    let id = restarted.client().create("python").await;
+    assert_eq!(
+        restarted.client().exec(&id, "print('again')").await.stdout,
+        "again\n"
+    );
+}
