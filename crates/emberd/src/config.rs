@@ -67,6 +67,12 @@ pub struct ServeArgs {
     /// Firecracker binary [default: firecracker on PATH or in ~/.local/bin].
     #[arg(long, env = "EMBERD_FIRECRACKER_BIN")]
     pub firecracker_bin: Option<PathBuf>,
+    /// Booted sandboxes kept ready per pack; 0 or -1 disables the pool [default: 2].
+    #[arg(long, env = "EMBERD_POOL_SIZE", allow_negative_numbers = true)]
+    pub pool_size: Option<i64>,
+    /// Most guest memory all pools together may hold, MiB [default: 2048].
+    #[arg(long, env = "EMBERD_POOL_MEMORY_MIB")]
+    pub pool_memory_mib: Option<u64>,
     /// Bound on draining HTTP requests at shutdown [default: 10s].
     #[arg(long, env = "EMBERD_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "deserialize_duration")]
@@ -103,6 +109,8 @@ pub struct Settings {
     pub qemu_bin: Option<PathBuf>,
     pub firecracker_bin: Option<PathBuf>,
     pub shutdown_timeout: Duration,
+    pub pool_size: usize,
+    pub pool_memory_mib: u64,
 }
 
 impl ServeArgs {
@@ -128,6 +136,11 @@ impl ServeArgs {
             qemu_bin: merged.qemu_bin,
             firecracker_bin: merged.firecracker_bin,
             shutdown_timeout: merged.shutdown_timeout.unwrap_or(Duration::from_secs(10)),
+            pool_size: match merged.pool_size.unwrap_or(2) {
+                n if n <= 0 => 0,
+                n => usize::try_from(n).unwrap_or(usize::MAX),
+            },
+            pool_memory_mib: merged.pool_memory_mib.unwrap_or(2048),
         };
         settings.check()?;
         Ok(settings)
@@ -159,6 +172,8 @@ impl ServeArgs {
             qemu_bin: self.qemu_bin.or(other.qemu_bin),
             firecracker_bin: self.firecracker_bin.or(other.firecracker_bin),
             shutdown_timeout: self.shutdown_timeout.or(other.shutdown_timeout),
+            pool_size: self.pool_size.or(other.pool_size),
+            pool_memory_mib: self.pool_memory_mib.or(other.pool_memory_mib),
         }
     }
 }

@@ -56,8 +56,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             memory_mib: settings.memory_mib,
             boot_timeout: settings.boot_timeout,
             overlay_mib: settings.overlay_mib,
+            pool_size: settings.pool_size,
+            pool_memory_mib: settings.pool_memory_mib,
         },
     )?);
+    manager.start_background();
     let listener = TcpListener::bind(settings.addr)
         .await
         .map_err(|source| ServeError::Bind {

@@ -7,6 +7,7 @@
 //! stopping everything at shutdown. It knows nothing of HTTP: callers get a
 //! [`SandboxError`] and map it themselves.
 
+mod pool;
 mod recovery;
 
 use std::collections::HashMap;
@@ -32,6 +33,12 @@ pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 4 * 1024 * 1024;
 /// Extra time the daemon waits for the agent's answer beyond an exec's timeout.
 const EXEC_ANSWER_GRACE: Duration = Duration::from_secs(10);
+/// How long a pooled sandbox gets to answer `Health` before hand-out.
+const HEALTH_BOUND: Duration = Duration::from_secs(2);
+/// `boot_path` values of the API.
+pub const BOOT_PATH_POOL: &str = "warm-pool";
+pub const BOOT_PATH_SNAPSHOT: &str = "snapshot-restore";
+pub const BOOT_PATH_COLD: &str = "cold-boot";
 /// Lines of the console log shown by `GET /sandboxes/{id}`.
 const CONSOLE_TAIL_LINES: usize = 20;
 
@@ -73,6 +80,10 @@ pub struct ManagerConfig {
     pub boot_timeout: Duration,
     /// Size of each sandbox's writable layer, in MiB.
     pub overlay_mib: u32,
+    /// Booted sandboxes kept ready per pack; 0 disables the pool.
+    pub pool_size: usize,
+    /// Upper bound on guest memory held by all pools together, in MiB.
+    pub pool_memory_mib: u64,
 }
 
 /// One exec as the manager takes it.
@@ -97,6 +108,27 @@ struct Sandbox {
 }
 
 impl Sandbox {
+    fn booting(id: String, pack: &str, dir: PathBuf, boot_path: &'static str) -> Self {
+        Sandbox {
+            id,
+            pack: pack.to_owned(),
+            created_at: SystemTime::now(),
+            dir,
+            boot_path,
+            state: Mutex::new(SandboxState::Booting),
+            vm: OnceLock::new(),
+            agent: OnceLock::new(),
+            deleted: CancellationToken::new(),
+        }
+    }
+
+    fn from_booted(booted: Booted, pack: &str, boot_path: &'static str) -> Self {
+        let sandbox = Sandbox::booting(booted.id, pack, booted.dir, boot_path);
+        let _ = sandbox.vm.set(booted.vm);
+        let _ = sandbox.agent.set(booted.agent);
+        sandbox
+    }
+
     fn state(&self) -> SandboxState {
         *self.state.lock().expect("state lock")
     }
@@ -133,12 +165,22 @@ impl Sandbox {
     }
 }
 
+/// A VM whose agent has answered `Hello`, not yet given to anyone.
+struct Booted {
+    id: String,
+    dir: PathBuf,
+    vm: Box<dyn Vm>,
+    agent: AgentClient,
+}
+
 /// Owns all sandboxes of one daemon.
 pub struct Manager {
     backend: Arc<dyn VmBackend>,
     manifest: Manifest,
     config: ManagerConfig,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    pools: pool::Pools,
+    background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutting_down: CancellationToken,
     _lock: WorkDirLock,
 }
@@ -146,6 +188,7 @@ pub struct Manager {
 impl Manager {
     /// Takes the work dir (refusing one held by another daemon), clears what
     /// a crashed daemon left in it, and returns a manager ready to serve.
+    /// Call [`Manager::start_background`] once to begin filling the pools.
     pub fn new(
         backend: Arc<dyn VmBackend>,
         manifest: Manifest,
@@ -160,14 +203,29 @@ impl Manager {
                 "cleared what a previous daemon left behind"
             );
         }
+        let pools = pool::Pools::new(&manifest.pack_names(), &config);
         Ok(Manager {
             backend,
             manifest,
             config,
             sandboxes: Mutex::new(HashMap::new()),
+            pools,
+            background: Mutex::new(Vec::new()),
             shutting_down: CancellationToken::new(),
             _lock: lock,
         })
+    }
+
+    /// Starts the background work: one pool filler per pack.
+    pub fn start_background(self: &Arc<Self>) {
+        if self.config.pool_size == 0 {
+            return;
+        }
+        for pack in self.manifest.pack_names() {
+            let manager = Arc::downgrade(self);
+            let task = tokio::spawn(pool::fill_forever(manager, pack));
+            self.background.lock().expect("task list lock").push(task);
+        }
     }
 
     pub fn backend(&self) -> &dyn VmBackend {
@@ -178,12 +236,21 @@ impl Manager {
         &self.config
     }
 
+    /// How the next create is served when nothing is ready in a pool.
+    fn next_boot_path(&self) -> &'static str {
+        if self.config.pool_size > 0 {
+            BOOT_PATH_POOL
+        } else {
+            BOOT_PATH_COLD
+        }
+    }
+
     /// `GET /info`.
     pub fn info(&self) -> InfoResponse {
         InfoResponse {
             guest_ram_mib: self.config.memory_mib,
             guest_vcpus: self.config.vcpus,
-            boot_path: "cold-boot".into(),
+            boot_path: self.next_boot_path().into(),
             packs: self.manifest.pack_names(),
             work_dir: self.config.work_dir.display().to_string(),
             backend: Some(self.backend.name().to_owned()),
@@ -201,53 +268,114 @@ impl Manager {
             .ok_or(SandboxError::NotFound)
     }
 
+    fn insert(&self, sandbox: Arc<Sandbox>) {
+        self.sandboxes
+            .lock()
+            .expect("sandbox map lock")
+            .insert(sandbox.id.clone(), sandbox);
+    }
+
+    fn pack_artefact(&self, pack: &str) -> Result<&PackArtefact, SandboxError> {
+        self.manifest.pack(pack).map_err(|e| match e {
+            ManifestError::UnknownPack(name) => SandboxError::UnknownPack(name),
+            other => SandboxError::Boot(other.to_string()),
+        })
+    }
+
     /// Creates a sandbox of `pack` and returns its id once its agent answers.
     pub async fn create(&self, pack: &str) -> Result<String, SandboxError> {
         if self.shutting_down.is_cancelled() {
             return Err(SandboxError::ShuttingDown);
         }
-        let artefact = self.manifest.pack(pack).map_err(|e| match e {
-            ManifestError::UnknownPack(name) => SandboxError::UnknownPack(name),
-            other => SandboxError::Boot(other.to_string()),
-        })?;
+        let artefact = self.pack_artefact(pack)?;
+        while let Some(booted) = self.pools.take(pack) {
+            match self.adopt(booted, pack).await {
+                Ok(id) => return Ok(id),
+                Err(e) => {
+                    tracing::warn!(pack, error = %e, "pooled sandbox unusable; trying the next")
+                }
+            }
+        }
+        self.create_cold(pack, artefact).await
+    }
+
+    /// Hands out a pooled VM if it is healthy and accepts its identity.
+    async fn adopt(&self, booted: Booted, pack: &str) -> Result<String, SandboxError> {
+        let healthy = tokio::time::timeout(HEALTH_BOUND, booted.agent.healthy())
+            .await
+            .unwrap_or(false);
+        let identity = if healthy {
+            booted
+                .agent
+                .set_identity(&booted.id)
+                .await
+                .map_err(|e| SandboxError::Boot(e.to_string()))
+        } else {
+            Err(SandboxError::Boot(
+                "pooled sandbox did not answer Health".into(),
+            ))
+        };
+        let sandbox = Arc::new(Sandbox::from_booted(booted, pack, BOOT_PATH_POOL));
+        if let Err(e) = identity {
+            sandbox.teardown().await;
+            return Err(e);
+        }
+        sandbox.set_state(SandboxState::Running);
+        let id = sandbox.id.clone();
+        self.insert(sandbox);
+        tracing::info!(sandbox = %id, pack, "sandbox handed out from the pool");
+        Ok(id)
+    }
+
+    async fn create_cold(
+        &self,
+        pack: &str,
+        artefact: &PackArtefact,
+    ) -> Result<String, SandboxError> {
         let id = new_sandbox_id();
         let dir = self.config.work_dir.join(&id);
         create_private_dir(&dir).map_err(|source| SandboxError::SandboxDir {
             path: dir.clone(),
             source,
         })?;
-        let sandbox = Arc::new(Sandbox {
-            id: id.clone(),
-            pack: pack.to_owned(),
-            created_at: SystemTime::now(),
-            dir,
-            boot_path: "cold-boot",
-            state: Mutex::new(SandboxState::Booting),
-            vm: OnceLock::new(),
-            agent: OnceLock::new(),
-            deleted: CancellationToken::new(),
-        });
-        self.sandboxes
-            .lock()
-            .expect("sandbox map lock")
-            .insert(id.clone(), sandbox.clone());
+        let sandbox = Arc::new(Sandbox::booting(
+            id.clone(),
+            pack,
+            dir.clone(),
+            BOOT_PATH_COLD,
+        ));
+        self.insert(sandbox.clone());
         let started = Instant::now();
         let booted = tokio::select! {
-            result = self.boot(&sandbox, artefact) => result,
+            result = self.boot_vm(&id, &dir, artefact) => result,
             () = sandbox.deleted.cancelled() => Err(SandboxError::Deleted("booting")),
         };
-        // A delete that raced the boot may have missed the VM: check again.
-        let booted = booted.and_then(|()| {
-            if sandbox.deleted.is_cancelled() {
-                Err(SandboxError::Deleted("booting"))
-            } else {
-                Ok(())
+        let result = match booted {
+            Ok(booted) => {
+                let agent = booted.agent.clone();
+                let _ = sandbox.vm.set(booted.vm);
+                let _ = sandbox.agent.set(agent.clone());
+                // A delete that raced the boot may have missed the VM.
+                if sandbox.deleted.is_cancelled() {
+                    Err(SandboxError::Deleted("booting"))
+                } else {
+                    agent
+                        .set_identity(&id)
+                        .await
+                        .map_err(|e| SandboxError::Boot(e.to_string()))
+                }
             }
-        });
-        match booted {
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(()) => {
                 sandbox.set_state(SandboxState::Running);
-                tracing::info!(sandbox = %id, pack, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox ready");
+                tracing::info!(
+                    sandbox = %id,
+                    pack,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "sandbox ready (cold boot)"
+                );
                 Ok(id)
             }
             Err(e) => {
@@ -259,10 +387,17 @@ impl Manager {
         }
     }
 
-    async fn boot(&self, sandbox: &Sandbox, pack: &PackArtefact) -> Result<(), SandboxError> {
+    /// Boots a VM in `dir` and opens its agent session. On error the VM is
+    /// stopped; the directory is the caller's to remove.
+    async fn boot_vm(
+        &self,
+        id: &str,
+        dir: &Path,
+        pack: &PackArtefact,
+    ) -> Result<Booted, SandboxError> {
         let spec = BootSpec {
-            sandbox_id: sandbox.id.clone(),
-            sandbox_dir: sandbox.dir.clone(),
+            sandbox_id: id.to_owned(),
+            sandbox_dir: dir.to_owned(),
             kernel_bzimage: self.manifest.kernel.bzimage.clone(),
             kernel_vmlinux: self.manifest.kernel.vmlinux.clone(),
             initramfs: self.manifest.initramfs.clone(),
@@ -274,29 +409,47 @@ impl Manager {
         };
         let deadline = Instant::now() + self.config.boot_timeout;
         let vm = self.backend.start(&spec).await.map_err(boot_error)?;
-        let vm = match sandbox.vm.set(vm) {
-            Ok(()) => sandbox.vm.get().expect("just set"),
-            Err(vm) => {
-                vm.stop().await.ok();
-                return Err(SandboxError::Boot("sandbox already has a VM".into()));
-            }
-        };
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let agent = tokio::time::timeout(remaining, connect_agent(vm.as_ref()))
-            .await
-            .map_err(|_| {
-                SandboxError::Boot(format!(
+        let agent = match tokio::time::timeout(remaining, connect_agent(vm.as_ref())).await {
+            Ok(Ok(agent)) => agent,
+            Ok(Err(e)) => {
+                vm.stop().await.ok();
+                return Err(e);
+            }
+            Err(_) => {
+                vm.stop().await.ok();
+                return Err(SandboxError::Boot(format!(
                     "the guest agent did not answer within {:?}{}",
                     self.config.boot_timeout,
-                    console_hint(&sandbox.dir)
-                ))
-            })??;
-        agent
-            .set_identity(&sandbox.id)
-            .await
-            .map_err(|e| SandboxError::Boot(e.to_string()))?;
-        let _ = sandbox.agent.set(agent);
-        Ok(())
+                    console_hint(dir)
+                )));
+            }
+        };
+        Ok(Booted {
+            id: id.to_owned(),
+            dir: dir.to_owned(),
+            vm,
+            agent,
+        })
+    }
+
+    /// Boots one VM for a pool, in a fresh directory.
+    async fn boot_for_pool(&self, pack: &str) -> Result<Booted, SandboxError> {
+        let artefact = self.pack_artefact(pack)?;
+        let id = new_sandbox_id();
+        let dir = self.config.work_dir.join(&id);
+        create_private_dir(&dir).map_err(|source| SandboxError::SandboxDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let booted = tokio::select! {
+            result = self.boot_vm(&id, &dir, artefact) => result,
+            () = self.shutting_down.cancelled() => Err(SandboxError::ShuttingDown),
+        };
+        if booted.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        booted
     }
 
     /// Runs `params.code` in sandbox `id` with the pack's interpreter.
@@ -317,10 +470,7 @@ impl Manager {
             }
             Some(ms) => Duration::from_millis(ms),
         };
-        let pack = self
-            .manifest
-            .pack(&sandbox.pack)
-            .map_err(|e| SandboxError::Boot(e.to_string()))?;
+        let pack = self.pack_artefact(&sandbox.pack)?;
         let agent = sandbox
             .agent
             .get()
@@ -379,9 +529,17 @@ impl Manager {
         Ok(self.lookup(id)?.info(self.backend.name(), true))
     }
 
-    /// Refuses new sandboxes and stops every VM. Called once at shutdown.
+    /// Refuses new sandboxes and stops every VM, pooled ones included.
+    /// Called once at shutdown.
     pub async fn shutdown(&self) {
         self.shutting_down.cancel();
+        let tasks: Vec<_> = self
+            .background
+            .lock()
+            .expect("task list lock")
+            .drain(..)
+            .collect();
+        futures::future::join_all(tasks).await;
         let ids: Vec<String> = self
             .sandboxes
             .lock()
@@ -389,10 +547,19 @@ impl Manager {
             .keys()
             .cloned()
             .collect();
-        let count = ids.len();
-        futures::future::join_all(ids.iter().map(|id| self.delete(id))).await;
+        let pooled = self.pools.drain();
+        let count = ids.len() + pooled.len();
+        let deletes = futures::future::join_all(ids.iter().map(|id| self.delete(id)));
+        let discards = futures::future::join_all(pooled.into_iter().map(discard));
+        tokio::join!(deletes, discards);
         tracing::info!(stopped = count, "all sandboxes stopped");
     }
+}
+
+/// Stops a VM nobody will use and removes its directory.
+async fn discard(booted: Booted) {
+    booted.vm.stop().await.ok();
+    let _ = std::fs::remove_dir_all(&booted.dir);
 }
 
 async fn connect_agent(vm: &dyn Vm) -> Result<AgentClient, SandboxError> {

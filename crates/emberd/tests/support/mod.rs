@@ -68,6 +68,8 @@ impl Daemon {
             .arg(data_dir())
             .args(["--boot-timeout", "60s"])
             .args(extra_args)
+            // Tests count VMs: no pool unless a test asks for one.
+            .env("EMBERD_POOL_SIZE", "0")
             .env("EMBERD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -453,6 +453,16 @@ impl Vm for QemuVm {
     }
 }
 
+impl Drop for QemuVm {
+    /// A VM dropped without [`Vm::stop`] (an abandoned boot, say) is killed;
+    /// the watcher task reaps it.
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
+        }
+    }
+}
+
 /// `pre_exec` hook: the VM dies with the daemon, even on SIGKILL.
 fn die_with_parent() -> std::io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
