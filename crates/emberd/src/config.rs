@@ -73,6 +73,13 @@ pub struct ServeArgs {
     /// Most guest memory all pools together may hold, MiB [default: 2048].
     #[arg(long, env = "EMBERD_POOL_MEMORY_MIB")]
     pub pool_memory_mib: Option<u64>,
+    /// Restore sandboxes from per-pack template snapshots [default: true].
+    #[arg(long, env = "EMBERD_SNAPSHOTS", num_args = 0..=1, default_missing_value = "true")]
+    pub snapshots: Option<bool>,
+    /// Build template snapshots lazily, after a pack's first cold boot,
+    /// instead of at startup.
+    #[arg(long, env = "EMBERD_SKIP_WARM", num_args = 0..=1, default_missing_value = "true")]
+    pub skip_warm: Option<bool>,
     /// Bound on draining HTTP requests at shutdown [default: 10s].
     #[arg(long, env = "EMBERD_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
     #[serde(default, deserialize_with = "deserialize_duration")]
@@ -111,6 +118,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub pool_size: usize,
     pub pool_memory_mib: u64,
+    pub snapshots: bool,
+    pub skip_warm: bool,
 }
 
 impl ServeArgs {
@@ -141,6 +150,8 @@ impl ServeArgs {
                 n => usize::try_from(n).unwrap_or(usize::MAX),
             },
             pool_memory_mib: merged.pool_memory_mib.unwrap_or(2048),
+            snapshots: merged.snapshots.unwrap_or(true),
+            skip_warm: merged.skip_warm.unwrap_or(false),
         };
         settings.check()?;
         Ok(settings)
@@ -174,6 +185,8 @@ impl ServeArgs {
             shutdown_timeout: self.shutdown_timeout.or(other.shutdown_timeout),
             pool_size: self.pool_size.or(other.pool_size),
             pool_memory_mib: self.pool_memory_mib.or(other.pool_memory_mib),
+            snapshots: self.snapshots.or(other.snapshots),
+            skip_warm: self.skip_warm.or(other.skip_warm),
         }
     }
 }

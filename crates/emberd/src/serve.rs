@@ -58,6 +58,10 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
             overlay_mib: settings.overlay_mib,
             pool_size: settings.pool_size,
             pool_memory_mib: settings.pool_memory_mib,
+            snapshot_dir: settings
+                .snapshots
+                .then(|| settings.data_dir.join("snapshots")),
+            warm_templates_at_start: !settings.skip_warm,
         },
     )?);
     manager.start_background();

@@ -9,6 +9,7 @@
 
 mod pool;
 mod recovery;
+mod template;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::guest::{AgentClient, GuestError, RunOutcome, RunSpec};
 use crate::image::{Manifest, ManifestError, PackArtefact};
-use crate::vmm::{BootSpec, Vm, VmBackend, VmmError};
+use crate::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend, VmmError};
 
 pub use recovery::{WorkDirError, WorkDirLock};
 
@@ -33,6 +34,8 @@ pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 4 * 1024 * 1024;
 /// Extra time the daemon waits for the agent's answer beyond an exec's timeout.
 const EXEC_ANSWER_GRACE: Duration = Duration::from_secs(10);
+/// Time for the agent to see the host hang up before the VM is paused.
+const QUIESCE_SETTLE: Duration = Duration::from_millis(300);
 /// How long a pooled sandbox gets to answer `Health` before hand-out.
 const HEALTH_BOUND: Duration = Duration::from_secs(2);
 /// `boot_path` values of the API.
@@ -84,6 +87,10 @@ pub struct ManagerConfig {
     pub pool_size: usize,
     /// Upper bound on guest memory held by all pools together, in MiB.
     pub pool_memory_mib: u64,
+    /// Where template snapshots live; `None` disables snapshot restore.
+    pub snapshot_dir: Option<PathBuf>,
+    /// Build every pack's template at startup (else after its first cold boot).
+    pub warm_templates_at_start: bool,
 }
 
 /// One exec as the manager takes it.
@@ -99,7 +106,7 @@ struct Sandbox {
     pack: String,
     created_at: SystemTime,
     dir: PathBuf,
-    boot_path: &'static str,
+    boot_path: Mutex<&'static str>,
     state: Mutex<SandboxState>,
     vm: OnceLock<Box<dyn Vm>>,
     agent: OnceLock<AgentClient>,
@@ -114,7 +121,7 @@ impl Sandbox {
             pack: pack.to_owned(),
             created_at: SystemTime::now(),
             dir,
-            boot_path,
+            boot_path: Mutex::new(boot_path),
             state: Mutex::new(SandboxState::Booting),
             vm: OnceLock::new(),
             agent: OnceLock::new(),
@@ -133,6 +140,10 @@ impl Sandbox {
         *self.state.lock().expect("state lock")
     }
 
+    fn set_boot_path(&self, boot_path: &'static str) {
+        *self.boot_path.lock().expect("boot path lock") = boot_path;
+    }
+
     fn set_state(&self, state: SandboxState) {
         *self.state.lock().expect("state lock") = state;
     }
@@ -144,7 +155,7 @@ impl Sandbox {
             state: self.state(),
             backend: backend.to_owned(),
             created_at: humantime::format_rfc3339_seconds(self.created_at).to_string(),
-            boot_path: Some(self.boot_path.to_owned()),
+            boot_path: Some((*self.boot_path.lock().expect("boot path lock")).to_owned()),
             vmm_pid: self.vm.get().and_then(|vm| vm.pid()),
             console_tail: with_console.then(|| console_tail(&self.dir.join("console.log"))),
         }
@@ -171,6 +182,7 @@ struct Booted {
     dir: PathBuf,
     vm: Box<dyn Vm>,
     agent: AgentClient,
+    boot_path: &'static str,
 }
 
 /// Owns all sandboxes of one daemon.
@@ -180,6 +192,9 @@ pub struct Manager {
     config: ManagerConfig,
     sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
     pools: pool::Pools,
+    templates: Option<template::Templates>,
+    template_requests: tokio::sync::mpsc::UnboundedSender<String>,
+    template_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     background: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     shutting_down: CancellationToken,
     _lock: WorkDirLock,
@@ -204,27 +219,78 @@ impl Manager {
             );
         }
         let pools = pool::Pools::new(&manifest.pack_names(), &config);
+        let templates = match &config.snapshot_dir {
+            Some(dir) if backend.capabilities().restore => {
+                Some(template::Templates::new(dir.clone()))
+            }
+            _ => None,
+        };
+        let (template_requests, template_queue) = tokio::sync::mpsc::unbounded_channel();
         Ok(Manager {
             backend,
             manifest,
             config,
             sandboxes: Mutex::new(HashMap::new()),
             pools,
+            templates,
+            template_requests,
+            template_queue: Mutex::new(Some(template_queue)),
             background: Mutex::new(Vec::new()),
             shutting_down: CancellationToken::new(),
             _lock: lock,
         })
     }
 
-    /// Starts the background work: one pool filler per pack.
+    /// Starts the background work: template builds (all packs first when
+    /// asked to warm at start), then one pool filler per pack.
     pub fn start_background(self: &Arc<Self>) {
-        if self.config.pool_size == 0 {
-            return;
+        let queue = self.template_queue.lock().expect("queue lock").take();
+        let warm_first = self.templates.is_some() && self.config.warm_templates_at_start;
+        if warm_first {
+            for pack in self.manifest.pack_names() {
+                let _ = self.template_requests.send(pack);
+            }
         }
+        let manager = Arc::downgrade(self);
+        let packs = self.manifest.pack_names();
+        let pool_size = self.config.pool_size;
+        let stop = self.shutting_down.clone();
+        let task = tokio::spawn(async move {
+            let Some(mut queue) = queue else { return };
+            let mut first_pass = if warm_first { packs.len() } else { 0 };
+            if first_pass == 0 && pool_size > 0 {
+                if let Some(strong) = manager.upgrade() {
+                    strong.start_pool_fillers();
+                }
+            }
+            loop {
+                let pack = tokio::select! {
+                    pack = queue.recv() => pack,
+                    () = stop.cancelled() => None,
+                };
+                let Some(pack) = pack else { return };
+                let Some(strong) = manager.upgrade() else {
+                    return;
+                };
+                strong.build_template_logged(&pack).await;
+                // The first pass builds every template before the pools
+                // fill, so that the pools fill by restoring.
+                if first_pass > 0 {
+                    first_pass -= 1;
+                    if first_pass == 0 && pool_size > 0 {
+                        strong.start_pool_fillers();
+                    }
+                }
+            }
+        });
+        self.background.lock().expect("task list lock").push(task);
+    }
+
+    fn start_pool_fillers(self: &Arc<Self>) {
+        let mut tasks = self.background.lock().expect("task list lock");
         for pack in self.manifest.pack_names() {
             let manager = Arc::downgrade(self);
-            let task = tokio::spawn(pool::fill_forever(manager, pack));
-            self.background.lock().expect("task list lock").push(task);
+            tasks.push(tokio::spawn(pool::fill_forever(manager, pack)));
         }
     }
 
@@ -238,11 +304,162 @@ impl Manager {
 
     /// How the next create is served when nothing is ready in a pool.
     fn next_boot_path(&self) -> &'static str {
+        let default_pack = emberd_api::DEFAULT_LANGUAGE_PACK;
         if self.config.pool_size > 0 {
             BOOT_PATH_POOL
+        } else if self.template_for(default_pack).is_some() {
+            BOOT_PATH_SNAPSHOT
         } else {
             BOOT_PATH_COLD
         }
+    }
+
+    fn boot_spec(&self, id: &str, dir: &Path, pack: &PackArtefact) -> BootSpec {
+        BootSpec {
+            sandbox_id: id.to_owned(),
+            sandbox_dir: dir.to_owned(),
+            kernel_bzimage: self.manifest.kernel.bzimage.clone(),
+            kernel_vmlinux: self.manifest.kernel.vmlinux.clone(),
+            initramfs: self.manifest.initramfs.clone(),
+            root_disk: pack.squashfs.clone(),
+            vcpus: self.config.vcpus,
+            memory_mib: self.config.memory_mib,
+            extra_kernel_args: vec![format!("emberd.overlay_size={}M", self.config.overlay_mib)],
+            boot_timeout: self.config.boot_timeout,
+        }
+    }
+
+    fn template_key(&self, pack: &str) -> Option<String> {
+        let artefact = self.manifest.pack(pack).ok()?;
+        let spec = self.boot_spec("", Path::new(""), artefact);
+        Some(template::Templates::key(
+            &spec,
+            self.backend.name(),
+            &self.backend.version(),
+        ))
+    }
+
+    fn template_for(&self, pack: &str) -> Option<SnapshotFiles> {
+        let templates = self.templates.as_ref()?;
+        templates.get(pack, &self.template_key(pack)?)
+    }
+
+    async fn build_template_logged(&self, pack: &str) {
+        let Some(templates) = &self.templates else {
+            return;
+        };
+        if self.template_for(pack).is_some() || !templates.claim_build(pack) {
+            return;
+        }
+        let started = Instant::now();
+        let result = tokio::select! {
+            result = self.build_template(pack) => result,
+            () = self.shutting_down.cancelled() => Err(SandboxError::ShuttingDown),
+        };
+        templates.finish_build(pack, result.is_ok());
+        match result {
+            Ok(files) => tracing::info!(
+                pack,
+                template = %files.dir.display(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "template snapshot ready"
+            ),
+            Err(e) => {
+                tracing::warn!(pack, error = %e, "template snapshot failed; creates cold-boot")
+            }
+        }
+    }
+
+    /// Cold-boots a VM, warms it up, quiesces it and snapshots it.
+    async fn build_template(&self, pack: &str) -> Result<SnapshotFiles, SandboxError> {
+        let templates = self.templates.as_ref().ok_or(SandboxError::ShuttingDown)?;
+        let artefact = self.pack_artefact(pack)?;
+        let key = self
+            .template_key(pack)
+            .ok_or_else(|| SandboxError::UnknownPack(pack.into()))?;
+        let id = new_sandbox_id();
+        let dir = self.config.work_dir.join(&id);
+        create_private_dir(&dir).map_err(|source| SandboxError::SandboxDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let spec = self.boot_spec(&id, &dir, artefact);
+        let result = async {
+            let booted = self.cold_boot(&spec).await?;
+            let warmup = RunSpec {
+                interpreter: artefact.interpreter.clone(),
+                code: artefact.warmup.clone().into_bytes(),
+                file_suffix: artefact.file_suffix.clone(),
+                timeout: Some(DEFAULT_EXEC_TIMEOUT),
+                output_limit_bytes: 64 * 1024,
+                warm_language: artefact.warm_language.clone(),
+                ..RunSpec::default()
+            };
+            let snapshot = async {
+                let outcome = booted.agent.run(warmup).await.map_err(SandboxError::Exec)?;
+                if outcome.exit_code != 0 {
+                    return Err(SandboxError::Boot(format!(
+                        "warm-up code exited with {}: {}",
+                        outcome.exit_code,
+                        String::from_utf8_lossy(&outcome.stderr)
+                    )));
+                }
+                booted.agent.quiesce().await.map_err(SandboxError::Exec)?;
+                Ok(())
+            }
+            .await;
+            let Booted { vm, agent, .. } = booted;
+            // Close the session before the pause, so the image holds an agent
+            // waiting for its next connection.
+            drop(agent);
+            let result = match snapshot {
+                Ok(()) => {
+                    tokio::time::sleep(QUIESCE_SETTLE).await;
+                    self.snapshot_into(vm.as_ref(), templates, pack, &key).await
+                }
+                Err(e) => Err(e),
+            };
+            vm.stop().await.ok();
+            result
+        }
+        .await;
+        let _ = std::fs::remove_dir_all(&dir);
+        result
+    }
+
+    async fn snapshot_into(
+        &self,
+        vm: &dyn Vm,
+        templates: &template::Templates,
+        pack: &str,
+        key: &str,
+    ) -> Result<SnapshotFiles, SandboxError> {
+        let staging =
+            templates
+                .staging_dir(pack, key)
+                .map_err(|source| SandboxError::SandboxDir {
+                    path: self.config.snapshot_dir.clone().unwrap_or_default(),
+                    source,
+                })?;
+        let result = async {
+            vm.pause().await.map_err(boot_error)?;
+            vm.snapshot(&SnapshotFiles {
+                dir: staging.clone(),
+            })
+            .await
+            .map_err(boot_error)?;
+            templates
+                .publish(pack, key, &staging)
+                .map_err(|source| SandboxError::SandboxDir {
+                    path: staging.clone(),
+                    source,
+                })
+        }
+        .await;
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result
     }
 
     /// `GET /info`.
@@ -347,11 +564,12 @@ impl Manager {
         self.insert(sandbox.clone());
         let started = Instant::now();
         let booted = tokio::select! {
-            result = self.boot_vm(&id, &dir, artefact) => result,
+            result = self.boot_vm(&id, &dir, pack, artefact) => result,
             () = sandbox.deleted.cancelled() => Err(SandboxError::Deleted("booting")),
         };
         let result = match booted {
             Ok(booted) => {
+                sandbox.set_boot_path(booted.boot_path);
                 let agent = booted.agent.clone();
                 let _ = sandbox.vm.set(booted.vm);
                 let _ = sandbox.agent.set(agent.clone());
@@ -387,30 +605,63 @@ impl Manager {
         }
     }
 
-    /// Boots a VM in `dir` and opens its agent session. On error the VM is
-    /// stopped; the directory is the caller's to remove.
+    /// Makes a VM in `dir` and opens its agent session: restored from the
+    /// pack's template when there is one, cold-booted otherwise (and when
+    /// the restore fails). On error the VM is stopped; the directory is the
+    /// caller's to remove.
     async fn boot_vm(
         &self,
         id: &str,
         dir: &Path,
-        pack: &PackArtefact,
+        pack: &str,
+        artefact: &PackArtefact,
     ) -> Result<Booted, SandboxError> {
-        let spec = BootSpec {
-            sandbox_id: id.to_owned(),
-            sandbox_dir: dir.to_owned(),
-            kernel_bzimage: self.manifest.kernel.bzimage.clone(),
-            kernel_vmlinux: self.manifest.kernel.vmlinux.clone(),
-            initramfs: self.manifest.initramfs.clone(),
-            root_disk: pack.squashfs.clone(),
-            vcpus: self.config.vcpus,
-            memory_mib: self.config.memory_mib,
-            extra_kernel_args: vec![format!("emberd.overlay_size={}M", self.config.overlay_mib)],
-            boot_timeout: self.config.boot_timeout,
-        };
-        let deadline = Instant::now() + self.config.boot_timeout;
-        let vm = self.backend.start(&spec).await.map_err(boot_error)?;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let agent = match tokio::time::timeout(remaining, connect_agent(vm.as_ref())).await {
+        let spec = self.boot_spec(id, dir, artefact);
+        if let Some(files) = self.template_for(pack) {
+            match self.restore(&spec, &files).await {
+                Ok(booted) => return Ok(booted),
+                Err(e) => {
+                    tracing::warn!(pack, sandbox = id, error = %e, "restore from the template failed; falling back to a cold boot");
+                    if let Some(templates) = &self.templates {
+                        templates.discard(pack, &files);
+                    }
+                    clear_dir(dir);
+                }
+            }
+        }
+        let booted = self.cold_boot(&spec).await?;
+        if self.templates.is_some() && self.template_for(pack).is_none() {
+            let _ = self.template_requests.send(pack.to_owned());
+        }
+        Ok(booted)
+    }
+
+    async fn restore(
+        &self,
+        spec: &BootSpec,
+        files: &SnapshotFiles,
+    ) -> Result<Booted, SandboxError> {
+        let vm = self
+            .backend
+            .restore(spec, files)
+            .await
+            .map_err(boot_error)?;
+        self.open_session(spec, vm, BOOT_PATH_SNAPSHOT).await
+    }
+
+    async fn cold_boot(&self, spec: &BootSpec) -> Result<Booted, SandboxError> {
+        let vm = self.backend.start(spec).await.map_err(boot_error)?;
+        self.open_session(spec, vm, BOOT_PATH_COLD).await
+    }
+
+    async fn open_session(
+        &self,
+        spec: &BootSpec,
+        vm: Box<dyn Vm>,
+        boot_path: &'static str,
+    ) -> Result<Booted, SandboxError> {
+        let bound = spec.boot_timeout;
+        let agent = match tokio::time::timeout(bound, connect_agent(vm.as_ref())).await {
             Ok(Ok(agent)) => agent,
             Ok(Err(e)) => {
                 vm.stop().await.ok();
@@ -419,17 +670,17 @@ impl Manager {
             Err(_) => {
                 vm.stop().await.ok();
                 return Err(SandboxError::Boot(format!(
-                    "the guest agent did not answer within {:?}{}",
-                    self.config.boot_timeout,
-                    console_hint(dir)
+                    "the guest agent did not answer within {bound:?}{}",
+                    console_hint(&spec.sandbox_dir)
                 )));
             }
         };
         Ok(Booted {
-            id: id.to_owned(),
-            dir: dir.to_owned(),
+            id: spec.sandbox_id.clone(),
+            dir: spec.sandbox_dir.clone(),
             vm,
             agent,
+            boot_path,
         })
     }
 
@@ -443,7 +694,7 @@ impl Manager {
             source,
         })?;
         let booted = tokio::select! {
-            result = self.boot_vm(&id, &dir, artefact) => result,
+            result = self.boot_vm(&id, &dir, pack, artefact) => result,
             () = self.shutting_down.cancelled() => Err(SandboxError::ShuttingDown),
         };
         if booted.is_err() {
@@ -553,6 +804,15 @@ impl Manager {
         let discards = futures::future::join_all(pooled.into_iter().map(discard));
         tokio::join!(deletes, discards);
         tracing::info!(stopped = count, "all sandboxes stopped");
+    }
+}
+
+/// Empties a sandbox directory before a second attempt in it.
+fn clear_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }
 

@@ -68,8 +68,9 @@ impl Daemon {
             .arg(data_dir())
             .args(["--boot-timeout", "60s"])
             .args(extra_args)
-            // Tests count VMs: no pool unless a test asks for one.
+            // Tests count VMs: no pool and no templates unless a test asks (flags win).
             .env("EMBERD_POOL_SIZE", "0")
+            .env("EMBERD_SNAPSHOTS", "false")
             .env("EMBERD_LOG", "info")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
