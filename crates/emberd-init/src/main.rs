@@ -1,2 +1,175 @@
-//! emberd-init: guest PID 1 and agent.
-fn main() {}
+//! emberd-init: PID 1 and agent of an emberd guest.
+//!
+//! As PID 1 it boots the guest ([`pid1`]), then serves the agent on vsock
+//! and on the virtio-serial port, never returning. Run as an ordinary
+//! process (`--unix-socket PATH --root DIR`) it serves the same agent on a
+//! Unix socket with guest paths resolved under DIR: that is how the tests
+//! and the fake Firecracker use it.
+
+mod agent;
+mod exec;
+mod files;
+mod identity;
+mod pid1;
+mod reaper;
+mod transport;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+
+use crate::agent::{AgentService, Mode};
+use crate::exec::ExecEnv;
+use crate::files::FilesService;
+use crate::reaper::Reaper;
+
+#[derive(Parser)]
+#[command(
+    name = "emberd-init",
+    version,
+    about = "Guest PID 1 and agent of emberd"
+)]
+struct Args {
+    /// Serve on this Unix socket instead of booting a guest.
+    #[arg(long, requires = "root")]
+    unix_socket: Option<PathBuf>,
+    /// Directory standing in for the guest's `/` (with --unix-socket).
+    #[arg(long)]
+    root: Option<PathBuf>,
+    /// Directory for code files (with --unix-socket) [default: the system temp dir].
+    #[arg(long)]
+    tmp_dir: Option<PathBuf>,
+}
+
+fn main() {
+    if std::process::id() == 1 {
+        boot_guest();
+    }
+    let args = Args::parse();
+    let (Some(socket), Some(root)) = (args.unix_socket, args.root) else {
+        eprintln!(
+            "emberd-init: not PID 1; run with --unix-socket PATH --root DIR to serve on a host"
+        );
+        std::process::exit(2);
+    };
+    let root = match std::fs::canonicalize(&root) {
+        Ok(root) => root,
+        Err(e) => {
+            eprintln!("emberd-init: root {}: {e}", root.display());
+            std::process::exit(2);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let result = runtime.block_on(async move {
+        let reaper = Reaper::start()?;
+        let exec_env = ExecEnv {
+            default_cwd: root.clone(),
+            code_dir: args.tmp_dir.unwrap_or_else(std::env::temp_dir),
+            root: Some(root.clone()),
+        };
+        let agent = Arc::new(AgentService::new(Mode::Host, reaper, exec_env));
+        let routes = transport::routes(&agent, &FilesService::new(root));
+        transport::serve_unix(&socket, agent, routes).await
+    });
+    if let Err(e) = result {
+        eprintln!("emberd-init: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn boot_guest() -> ! {
+    let started = Instant::now();
+    if let Err(e) = pid1::mount_early() {
+        pid1::fatal(&error_chain(&e));
+    }
+    let modules = pid1::load_modules();
+    if let Err(e) = pid1::switch_to_pack_root() {
+        pid1::fatal(&error_chain(&e));
+    }
+    std::env::set_var(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    );
+    std::env::set_var("HOME", "/root");
+    let _ = nix::unistd::sethostname(
+        pid1::cmdline_value("hostname").unwrap_or_else(|| "emberd".into()),
+    );
+    eprintln!(
+        "emberd-init: booted in {} ms ({modules} modules)",
+        started.elapsed().as_millis()
+    );
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => pid1::fatal(&format!("cannot start the runtime: {e}")),
+    };
+    let error = runtime.block_on(serve_guest());
+    pid1::fatal(&error)
+}
+
+/// Serves until every transport has failed; returns why.
+async fn serve_guest() -> String {
+    let reaper = match Reaper::start() {
+        Ok(reaper) => reaper,
+        Err(e) => return format!("cannot start the reaper: {e}"),
+    };
+    let exec_env = ExecEnv {
+        default_cwd: PathBuf::from("/"),
+        code_dir: PathBuf::from("/tmp"),
+        root: None,
+    };
+    let agent = Arc::new(AgentService::new(Mode::Guest, reaper, exec_env));
+    let routes = transport::routes(&agent, &FilesService::new(PathBuf::from("/")));
+    let mut tasks = tokio::task::JoinSet::new();
+    {
+        let (agent, routes) = (agent.clone(), routes.clone());
+        tasks.spawn(async move {
+            transport::serve_vsock(agent, routes)
+                .await
+                .map_err(|e| format!("vsock: {e}"))
+        });
+    }
+    // The port's device node appears once virtio_console has probed it.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut port = transport::find_serial_port();
+    while port.is_none() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        port = transport::find_serial_port();
+    }
+    if let Some(device) = port {
+        tasks.spawn(async move {
+            transport::serve_serial(device, agent, routes)
+                .await
+                .map_err(|e| format!("virtio-serial: {e}"))
+        });
+    }
+    eprintln!("emberd-init: ready");
+    let mut errors = Vec::new();
+    while let Some(result) = tasks.join_next().await {
+        match result {
+            Ok(Err(e)) => {
+                eprintln!("emberd-init: {e}");
+                errors.push(e);
+            }
+            Ok(Ok(())) => {}
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    format!("no transport left to serve on ({})", errors.join("; "))
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,163 @@
+//! The `Agent` service: Hello, Health, Exec, SetIdentity, Quiesce.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use emberd_proto::v1::agent_server::Agent;
+use emberd_proto::v1::{
+    exec_input, ExecInput, ExecOutput, HealthRequest, HealthResponse, HelloRequest, HelloResponse,
+    Identity, QuiesceRequest, QuiesceResponse, SetIdentityResponse,
+};
+use emberd_proto::PROTOCOL_GENERATION;
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::exec::{self, ExecEnv};
+use crate::reaper::Reaper;
+
+/// Whether the agent owns the machine (guest PID 1) or is a host process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    Guest,
+    Host,
+}
+
+/// State shared by every session of the agent.
+pub struct AgentService {
+    mode: Mode,
+    reaper: Reaper,
+    exec_env: Arc<ExecEnv>,
+    started: Instant,
+    running: Arc<AtomicU32>,
+    quiescing: AtomicBool,
+    sandbox_id: Mutex<String>,
+}
+
+impl AgentService {
+    pub fn new(mode: Mode, reaper: Reaper, exec_env: ExecEnv) -> Self {
+        AgentService {
+            mode,
+            reaper,
+            exec_env: Arc::new(exec_env),
+            started: Instant::now(),
+            running: Arc::new(AtomicU32::new(0)),
+            quiescing: AtomicBool::new(false),
+            sandbox_id: Mutex::new(String::new()),
+        }
+    }
+
+    /// Called when a new host connection starts: a quiesce ends there.
+    pub fn new_session(&self) {
+        self.quiescing.store(false, Ordering::SeqCst);
+    }
+}
+
+type OutputStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Agent for AgentService {
+    async fn hello(
+        &self,
+        request: Request<HelloRequest>,
+    ) -> Result<Response<HelloResponse>, Status> {
+        let request = request.into_inner();
+        if request.generation != PROTOCOL_GENERATION {
+            return Err(Status::failed_precondition(format!(
+                "host speaks protocol generation {}, this agent speaks {}",
+                request.generation, PROTOCOL_GENERATION
+            )));
+        }
+        Ok(Response::new(HelloResponse {
+            generation: PROTOCOL_GENERATION,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            capabilities: vec!["exec".into(), "files".into(), "identity".into()],
+        }))
+    }
+
+    async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
+        Ok(Response::new(HealthResponse {
+            ok: !self.quiescing.load(Ordering::SeqCst),
+            running_execs: self.running.load(Ordering::SeqCst),
+            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            warm_interpreters: Vec::new(),
+        }))
+    }
+
+    type ExecStream = OutputStream;
+
+    async fn exec(
+        &self,
+        request: Request<Streaming<ExecInput>>,
+    ) -> Result<Response<OutputStream>, Status> {
+        if self.quiescing.load(Ordering::SeqCst) {
+            return Err(Status::failed_precondition(
+                "the agent is quiesced for a snapshot",
+            ));
+        }
+        let mut input = request.into_inner();
+        let start = match input.message().await? {
+            Some(ExecInput {
+                kind: Some(exec_input::Kind::Start(start)),
+            }) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first exec message must be `start`",
+                ))
+            }
+        };
+        if start.argv.is_empty() && start.interpreter.is_empty() {
+            return Err(Status::invalid_argument(
+                "exec needs argv or an interpreter",
+            ));
+        }
+        if start
+            .argv
+            .iter()
+            .chain(&start.interpreter)
+            .any(|a| a.contains('\0'))
+            || start
+                .env
+                .iter()
+                .any(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0'))
+        {
+            return Err(Status::invalid_argument(
+                "argv and env must not contain NUL bytes",
+            ));
+        }
+        let (tx, rx) = mpsc::channel(32);
+        tokio::spawn(exec::run(
+            self.exec_env.clone(),
+            self.reaper.clone(),
+            start,
+            input,
+            tx,
+            self.running.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn set_identity(
+        &self,
+        request: Request<Identity>,
+    ) -> Result<Response<SetIdentityResponse>, Status> {
+        let identity = request.into_inner();
+        *self.sandbox_id.lock().expect("identity lock") = identity.sandbox_id.clone();
+        if self.mode == Mode::Guest {
+            crate::identity::apply(&identity).map_err(|e| Status::internal(e.to_string()))?;
+        }
+        Ok(Response::new(SetIdentityResponse {}))
+    }
+
+    async fn quiesce(
+        &self,
+        _: Request<QuiesceRequest>,
+    ) -> Result<Response<QuiesceResponse>, Status> {
+        self.quiescing.store(true, Ordering::SeqCst);
+        nix::unistd::sync();
+        Ok(Response::new(QuiesceResponse {}))
+    }
+}

@@ -1,0 +1,349 @@
+//! One exec: a process in its own group, its stdio streamed, its end reported.
+//!
+//! The process gets a clean environment, stdin piped, stdout and stderr
+//! forwarded in chunks up to a per-stream cap (beyond it output is read and
+//! dropped, so the process never blocks on a full pipe). A timeout, a host
+//! that goes away, or the main process exiting SIGKILLs the whole process
+//! group. Exactly one `exit` message ends the output stream.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use emberd_proto::v1::{
+    exec_input, exec_output, ExecExit, ExecInput, ExecOutput, ExecStart, ExecStarted,
+};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::mpsc;
+use tonic::{Status, Streaming};
+
+use crate::reaper::{Exit, Reaper};
+
+/// Output forwarded per stream when the host asks for no particular cap.
+pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
+/// Largest chunk of output in one message.
+const CHUNK: usize = 64 * 1024;
+/// How long output readers may run on after the process group is gone.
+const DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+static NEXT_CODE_FILE: AtomicU64 = AtomicU64::new(0);
+
+/// Where execs run.
+#[derive(Debug, Clone)]
+pub struct ExecEnv {
+    /// Working directory when the request names none.
+    pub default_cwd: PathBuf,
+    /// Directory for code files.
+    pub code_dir: PathBuf,
+    /// Prefix applied to a requested cwd (host mode: the served root).
+    pub root: Option<PathBuf>,
+}
+
+/// Validates the start message and launches the exec; output flows into `out`.
+pub async fn run(
+    env: Arc<ExecEnv>,
+    reaper: Reaper,
+    start: ExecStart,
+    input: Streaming<ExecInput>,
+    out: mpsc::Sender<Result<ExecOutput, Status>>,
+    running: Arc<std::sync::atomic::AtomicU32>,
+) {
+    running.fetch_add(1, Ordering::SeqCst);
+    let exit = match launch(&env, &reaper, &start) {
+        Ok(launched) => supervise(launched, &start, input, &out).await,
+        Err(error) => ExecExit {
+            exit_code: -1,
+            error,
+            ..ExecExit::default()
+        },
+    };
+    running.fetch_sub(1, Ordering::SeqCst);
+    let _ = out
+        .send(Ok(ExecOutput {
+            kind: Some(exec_output::Kind::Exit(exit)),
+        }))
+        .await;
+}
+
+struct Launched {
+    pid: i32,
+    exit: tokio::sync::oneshot::Receiver<Exit>,
+    stdin: Option<pipe::Sender>,
+    stdout: pipe::Receiver,
+    stderr: pipe::Receiver,
+    code_file: Option<PathBuf>,
+    started: Instant,
+}
+
+fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Launched, String> {
+    let (argv, code_file) = if !start.argv.is_empty() {
+        (start.argv.clone(), None)
+    } else if !start.interpreter.is_empty() {
+        let file = write_code_file(&env.code_dir, &start.code, &start.file_suffix)
+            .map_err(|e| format!("cannot write the code file: {e}"))?;
+        let mut argv = start.interpreter.clone();
+        argv.push(file.display().to_string());
+        (argv, Some(file))
+    } else {
+        return Err("exec needs argv or an interpreter".into());
+    };
+    let cwd = if start.cwd.is_empty() {
+        env.default_cwd.clone()
+    } else {
+        match &env.root {
+            Some(root) => root.join(start.cwd.trim_start_matches('/')),
+            None => PathBuf::from(&start.cwd),
+        }
+    };
+    let mut command = Command::new(&argv[0]);
+    command
+        .args(&argv[1..])
+        .current_dir(&cwd)
+        .env_clear()
+        .envs(default_env())
+        .envs(&start.env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let cleanup = |e: String| {
+        if let Some(file) = &code_file {
+            let _ = std::fs::remove_file(file);
+        }
+        e
+    };
+    let (mut child, exit) = reaper
+        .spawn(&mut command)
+        .map_err(|e| cleanup(format!("failed to start {}: {e}", argv[0])))?;
+    let started = Instant::now();
+    let to_fd = |fd: Option<OwnedFd>| fd.ok_or_else(|| "missing pipe".to_owned());
+    let stdin = to_fd(child.stdin.take().map(OwnedFd::from))
+        .and_then(|fd| pipe::Sender::from_owned_fd(fd).map_err(|e| e.to_string()));
+    let stdout = to_fd(child.stdout.take().map(OwnedFd::from))
+        .and_then(|fd| pipe::Receiver::from_owned_fd(fd).map_err(|e| e.to_string()));
+    let stderr = to_fd(child.stderr.take().map(OwnedFd::from))
+        .and_then(|fd| pipe::Receiver::from_owned_fd(fd).map_err(|e| e.to_string()));
+    let pid = child.id() as i32;
+    match (stdin, stdout, stderr) {
+        (Ok(stdin), Ok(stdout), Ok(stderr)) => Ok(Launched {
+            pid,
+            exit,
+            stdin: Some(stdin),
+            stdout,
+            stderr,
+            code_file,
+            started,
+        }),
+        (a, b, c) => {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            let reason = [a.err(), b.err(), c.err()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(", ");
+            Err(cleanup(format!(
+                "cannot set up the process's pipes: {reason}"
+            )))
+        }
+    }
+}
+
+fn default_env() -> HashMap<String, String> {
+    [
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ),
+        ("HOME", "/root"),
+        ("LANG", "C.UTF-8"),
+        ("PYTHONDONTWRITEBYTECODE", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+fn write_code_file(dir: &Path, code: &[u8], suffix: &str) -> std::io::Result<PathBuf> {
+    let suffix: String = suffix
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
+        .take(16)
+        .collect();
+    let n = NEXT_CODE_FILE.fetch_add(1, Ordering::Relaxed);
+    let path = dir.join(format!("emberd-exec-{}-{n}{suffix}", std::process::id()));
+    std::fs::write(&path, code)?;
+    Ok(path)
+}
+
+async fn supervise(
+    mut launched: Launched,
+    start: &ExecStart,
+    mut input: Streaming<ExecInput>,
+    out: &mpsc::Sender<Result<ExecOutput, Status>>,
+) -> ExecExit {
+    let pgid = Pid::from_raw(launched.pid);
+    let limit = if start.output_limit_bytes == 0 {
+        DEFAULT_OUTPUT_LIMIT
+    } else {
+        start.output_limit_bytes
+    };
+    let _ = out
+        .send(Ok(ExecOutput {
+            kind: Some(exec_output::Kind::Started(ExecStarted {
+                pid: launched.pid as u32,
+                warm: false,
+            })),
+        }))
+        .await;
+    let stdout_task = tokio::spawn(forward(launched.stdout, out.clone(), limit, true));
+    let stderr_task = tokio::spawn(forward(launched.stderr, out.clone(), limit, false));
+
+    // Input from the host: stdin, close, signals. A broken host stream kills.
+    let (gone_tx, mut gone_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut stdin = launched.stdin.take();
+    let input_task = tokio::spawn(async move {
+        let mut gone_tx = Some(gone_tx);
+        loop {
+            match input.message().await {
+                Ok(Some(ExecInput { kind: Some(kind) })) => match kind {
+                    exec_input::Kind::Stdin(data) => {
+                        if let Some(pipe) = stdin.as_mut() {
+                            if pipe.write_all(&data).await.is_err() {
+                                stdin = None;
+                            }
+                        }
+                    }
+                    exec_input::Kind::CloseStdin(_) => stdin = None,
+                    exec_input::Kind::Signal(number) => {
+                        if let Ok(signal) = Signal::try_from(number) {
+                            let _ = killpg(pgid, signal);
+                        }
+                    }
+                    exec_input::Kind::Start(_) => {}
+                },
+                Ok(Some(ExecInput { kind: None })) => {}
+                // The host half-closed its side: no more stdin.
+                Ok(None) => {
+                    stdin = None;
+                    std::future::pending::<()>().await;
+                }
+                Err(_) => {
+                    if let Some(tx) = gone_tx.take() {
+                        let _ = tx.send(());
+                    }
+                    return;
+                }
+            }
+        }
+    });
+
+    let deadline = (start.timeout_ms > 0).then(|| Duration::from_millis(start.timeout_ms));
+    let mut timed_out = false;
+    let timeout = async {
+        match deadline {
+            Some(d) => tokio::time::sleep(d).await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut exit_rx = launched.exit;
+    let exit = tokio::select! {
+        exit = &mut exit_rx => exit.ok(),
+        () = timeout => {
+            timed_out = true;
+            let _ = killpg(pgid, Signal::SIGKILL);
+            exit_rx.await.ok()
+        }
+        _ = &mut gone_rx => {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            exit_rx.await.ok()
+        }
+        () = out.closed() => {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            exit_rx.await.ok()
+        }
+    };
+    let duration = launched.started.elapsed();
+    // Whatever the main process left running in its group goes with it.
+    let _ = killpg(pgid, Signal::SIGKILL);
+    input_task.abort();
+    let stdout_truncated = finish(stdout_task).await;
+    let stderr_truncated = finish(stderr_task).await;
+    if let Some(file) = launched.code_file.take() {
+        let _ = std::fs::remove_file(file);
+    }
+    let (exit_code, signal) = match exit {
+        Some(Exit::Code(code)) => (code, 0),
+        Some(Exit::Signal(signal)) => (128 + signal, signal),
+        None => (-1, 0),
+    };
+    ExecExit {
+        exit_code,
+        signal,
+        timed_out,
+        stdout_truncated,
+        stderr_truncated,
+        duration_us: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
+        error: if exit.is_none() {
+            "the process's exit status was lost".into()
+        } else {
+            String::new()
+        },
+    }
+}
+
+/// Waits for an output reader, bounded: a process that escaped the group
+/// may hold the pipe open forever.
+async fn finish(task: tokio::task::JoinHandle<bool>) -> bool {
+    let abort = task.abort_handle();
+    match tokio::time::timeout(DRAIN_GRACE, task).await {
+        Ok(Ok(truncated)) => truncated,
+        _ => {
+            abort.abort();
+            false
+        }
+    }
+}
+
+/// Forwards one output stream; returns whether it was cut at `limit`.
+async fn forward(
+    mut pipe: pipe::Receiver,
+    out: mpsc::Sender<Result<ExecOutput, Status>>,
+    limit: u64,
+    is_stdout: bool,
+) -> bool {
+    let mut buf = vec![0u8; CHUNK];
+    let mut sent: u64 = 0;
+    let mut truncated = false;
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => return truncated,
+            Ok(n) => n,
+        };
+        let room = usize::try_from(limit.saturating_sub(sent)).unwrap_or(usize::MAX);
+        let take = n.min(room);
+        if take < n {
+            truncated = true;
+        }
+        if take == 0 {
+            continue;
+        }
+        sent += take as u64;
+        let data = buf[..take].to_vec();
+        let kind = if is_stdout {
+            exec_output::Kind::Stdout(data)
+        } else {
+            exec_output::Kind::Stderr(data)
+        };
+        if out.send(Ok(ExecOutput { kind: Some(kind) })).await.is_err() {
+            return truncated;
+        }
+    }
+}

@@ -1,0 +1,206 @@
+//! Guest PID 1: the boot phases before the agent serves.
+//!
+//! 1. mount proc, sysfs, devtmpfs, devpts, tmpfs on /run and /tmp;
+//! 2. load the kernel modules carried in the initramfs, in the order the
+//!    image builder wrote to `/lib/modules/order` (built-in ones are skipped);
+//! 3. root: the pack's squashfs (first virtio-blk disk) read-only under a
+//!    tmpfs upper layer (`emberd.overlay_size=`, default 256M), overlay,
+//!    move the mounts, switch root.
+//!
+//! Any failure is fatal: the caller logs it, syncs and reboots, which ends
+//! the VM (the VMMs run with "reboot means exit").
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::mount::{mount, MsFlags};
+use nix::unistd::{chdir, chroot};
+
+const MODULE_DIR: &str = "/lib/modules";
+const ROOT_DISK: &str = "/dev/vda";
+const DISK_WAIT: Duration = Duration::from_secs(10);
+
+/// Errors of the boot phases.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("cannot mount {target}")]
+    Mount {
+        target: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("cannot create {path}")]
+    Mkdir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the root disk {ROOT_DISK} did not appear within {DISK_WAIT:?}")]
+    NoDisk,
+    #[error("cannot switch to the new root")]
+    SwitchRoot(#[source] nix::Error),
+}
+
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<(), BootError> {
+    mkdir(target)?;
+    mount(Some(source), target, Some(fstype), flags, data).map_err(|source| BootError::Mount {
+        target: target.to_owned(),
+        source,
+    })
+}
+
+fn mkdir(path: &str) -> Result<(), BootError> {
+    std::fs::create_dir_all(path).map_err(|source| BootError::Mkdir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Phase 1.
+pub fn mount_early() -> Result<(), BootError> {
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount_fs("proc", "/proc", "proc", nosuid, None)?;
+    mount_fs("sysfs", "/sys", "sysfs", nosuid, None)?;
+    mount_fs(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("gid=5,mode=0620,ptmxmode=0666"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/dev/shm",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755"),
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/tmp",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=1777"),
+    )?;
+    Ok(())
+}
+
+/// Phase 2. Returns how many modules were loaded.
+pub fn load_modules() -> usize {
+    let order = std::fs::read_to_string(Path::new(MODULE_DIR).join("order")).unwrap_or_default();
+    let mut loaded = 0;
+    for name in order.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let path = Path::new(MODULE_DIR).join(name);
+        let file = match std::fs::File::open(&path) {
+            Ok(file) => file,
+            Err(e) => {
+                eprintln!("emberd-init: cannot open module {name}: {e}");
+                continue;
+            }
+        };
+        match nix::kmod::finit_module(&file, c"", nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) => loaded += 1,
+            Err(nix::Error::EEXIST) => {}
+            Err(e) => eprintln!("emberd-init: module {name} not loaded: {e}"),
+        }
+    }
+    loaded
+}
+
+/// `emberd.<key>=<value>` from the kernel command line.
+pub fn cmdline_value(key: &str) -> Option<String> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
+    let prefix = format!("emberd.{key}=");
+    cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix(&prefix).map(str::to_owned))
+}
+
+/// Phase 3.
+pub fn switch_to_pack_root() -> Result<(), BootError> {
+    let deadline = Instant::now() + DISK_WAIT;
+    while !Path::new(ROOT_DISK).exists() {
+        if Instant::now() > deadline {
+            return Err(BootError::NoDisk);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let size = cmdline_value("overlay_size")
+        .filter(|s| s.bytes().all(|b| b.is_ascii_alphanumeric()))
+        .unwrap_or_else(|| "256M".into());
+    mount_fs(
+        ROOT_DISK,
+        "/mnt/lower",
+        "squashfs",
+        MsFlags::MS_RDONLY,
+        None,
+    )?;
+    mount_fs(
+        "tmpfs",
+        "/mnt/rw",
+        "tmpfs",
+        MsFlags::empty(),
+        Some(&format!("size={size},mode=0755")),
+    )?;
+    mkdir("/mnt/rw/upper")?;
+    mkdir("/mnt/rw/work")?;
+    mount_fs(
+        "overlay",
+        "/mnt/root",
+        "overlay",
+        MsFlags::empty(),
+        Some("lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"),
+    )?;
+    for point in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
+        let target = format!("/mnt/root{point}");
+        mkdir(&target)?;
+        mount(
+            Some(point),
+            target.as_str(),
+            None::<&str>,
+            MsFlags::MS_MOVE,
+            None::<&str>,
+        )
+        .map_err(|source| BootError::Mount {
+            target: target.clone(),
+            source,
+        })?;
+    }
+    chdir("/mnt/root").map_err(BootError::SwitchRoot)?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(BootError::SwitchRoot)?;
+    chroot(".").map_err(BootError::SwitchRoot)?;
+    chdir("/").map_err(BootError::SwitchRoot)?;
+    Ok(())
+}
+
+/// Logs a fatal error, syncs and ends the VM. Never returns.
+pub fn fatal(message: &str) -> ! {
+    eprintln!("emberd-init: fatal: {message}");
+    nix::unistd::sync();
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // If even reboot failed there is nothing left to do but wait.
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
