@@ -66,9 +66,7 @@ impl FdStream {
         let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
         let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
-        Ok(FdStream {
-            fd: register(fd)?,
-        })
+        Ok(FdStream { fd: register(fd)? })
     }
 }
 
