@@ -10,10 +10,11 @@ use std::os::fd::AsRawFd;
 
 use emberd_proto::v1::Identity;
 
+// The request type is `c_ulong` on glibc and `c_int` on musl: `libc::Ioctl`.
 /// `_IOW('R', 0x03, int[2])`.
-const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
+const RNDADDENTROPY: libc::Ioctl = 0x4008_5203_u32 as libc::Ioctl;
 /// `_IO('R', 0x07)`.
-const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+const RNDRESEEDCRNG: libc::Ioctl = 0x5207;
 
 /// Errors applying an identity.
 #[derive(Debug, thiserror::Error)]

@@ -19,6 +19,15 @@ struct Cli {
 enum Command {
     /// Serve the HTTP API.
     Serve(emberd::config::ServeArgs),
+    /// Build or inspect guest images.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand)]
+enum ImageCommand {
+    /// Build the kernel, initramfs and language packs (a no-op when up to date).
+    Build(emberd::image::BuildArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +46,9 @@ fn main() -> ExitCode {
                 rt.block_on(emberd::serve::run(args))
                     .map_err(anyhow::Error::from)
             }),
+        Command::Image(ImageCommand::Build(args)) => emberd::image::build(&args)
+            .map(|report| println!("{report}"))
+            .map_err(anyhow::Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -74,6 +74,9 @@ pub struct Manifest {
     pub packs: BTreeMap<String, PackArtefact>,
     /// Content hash over all inputs; equal inputs give an equal key.
     pub inputs_key: String,
+    /// The input key of each build step ("kernel", "initramfs", "pack:<name>").
+    #[serde(default)]
+    pub keys: BTreeMap<String, String>,
 }
 
 impl Manifest {

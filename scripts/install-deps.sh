@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs every system package and Rust target emberd needs on Debian.
+# Idempotent: installs only what is missing. Runs apt as root, via sudo otherwise.
+set -euo pipefail
+
+packages=(
+  qemu-system-x86   # the QEMU backend
+  mmdebstrap        # language-pack root file systems
+  squashfs-tools    # mksquashfs
+  xz-utils lz4 zstd # unpacking kernels
+  cpio              # inspecting initramfs images
+  ca-certificates
+)
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo -n "$@"; fi
+}
+
+missing=()
+for package in "${packages[@]}"; do
+  status="$(dpkg-query -W -f='${Status}' "$package" 2>/dev/null || true)"
+  if [ "$status" != "install ok installed" ]; then
+    missing+=("$package")
+  fi
+done
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  as_root apt-get -o DPkg::Lock::Timeout=300 update -qq </dev/null
+  as_root apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" </dev/null
+else
+  echo "setup: system packages present"
+fi
+
+# Package lists are needed to fetch the kernel package even when nothing was missing.
+policy="$(apt-cache policy linux-image-cloud-amd64 2>/dev/null || true)"
+if ! grep -q "Candidate: [0-9]" <<<"$policy"; then
+  echo "setup: refreshing apt package lists"
+  as_root apt-get -o DPkg::Lock::Timeout=300 update -qq </dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "setup: cargo is missing: install Rust with rustup (https://rustup.rs)" >&2
+  exit 1
+fi
+
+target=x86_64-unknown-linux-musl
+installed_targets="$(rustup target list --installed 2>/dev/null || true)"
+if ! grep -qx "$target" <<<"$installed_targets"; then
+  echo "setup: adding the Rust target $target"
+  rustup target add "$target"
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: installing cargo-nextest"
+  cargo install cargo-nextest --locked
+fi
