@@ -141,7 +141,7 @@ impl QemuBackend {
             "quiet".to_owned(),
         ];
         append.extend(spec.extra_kernel_args.iter().cloned());
-        let machine = "microvm,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on";
+        let machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on";
         cmd.args(["-M", machine, "-accel", self.accel.accel]);
         if self.accel.accel == "kvm" {
             cmd.args(["-cpu", "host"]);
@@ -393,6 +393,10 @@ impl Vm for QemuVm {
         let stream = UnixStream::connect(self.dir.join("agent.sock"))
             .await
             .map_err(VmmError::AgentConnect)?;
+        // Bytes written before the guest opens its end of the port are lost,
+        // so let the agent speak first: its HTTP/2 SETTINGS frame arrives as
+        // soon as it serves, and stays buffered for the gRPC client.
+        stream.readable().await.map_err(VmmError::AgentConnect)?;
         Ok(Box::new(stream))
     }
 
