@@ -95,6 +95,8 @@ pub struct QemuBackend {
     binary: PathBuf,
     version: String,
     accel: AccelDecision,
+    /// Kernel arguments that depend on the accelerator.
+    accel_kernel_args: Vec<String>,
 }
 
 impl QemuBackend {
@@ -119,10 +121,16 @@ impl QemuBackend {
             .trim()
             .to_owned();
         let accel = AccelDecision::decide(choice, &hardware_kvm());
+        let accel_kernel_args = if accel.accel == "tcg" {
+            tcg_clock_args(host_tsc_khz())
+        } else {
+            Vec::new()
+        };
         Ok(QemuBackend {
             binary: resolved,
             version,
             accel,
+            accel_kernel_args,
         })
     }
 
@@ -140,6 +148,7 @@ impl QemuBackend {
             "panic=-1".to_owned(),
             "quiet".to_owned(),
         ];
+        append.extend(self.accel_kernel_args.iter().cloned());
         append.extend(spec.extra_kernel_args.iter().cloned());
         let machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on";
         cmd.args(["-M", machine, "-accel", self.accel.accel]);
@@ -467,6 +476,38 @@ impl Drop for QemuVm {
     }
 }
 
+/// Under TCG the guest's TSC is the host's, but calibrating it against the
+/// emulated PIT fails when the host is busy, and the kernel then hangs in
+/// early boot. Telling it the frequency skips the calibration; `tsc=reliable`
+/// stops the watchdog from distrusting a TSC whose reference (timer ticks)
+/// is the thing that lags.
+fn tcg_clock_args(tsc_khz: Option<u64>) -> Vec<String> {
+    match tsc_khz {
+        Some(khz) => vec![format!("tsc_early_khz={khz}"), "tsc=reliable".into()],
+        None => Vec::new(),
+    }
+}
+
+/// The host's TSC frequency: sysfs where the kernel exports it, else the
+/// `cpu MHz` of /proc/cpuinfo.
+fn host_tsc_khz() -> Option<u64> {
+    if let Ok(text) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz") {
+        if let Ok(khz) = text.trim().parse() {
+            return Some(khz);
+        }
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    let mhz: f64 = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("cpu MHz"))?
+        .split(':')
+        .nth(1)?
+        .trim()
+        .parse()
+        .ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
 /// `pre_exec` hook: the VM dies with the daemon, even on SIGKILL.
 fn die_with_parent() -> std::io::Result<()> {
     // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
@@ -528,6 +569,16 @@ mod tests {
         };
         assert_eq!(AccelDecision::decide(AccelChoice::Auto, &kvm).accel, "kvm");
         assert_eq!(AccelDecision::decide(AccelChoice::Tcg, &kvm).accel, "tcg");
+    }
+
+    #[test]
+    fn tcg_guests_are_told_the_tsc_frequency() {
+        assert_eq!(
+            tcg_clock_args(Some(2_596_138)),
+            ["tsc_early_khz=2596138", "tsc=reliable"]
+        );
+        assert!(tcg_clock_args(None).is_empty());
+        assert!(host_tsc_khz().is_some_and(|khz| khz > 100_000));
     }
 
     #[test]
