@@ -120,6 +120,9 @@ pub struct InfoResponse {
     pub accel: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Ready VMs in each pack's warm pool (absent when pools are off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool_ready: Option<std::collections::BTreeMap<String, usize>>,
 }
 
 /// Every error body: `{"error": "<message>"}`.

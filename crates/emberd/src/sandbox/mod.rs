@@ -473,6 +473,7 @@ impl Manager {
             backend: Some(self.backend.name().to_owned()),
             accel: self.backend.accel(),
             version: Some(env!("CARGO_PKG_VERSION").to_owned()),
+            pool_ready: (self.config.pool_size > 0).then(|| self.pools.ready_counts()),
         }
     }
 

@@ -90,6 +90,15 @@ impl Pools {
         }
     }
 
+    /// Ready VMs per pack.
+    pub(super) fn ready_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        let state = self.state.lock().expect("pool lock");
+        self.wake
+            .keys()
+            .map(|pack| (pack.clone(), state.ready.get(pack).map_or(0, VecDeque::len)))
+            .collect()
+    }
+
     /// Removes every ready VM (at shutdown).
     pub(super) fn drain(&self) -> Vec<Booted> {
         let mut state = self.state.lock().expect("pool lock");

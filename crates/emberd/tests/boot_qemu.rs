@@ -1,0 +1,95 @@
+//! The built kernel, initramfs and python pack booted under QEMU (TCG on
+//! hosts without hardware KVM): the agent answers `Hello` and runs code.
+//! Fails, never skips, when the VM does not come up.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use emberd::guest::{AgentClient, RunSpec};
+use emberd::image::Manifest;
+use emberd::vmm::qemu::{AccelChoice, QemuBackend};
+use emberd::vmm::{BootSpec, VmBackend};
+
+#[tokio::test]
+async fn python_pack_boots_and_answers() {
+    let data_dir = support::data_dir();
+    let manifest = Manifest::load(&data_dir).expect("images built (`make images`)");
+    manifest.verify().expect("every image file present");
+    let python = manifest.pack("python").unwrap();
+    let backend = QemuBackend::new(None, AccelChoice::Auto).expect("QEMU installed");
+    let root = tempfile::Builder::new()
+        .prefix("emb")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let spec = BootSpec {
+        sandbox_id: "sb_000000000001".into(),
+        sandbox_dir: root.path().to_owned(),
+        kernel_bzimage: manifest.kernel.bzimage.clone(),
+        kernel_vmlinux: manifest.kernel.vmlinux.clone(),
+        initramfs: manifest.initramfs.clone(),
+        root_disk: python.squashfs.clone(),
+        vcpus: 1,
+        memory_mib: 256,
+        extra_kernel_args: vec![],
+        boot_timeout: Duration::from_secs(60),
+    };
+
+    let launched = Instant::now();
+    let vm = backend.start(&spec).await.expect("QEMU starts");
+    let stream = tokio::time::timeout(Duration::from_secs(60), vm.connect_agent())
+        .await
+        .unwrap_or_else(|_| panic!("no agent within 60 s; console:\n{}", console(&spec)))
+        .expect("agent channel");
+    let (agent, hello) =
+        tokio::time::timeout(Duration::from_secs(60), AgentClient::handshake(stream))
+            .await
+            .unwrap_or_else(|_| panic!("no Hello within 60 s; console:\n{}", console(&spec)))
+            .expect("Hello");
+    let boot_to_hello = launched.elapsed();
+    assert_eq!(hello.generation, emberd_proto::PROTOCOL_GENERATION);
+    eprintln!(
+        "boot to Hello: {} ms ({})",
+        boot_to_hello.as_millis(),
+        backend.version()
+    );
+
+    let outcome = agent
+        .run(RunSpec {
+            interpreter: python.interpreter.clone(),
+            code: b"print(6*7)".to_vec(),
+            file_suffix: python.file_suffix.clone(),
+            timeout: Some(Duration::from_secs(30)),
+            output_limit_bytes: 1024,
+            ..RunSpec::default()
+        })
+        .await
+        .expect("exec");
+    assert_eq!(outcome.stdout, b"42\n", "{outcome:?}");
+    assert_eq!(outcome.exit_code, 0);
+
+    // The guest runs the Debian kernel the manifest names.
+    let uname = agent
+        .run(RunSpec {
+            interpreter: vec!["/bin/sh".into()],
+            code: b"uname -r".to_vec(),
+            file_suffix: ".sh".into(),
+            timeout: Some(Duration::from_secs(30)),
+            output_limit_bytes: 1024,
+            ..RunSpec::default()
+        })
+        .await
+        .expect("exec");
+    assert_eq!(
+        String::from_utf8_lossy(&uname.stdout).trim(),
+        manifest.kernel.release
+    );
+
+    vm.stop().await.unwrap();
+    let exit = vm.wait().await.unwrap();
+    assert!(exit.code.is_some() || exit.signal.is_some());
+}
+
+fn console(spec: &BootSpec) -> String {
+    std::fs::read_to_string(spec.sandbox_dir.join("console.log")).unwrap_or_default()
+}
