@@ -4,6 +4,8 @@
 //! are printed as one line on stderr with a non-zero exit; `exec` and `run`
 //! exit with the sandbox's own exit code.
 
+mod bench;
+
 use std::io::{Read, Write};
 use std::process::ExitCode;
 
@@ -62,6 +64,8 @@ enum Command {
     },
     /// Show the daemon's settings.
     Info,
+    /// Benchmark: start daemons, measure create/exec/delete, print a table.
+    Bench(bench::BenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -118,6 +122,7 @@ fn describe(error: &anyhow::Error) -> String {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = Client::new(&cli.addr)?;
     match cli.command {
+        Command::Bench(args) => bench::run(args).await?,
         Command::Create { pack } => {
             println!("{}", client.create_sandbox(pack.as_deref()).await?);
         }

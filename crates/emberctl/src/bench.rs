@@ -1,0 +1,564 @@
+//! `emberctl bench`: the benchmark harness.
+//!
+//! Runs scenarios against daemons it starts itself (one per configuration:
+//! cold boot with pool and snapshots off, restore with the pool off, and the
+//! default with pools), each on a free port with its own work dir, and
+//! prints a markdown table of medians, p95s and ratios. `--json` writes the
+//! raw samples with provenance (commit, CPU, kernel, backend, accel).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use emberd_api::{ExecRequest, ExecResponse};
+use emberd_client::Client;
+use serde::Serialize;
+
+/// Flags of `emberctl bench`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// The emberd binary to start [default: `emberd` next to emberctl].
+    #[arg(long)]
+    pub emberd: Option<PathBuf>,
+    /// Data dir with the built images [default: emberd's default].
+    #[arg(long, env = "EMBERD_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Samples per latency scenario.
+    #[arg(long, default_value_t = 20)]
+    pub samples: usize,
+    /// Create/exec/delete cycles of the churn scenario.
+    #[arg(long, default_value_t = 200)]
+    pub churn: usize,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Extra flags for every daemon (e.g. `--backend=qemu`).
+    #[arg(long = "daemon-arg", allow_hyphen_values = true)]
+    pub daemon_args: Vec<String>,
+}
+
+#[derive(Debug, Default, Serialize)]
+struct Report {
+    provenance: BTreeMap<String, String>,
+    /// Scenario → samples in milliseconds.
+    latencies_ms: BTreeMap<String, Vec<f64>>,
+    /// Named single figures.
+    figures: BTreeMap<String, f64>,
+    checks: BTreeMap<String, String>,
+}
+
+impl Report {
+    fn add(&mut self, name: &str, sample: Duration) {
+        self.latencies_ms
+            .entry(name.to_owned())
+            .or_default()
+            .push(sample.as_secs_f64() * 1000.0);
+    }
+
+    fn median(&self, name: &str) -> f64 {
+        percentile(
+            self.latencies_ms.get(name).map_or(&[][..], Vec::as_slice),
+            0.5,
+        )
+    }
+}
+
+fn percentile(samples: &[f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(|a, b| a.total_cmp(b));
+    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[rank]
+}
+
+/// A daemon started for one configuration, killed on drop.
+struct Daemon {
+    child: Child,
+    client: Client,
+    work_dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    fn start(args: &BenchArgs, extra: &[&str]) -> anyhow::Result<Daemon> {
+        let emberd = match &args.emberd {
+            Some(path) => path.clone(),
+            None => std::env::current_exe()?
+                .parent()
+                .map(|dir| dir.join("emberd"))
+                .ok_or_else(|| anyhow::anyhow!("cannot locate emberd; pass --emberd"))?,
+        };
+        let work_dir = tempfile::Builder::new()
+            .prefix("embench")
+            .tempdir_in("/tmp")?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut command = Command::new(&emberd);
+        command
+            .arg("serve")
+            .args(["--addr", &addr])
+            .arg("--work-dir")
+            .arg(work_dir.path().join("w"))
+            .args(extra)
+            .args(&args.daemon_args)
+            .env("EMBERD_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(
+                work_dir.path().join("daemon.log"),
+            )?));
+        if let Some(data_dir) = &args.data_dir {
+            command.arg("--data-dir").arg(data_dir);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", emberd.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            if let Some(status) = child.try_wait()? {
+                let log =
+                    std::fs::read_to_string(work_dir.path().join("daemon.log")).unwrap_or_default();
+                anyhow::bail!("emberd exited ({status}):\n{log}");
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "emberd did not serve within 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let client = Client::new(&addr)?.with_request_timeout(Duration::from_secs(300));
+        Ok(Daemon {
+            child,
+            client,
+            work_dir,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    async fn wait_for(
+        &self,
+        what: &str,
+        check: impl Fn(&emberd_api::InfoResponse) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(300);
+        loop {
+            if check(&self.client.info().await?) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "daemon never reached: {what}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn wait_for_pools(&self) -> anyhow::Result<()> {
+        self.wait_for("full pools", |info| {
+            info.pool_ready
+                .as_ref()
+                .is_some_and(|p| !p.is_empty() && p.values().all(|n| *n >= 2))
+        })
+        .await
+    }
+
+    /// Children of the daemon (VMs), fds and work-dir entries.
+    fn footprint(&self) -> (usize, usize, usize) {
+        let children =
+            std::fs::read_to_string(format!("/proc/{}/task/{}/children", self.pid(), self.pid()))
+                .map(|s| s.split_whitespace().count())
+                .unwrap_or(0);
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        let entries = std::fs::read_dir(self.work_dir.path().join("w"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        (children, fds, entries)
+    }
+
+    /// PSS of the daemon's children (the VMMs), in KiB, and how many there are.
+    fn vm_pss_kib(&self) -> (u64, usize) {
+        let children =
+            std::fs::read_to_string(format!("/proc/{}/task/{}/children", self.pid(), self.pid()))
+                .unwrap_or_default();
+        let pids: Vec<&str> = children.split_whitespace().collect();
+        let total = pids.iter().map(|pid| pss_kib(pid)).sum();
+        (total, pids.len())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM: the daemon stops its VMs and removes their directories.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn pss_kib(pid: &str) -> u64 {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    rollup
+        .lines()
+        .find(|l| l.starts_with("Pss:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn code(code: &str) -> ExecRequest {
+    ExecRequest {
+        code: code.to_owned(),
+        ..ExecRequest::default()
+    }
+}
+
+async fn timed_exec(
+    client: &Client,
+    id: &str,
+    request: &ExecRequest,
+) -> anyhow::Result<(Duration, ExecResponse)> {
+    let started = Instant::now();
+    let response = client.exec(id, request).await?;
+    Ok((started.elapsed(), response))
+}
+
+/// Runs every scenario and prints the table.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut report = Report::default();
+    let samples = args.samples.max(1);
+
+    // Cold boot: no pool, no snapshots.
+    {
+        eprintln!("bench: cold boot ({samples} creates)");
+        let daemon = Daemon::start(&args, &["--pool-size", "0", "--snapshots", "false"])?;
+        provenance(&mut report, &daemon.client).await?;
+        for _ in 0..samples {
+            let started = Instant::now();
+            let id = daemon.client.create_sandbox(Some("python")).await?;
+            report.add("create: cold boot", started.elapsed());
+            let started = Instant::now();
+            daemon.client.delete_sandbox(&id).await?;
+            report.add("delete", started.elapsed());
+        }
+        report.figures.insert(
+            "daemon RSS idle (MiB)".into(),
+            rss_kib(daemon.pid()) as f64 / 1024.0,
+        );
+        let mut ids = Vec::new();
+        for _ in 0..8 {
+            ids.push(daemon.client.create_sandbox(Some("python")).await?);
+        }
+        for id in &ids {
+            daemon.client.exec(id, &code("print(6*7)")).await?;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        report.figures.insert(
+            "daemon RSS with 8 sandboxes (MiB)".into(),
+            rss_kib(daemon.pid()) as f64 / 1024.0,
+        );
+        let (pss, count) = daemon.vm_pss_kib();
+        report.figures.insert(
+            "host memory per sandbox, cold-booted, PSS (MiB)".into(),
+            pss as f64 / 1024.0 / count.max(1) as f64,
+        );
+        for id in &ids {
+            daemon.client.delete_sandbox(id).await?;
+        }
+    }
+
+    // Restore: snapshots on, no pool.
+    {
+        eprintln!("bench: snapshot restore ({samples} creates)");
+        let daemon = Daemon::start(&args, &["--pool-size", "0", "--snapshots", "true"])?;
+        daemon
+            .wait_for("templates", |info| info.boot_path == "snapshot-restore")
+            .await?;
+        let mut ids = Vec::new();
+        for _ in 0..samples {
+            let started = Instant::now();
+            let id = daemon.client.create_sandbox(Some("python")).await?;
+            report.add("create: snapshot restore", started.elapsed());
+            let (elapsed, _) = timed_exec(&daemon.client, &id, &code("print(6*7)")).await?;
+            report.add("time to first result: restore + first exec", elapsed);
+            ids.push(id);
+            if ids.len() == 8 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                let (pss, count) = daemon.vm_pss_kib();
+                report.figures.insert(
+                    "host memory per sandbox, restored, PSS (MiB)".into(),
+                    pss as f64 / 1024.0 / count.max(1) as f64,
+                );
+            }
+            if ids.len() >= 8 {
+                daemon.client.delete_sandbox(&ids.remove(0)).await?;
+            }
+        }
+        for id in ids {
+            daemon.client.delete_sandbox(&id).await?;
+        }
+    }
+
+    // Pools (the default configuration): creates, execs, workloads, churn.
+    {
+        eprintln!("bench: warm pool, execs, workloads, churn");
+        let daemon = Daemon::start(&args, &["--pool-size", "2", "--snapshots", "true"])?;
+        daemon.wait_for_pools().await?;
+        for _ in 0..samples {
+            daemon.wait_for_pools().await?;
+            let started = Instant::now();
+            let id = daemon.client.create_sandbox(Some("python")).await?;
+            report.add("create: warm pool", started.elapsed());
+            let (elapsed, _) = timed_exec(&daemon.client, &id, &code("print(6*7)")).await?;
+            report.add(
+                "time to first result: pool + first exec",
+                elapsed + report_last(&report, "create: warm pool"),
+            );
+            daemon.client.delete_sandbox(&id).await?;
+        }
+        daemon.wait_for_pools().await?;
+        let id = daemon.client.create_sandbox(Some("python")).await?;
+        for _ in 0..samples {
+            let (elapsed, response) = timed_exec(&daemon.client, &id, &code("print(6*7)")).await?;
+            anyhow::ensure!(
+                response.stdout == "42\n",
+                "print(6*7) printed {:?}",
+                response.stdout
+            );
+            report.add("exec print(6*7): API time", elapsed);
+            let guest = Duration::from_micros(response.duration_us.unwrap_or(0));
+            report.add("exec print(6*7): guest time", guest);
+            report.add(
+                "exec print(6*7): daemon + transport overhead",
+                elapsed.saturating_sub(guest),
+            );
+        }
+        let bare = "import subprocess, time\nt = time.perf_counter()\nsubprocess.run(['python3', '-c', 'print(6*7)'], stdout=subprocess.DEVNULL)\nprint(time.perf_counter() - t)";
+        for _ in 0..samples {
+            let response = daemon.client.exec(&id, &code(bare)).await?;
+            let seconds: f64 = response.stdout.trim().parse().unwrap_or(f64::NAN);
+            report.add(
+                "bare python3 -c 'print(6*7)' inside the guest",
+                Duration::from_secs_f64(seconds.max(0.0)),
+            );
+        }
+        let workloads: Vec<(&str, ExecRequest)> = vec![
+            ("workload: imports (json, re, decimal, collections)", code("import json, re, decimal, collections, datetime\nprint(len(json.dumps({'a': 1})))")),
+            ("workload: 64 KiB of code", code(&format!("x = '{}'\nprint(len(x))", "a".repeat(64 * 1024)))),
+            ("workload: 1 MiB of output", code("import sys\nsys.stdout.write('x' * (1 << 20))")),
+            (
+                "workload: 64 KiB of stdin",
+                ExecRequest {
+                    code: "import sys\nprint(len(sys.stdin.read()))".into(),
+                    stdin: Some("y".repeat(64 * 1024)),
+                    timeout_ms: None,
+                },
+            ),
+            ("workload: exit 3", code("raise SystemExit(3)")),
+        ];
+        for (name, request) in &workloads {
+            for _ in 0..samples.min(10) {
+                let (elapsed, _) = timed_exec(&daemon.client, &id, request).await?;
+                report.add(name, elapsed);
+            }
+        }
+        for _ in 0..3 {
+            let request = ExecRequest {
+                code: "import time\ntime.sleep(10)".into(),
+                stdin: None,
+                timeout_ms: Some(1000),
+            };
+            let (elapsed, response) = timed_exec(&daemon.client, &id, &request).await?;
+            anyhow::ensure!(response.exit_code == -1, "the timeout did not fire");
+            report.add("workload: 1 s timeout", elapsed);
+            report.add(
+                "timeout overshoot",
+                elapsed.saturating_sub(Duration::from_secs(1)),
+            );
+        }
+        daemon.client.delete_sandbox(&id).await?;
+
+        // Concurrency sweep: N sandboxes from the pool, one exec each at once.
+        for n in [1usize, 2, 4, 8] {
+            daemon.wait_for_pools().await?;
+            let started = Instant::now();
+            let cycles = (0..n).map(|_| {
+                let client = daemon.client.clone();
+                async move {
+                    let id = client.create_sandbox(Some("python")).await?;
+                    client.exec(&id, &code("print(6*7)")).await?;
+                    client.delete_sandbox(&id).await?;
+                    anyhow::Ok(())
+                }
+            });
+            for result in futures::future::join_all(cycles).await {
+                result?;
+            }
+            report.add(
+                &format!("concurrency {n}: create+exec+delete, wall"),
+                started.elapsed(),
+            );
+        }
+
+        // Churn: cycles back to back; processes, fds and directories must not grow.
+        daemon.wait_for_pools().await?;
+        let before = daemon.footprint();
+        let started = Instant::now();
+        for _ in 0..args.churn {
+            let id = daemon.client.create_sandbox(Some("python")).await?;
+            daemon.client.exec(&id, &code("print(6*7)")).await?;
+            daemon.client.delete_sandbox(&id).await?;
+        }
+        let churn_time = started.elapsed();
+        daemon.wait_for_pools().await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let after = daemon.footprint();
+        report.figures.insert(
+            "churn: cycles per minute".into(),
+            args.churn as f64 / churn_time.as_secs_f64() * 60.0,
+        );
+        report.checks.insert(
+            format!(
+                "churn of {} cycles: VMM processes / daemon fds / work-dir entries",
+                args.churn
+            ),
+            format!(
+                "{} → {}, {} → {}, {} → {}: {}",
+                before.0,
+                after.0,
+                before.1,
+                after.1,
+                before.2,
+                after.2,
+                if after.0 <= before.0 && after.1 <= before.1 && after.2 <= before.2 {
+                    "no growth"
+                } else {
+                    "GREW"
+                }
+            ),
+        );
+        let (pss, count) = daemon.vm_pss_kib();
+        report.figures.insert(
+            "host memory per pooled idle sandbox, PSS (MiB)".into(),
+            pss as f64 / 1024.0 / count.max(1) as f64,
+        );
+    }
+
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn report_last(report: &Report, name: &str) -> Duration {
+    report
+        .latencies_ms
+        .get(name)
+        .and_then(|v| v.last())
+        .map_or(Duration::ZERO, |ms| Duration::from_secs_f64(ms / 1000.0))
+}
+
+async fn provenance(report: &mut Report, client: &Client) -> anyhow::Result<()> {
+    let info = client.info().await?;
+    let p = &mut report.provenance;
+    p.insert("backend".into(), info.backend.unwrap_or_default());
+    p.insert("accel".into(), info.accel.unwrap_or_default());
+    p.insert(
+        "guest".into(),
+        format!("{} vCPU, {} MiB", info.guest_vcpus, info.guest_ram_mib),
+    );
+    p.insert("emberd version".into(), info.version.unwrap_or_default());
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    p.insert("commit".into(), commit);
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    p.insert("cpu".into(), format!("{model} ({cores} cores)"));
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    p.insert("host kernel".into(), kernel.trim().to_owned());
+    Ok(())
+}
+
+fn print_table(report: &Report) {
+    println!("## emberd benchmark\n");
+    for (key, value) in &report.provenance {
+        println!("- {key}: {value}");
+    }
+    println!("\n| scenario | n | median ms | p95 ms |\n|---|---:|---:|---:|");
+    for (name, samples) in &report.latencies_ms {
+        println!(
+            "| {name} | {} | {:.2} | {:.2} |",
+            samples.len(),
+            percentile(samples, 0.5),
+            percentile(samples, 0.95)
+        );
+    }
+    println!("\n| figure | value |\n|---|---:|");
+    for (name, value) in &report.figures {
+        println!("| {name} | {value:.1} |");
+    }
+    let ratio = |a: &str, b: &str| report.median(a) / report.median(b);
+    println!("\n| ratio (medians) | value |\n|---|---:|");
+    println!(
+        "| cold boot / snapshot restore | {:.1}× |",
+        ratio("create: cold boot", "create: snapshot restore")
+    );
+    println!(
+        "| cold boot / warm pool | {:.0}× |",
+        ratio("create: cold boot", "create: warm pool")
+    );
+    println!(
+        "| bare python3 in guest / print(6*7) end to end | {:.2}× |",
+        ratio(
+            "bare python3 -c 'print(6*7)' inside the guest",
+            "exec print(6*7): API time"
+        )
+    );
+    if !report.checks.is_empty() {
+        println!("\n| check | result |\n|---|---|");
+        for (name, result) in &report.checks {
+            println!("| {name} | {result} |");
+        }
+    }
+}
