@@ -74,7 +74,16 @@ impl Agent for AgentService {
         Ok(Response::new(HelloResponse {
             generation: PROTOCOL_GENERATION,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            capabilities: vec!["exec".into(), "files".into(), "identity".into()],
+            capabilities: ["exec", "files", "identity"]
+                .into_iter()
+                .map(String::from)
+                .chain(
+                    self.exec_env
+                        .python
+                        .as_ref()
+                        .map(|_| "fork-server:python".to_owned()),
+                )
+                .collect(),
         }))
     }
 
@@ -83,7 +92,13 @@ impl Agent for AgentService {
             ok: !self.quiescing.load(Ordering::SeqCst),
             running_execs: self.running.load(Ordering::SeqCst),
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            warm_interpreters: Vec::new(),
+            warm_interpreters: self
+                .exec_env
+                .python
+                .as_ref()
+                .filter(|p| p.ready())
+                .map(|_| vec!["python".to_owned()])
+                .unwrap_or_default(),
         }))
     }
 

@@ -45,6 +45,8 @@ pub struct ExecEnv {
     pub code_dir: PathBuf,
     /// Prefix applied to a requested cwd (host mode: the served root).
     pub root: Option<PathBuf>,
+    /// The pre-started Python, when there is one.
+    pub python: Option<Arc<crate::forkserver::ForkServer>>,
 }
 
 /// Validates the start message and launches the exec; output flows into `out`.
@@ -57,7 +59,7 @@ pub async fn run(
     running: Arc<std::sync::atomic::AtomicU32>,
 ) {
     running.fetch_add(1, Ordering::SeqCst);
-    let exit = match launch(&env, &reaper, &start) {
+    let exit = match launch(&env, &reaper, &start).await {
         Ok(launched) => supervise(launched, &start, input, &out).await,
         Err(error) => ExecExit {
             exit_code: -1,
@@ -75,6 +77,7 @@ pub async fn run(
 
 struct Launched {
     pid: i32,
+    warm: bool,
     exit: tokio::sync::oneshot::Receiver<Exit>,
     stdin: Option<pipe::Sender>,
     stdout: pipe::Receiver,
@@ -83,7 +86,7 @@ struct Launched {
     started: Instant,
 }
 
-fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Launched, String> {
+async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Launched, String> {
     let (argv, code_file) = if !start.argv.is_empty() {
         (start.argv.clone(), None)
     } else if !start.interpreter.is_empty() {
@@ -103,6 +106,37 @@ fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Launched,
             None => PathBuf::from(&start.cwd),
         }
     };
+    if let (Some(python), Some(file), "python") =
+        (&env.python, &code_file, start.warm_language.as_str())
+    {
+        if python.ready() {
+            let mut vars = default_env();
+            vars.extend(start.env.clone());
+            match python.launch(file.clone(), cwd.clone(), vars).await {
+                Ok(child) => {
+                    let pipes = (
+                        pipe::Sender::from_owned_fd(child.stdin),
+                        pipe::Receiver::from_owned_fd(child.stdout),
+                        pipe::Receiver::from_owned_fd(child.stderr),
+                    );
+                    if let (Ok(stdin), Ok(stdout), Ok(stderr)) = pipes {
+                        return Ok(Launched {
+                            pid: child.pid,
+                            warm: true,
+                            exit: child.exit,
+                            stdin: Some(stdin),
+                            stdout,
+                            stderr,
+                            code_file,
+                            started: Instant::now(),
+                        });
+                    }
+                    let _ = killpg(Pid::from_raw(child.pid), Signal::SIGKILL);
+                }
+                Err(e) => eprintln!("emberd-init: warm Python unavailable ({e}); running one-shot"),
+            }
+        }
+    }
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
@@ -135,6 +169,7 @@ fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Launched,
     match (stdin, stdout, stderr) {
         (Ok(stdin), Ok(stdout), Ok(stderr)) => Ok(Launched {
             pid,
+            warm: false,
             exit,
             stdin: Some(stdin),
             stdout,
@@ -156,7 +191,7 @@ fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Launched,
     }
 }
 
-fn default_env() -> HashMap<String, String> {
+pub fn default_env() -> HashMap<String, String> {
     [
         (
             "PATH",
@@ -199,7 +234,7 @@ async fn supervise(
         .send(Ok(ExecOutput {
             kind: Some(exec_output::Kind::Started(ExecStarted {
                 pid: launched.pid as u32,
-                warm: false,
+                warm: launched.warm,
             })),
         }))
         .await;

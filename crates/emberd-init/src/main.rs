@@ -9,6 +9,7 @@
 mod agent;
 mod exec;
 mod files;
+mod forkserver;
 mod identity;
 mod pid1;
 mod reaper;
@@ -64,10 +65,13 @@ fn main() {
     let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
     let result = runtime.block_on(async move {
         let reaper = Reaper::start()?;
+        let code_dir = args.tmp_dir.unwrap_or_else(std::env::temp_dir);
+        let python = forkserver::ForkServer::start(&reaper, &code_dir);
         let exec_env = ExecEnv {
             default_cwd: root.clone(),
-            code_dir: args.tmp_dir.unwrap_or_else(std::env::temp_dir),
+            code_dir,
             root: Some(root.clone()),
+            python,
         };
         let agent = Arc::new(AgentService::new(Mode::Host, reaper, exec_env));
         let routes = transport::routes(&agent, &FilesService::new(root));
@@ -118,10 +122,17 @@ async fn serve_guest() -> String {
         Ok(reaper) => reaper,
         Err(e) => return format!("cannot start the reaper: {e}"),
     };
+    let python = forkserver::ForkServer::start(&reaper, std::path::Path::new("/run"));
+    if let Some(python) = &python {
+        if !python.wait_ready().await {
+            eprintln!("emberd-init: the Python fork server did not come up; execs run one-shot");
+        }
+    }
     let exec_env = ExecEnv {
         default_cwd: PathBuf::from("/"),
         code_dir: PathBuf::from("/tmp"),
         root: None,
+        python,
     };
     let agent = Arc::new(AgentService::new(Mode::Guest, reaper, exec_env));
     let routes = transport::routes(&agent, &FilesService::new(PathBuf::from("/")));

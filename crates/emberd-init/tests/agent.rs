@@ -83,6 +83,7 @@ impl Drop for Agent {
 
 #[derive(Debug, Default)]
 struct Outcome {
+    warm: bool,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
     exit: ExecExit,
@@ -101,6 +102,13 @@ fn python(code: &str) -> ExecStart {
         code: code.as_bytes().to_vec(),
         file_suffix: ".py".into(),
         ..ExecStart::default()
+    }
+}
+
+fn warm_python(code: &str) -> ExecStart {
+    ExecStart {
+        warm_language: "python".into(),
+        ..python(code)
     }
 }
 
@@ -130,7 +138,7 @@ async fn run_with(
     let mut outcome = Outcome::default();
     while let Some(message) = stream.message().await.unwrap() {
         match message.kind.unwrap() {
-            exec_output::Kind::Started(_) => {}
+            exec_output::Kind::Started(started) => outcome.warm = started.warm,
             exec_output::Kind::Stdout(data) => outcome.stdout.extend(data),
             exec_output::Kind::Stderr(data) => outcome.stderr.extend(data),
             exec_output::Kind::Exit(exit) => {
@@ -571,4 +579,118 @@ async fn a_dropped_connection_kills_its_execs_and_the_agent_takes_the_next() {
     assert!(processes_with(&marker).is_empty());
     let mut client = agent.agent().await;
     assert_eq!(run(&mut client, sh("echo next")).await.stdout, b"next\n");
+}
+
+#[tokio::test]
+async fn the_warm_python_behaves_like_a_fresh_interpreter() {
+    let agent = Agent::start();
+    let mut client = agent.agent().await;
+    // The fork server comes up in the background.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = client.health(HealthRequest {}).await.unwrap().into_inner();
+        if health.warm_interpreters.contains(&"python".to_owned()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the fork server never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    let out = run(
+        &mut client,
+        warm_python("import sys\nprint(6*7)\nprint('e', file=sys.stderr)"),
+    )
+    .await;
+    assert!(out.warm, "not forked from the warm interpreter");
+    assert_eq!(
+        (
+            out.stdout.as_slice(),
+            out.stderr.as_slice(),
+            out.exit.exit_code
+        ),
+        (&b"42\n"[..], &b"e\n"[..], 0)
+    );
+
+    let out = run(&mut client, warm_python("import sys\nsys.exit(42)")).await;
+    assert_eq!(out.exit.exit_code, 42);
+    let out = run(&mut client, warm_python("exit(7)")).await;
+    assert_eq!(out.exit.exit_code, 7);
+
+    let out = run(&mut client, warm_python("print('unclosed'")).await;
+    assert_eq!(out.exit.exit_code, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SyntaxError"),
+        "{out:?}"
+    );
+
+    let out = run(
+        &mut client,
+        warm_python("def f():\n    raise ValueError('boom')\nf()"),
+    )
+    .await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.exit.exit_code, 1);
+    assert!(
+        stderr.starts_with("Traceback (most recent call last):"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("ValueError: boom") && !stderr.contains("forkserver"),
+        "{stderr}"
+    );
+
+    // stdin, __name__, argv, and no memory shared between execs.
+    let out = run_with(
+        &mut client,
+        warm_python("import sys\nprint(__name__, sys.argv[0].endswith('.py'), sys.stdin.read())\nglobal_marker = 1"),
+        vec![exec_input::Kind::Stdin(b"in".to_vec()), exec_input::Kind::CloseStdin(Default::default())],
+    )
+    .await;
+    assert_eq!(out.stdout, b"__main__ True in\n");
+    let out = run(
+        &mut client,
+        warm_python("print('global_marker' in globals())"),
+    )
+    .await;
+    assert_eq!(out.stdout, b"False\n");
+
+    // Fresh random state per exec.
+    let a = run(
+        &mut client,
+        warm_python("import random; print(random.getrandbits(64))"),
+    )
+    .await;
+    let b = run(
+        &mut client,
+        warm_python("import random; print(random.getrandbits(64))"),
+    )
+    .await;
+    assert_ne!(a.stdout, b.stdout);
+
+    // A timeout kills the child and what it started.
+    let marker = format!("1000.{}", std::process::id() + 7);
+    let mut start = warm_python(&format!(
+        "import subprocess, time\nprint('before', flush=True)\nsubprocess.Popen(['sleep', '{marker}'])\ntime.sleep(100)"
+    ));
+    start.timeout_ms = 700;
+    let out = run(&mut client, start).await;
+    assert!(out.exit.timed_out);
+    assert_eq!(out.stdout, b"before\n");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !processes_with(&marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(processes_with(&marker).is_empty());
+
+    // Signals reach it.
+    let out = run_with(
+        &mut client,
+        warm_python("import time\nprint('ready', flush=True)\ntime.sleep(30)"),
+        vec![exec_input::Kind::Signal(15)],
+    )
+    .await;
+    assert_eq!(out.exit.signal, 15, "{out:?}");
 }

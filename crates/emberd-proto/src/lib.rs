@@ -34,6 +34,13 @@ pub const SCHEMA_FINGERPRINTS: &[(u32, &str)] = &[(
 /// The text of `agent.proto`, for the schema test and for diagnostics.
 pub const AGENT_PROTO: &str = include_str!("../proto/agent.proto");
 
+/// HTTP/2 flow-control windows of both ends. Large fixed windows keep many
+/// concurrent execs streaming small output chunks within h2's budget for
+/// buffered small DATA frames (which scales with the connection window),
+/// and let a file stream run without waiting for window updates.
+const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+
 /// Builds a gRPC channel that runs over `stream`, an already connected byte
 /// stream to the agent. The channel never dials again: once the stream
 /// breaks, calls fail and the caller makes a new channel over a new stream.
@@ -43,7 +50,8 @@ where
 {
     let slot = Arc::new(Mutex::new(Some(stream)));
     Endpoint::from_static("http://agent.emberd.invalid")
-        .http2_adaptive_window(true)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
         .connect_with_connector(tower::service_fn(move |_uri| {
             let taken = slot.lock().map(|mut s| s.take()).unwrap_or(None);
             async move {
@@ -67,7 +75,8 @@ where
 {
     let service = hyper_util::service::TowerToHyperService::new(routes);
     hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .adaptive_window(true)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .initial_stream_window_size(STREAM_WINDOW)
         .serve_connection(TokioIo::new(stream), service)
         .await?;
     Ok(())
