@@ -59,8 +59,13 @@ pub async fn run(
     running: Arc<std::sync::atomic::AtomicU32>,
 ) {
     running.fetch_add(1, Ordering::SeqCst);
+    // Guest time counts from here: writing the code, spawning, running.
+    let received = Instant::now();
     let exit = match launch(&env, &reaper, &start).await {
-        Ok(launched) => supervise(launched, &start, input, &out).await,
+        Ok(mut launched) => {
+            launched.started = received;
+            supervise(launched, &start, input, &out).await
+        }
         Err(error) => ExecExit {
             exit_code: -1,
             error,

@@ -162,7 +162,8 @@ async fn inspect(State(state): State<FakeState>, Path(id): Path<String>) -> Resp
     match sandboxes.by_id.get(&id) {
         Some(info) => {
             let mut info = info.clone();
-            info.console_tail = Some("[    0.000000] Linux version 6.1\nemberd-init: ready\n".into());
+            info.console_tail =
+                Some("[    0.000000] Linux version 6.1\nemberd-init: ready\n".into());
             Json(info).into_response()
         }
         None => error(StatusCode::NOT_FOUND, "sandbox not found"),
