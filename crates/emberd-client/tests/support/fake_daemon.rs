@@ -108,6 +108,7 @@ async fn info(State(state): State<FakeState>) -> Json<InfoResponse> {
         backend: Some("host-process".into()),
         accel: Some("none".into()),
         version: Some("fake".into()),
+        pool_ready: None,
     })
 }
 
