@@ -158,7 +158,7 @@ mod tests {
         std::fs::create_dir(&sandbox).unwrap();
         let marker_arg = sandbox.join("console.log");
         // A stand-in VM: a process whose command line names the sandbox dir.
-        let mut child = std::process::Command::new("python3")
+        let mut child = std::process::Command::new("/usr/bin/python3")
             .args(["-c", "import time; time.sleep(60)"])
             .arg(&marker_arg)
             .spawn()
