@@ -124,8 +124,12 @@ pub async fn serve_unix(
     agent: Arc<AgentService>,
     routes: tonic::service::Routes,
 ) -> io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path)?;
+    // Listen on a temporary name, then rename: the socket appears only once
+    // it accepts connections.
+    let staging = path.with_extension("binding");
+    let _ = std::fs::remove_file(&staging);
+    let listener = UnixListener::bind(&staging)?;
+    std::fs::rename(&staging, path)?;
     eprintln!("emberd-init: listening on {}", path.display());
     loop {
         let (stream, _) = listener.accept().await?;
