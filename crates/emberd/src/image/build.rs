@@ -56,6 +56,10 @@ pub struct BuildArgs {
     /// Rebuild everything even when up to date.
     #[arg(long)]
     pub force: bool,
+    /// Ask apt for the kernel package's current version instead of reusing
+    /// the one recorded by the last build.
+    #[arg(long)]
+    pub refresh_kernel: bool,
 }
 
 /// One pack definition file.
@@ -167,7 +171,7 @@ pub fn build(args: &BuildArgs) -> Result<BuildReport, ImageError> {
     };
 
     // Kernel.
-    let kernel_source = kernel_source(args)?;
+    let kernel_source = kernel_source(args, previous.as_ref())?;
     let kernel_key = hash_parts(&[BUILDER_VERSION, "kernel", &kernel_source]);
     let modules_dir = args
         .data_dir
@@ -182,7 +186,11 @@ pub fn build(args: &BuildArgs) -> Result<BuildReport, ImageError> {
             ) && modules_dir.join("order").is_file() =>
         {
             report.reused.push("kernel".into());
-            m.kernel.clone()
+            KernelArtefact {
+                requested: args.kernel.is_none().then(|| args.kernel_package.clone()),
+                input: kernel_source.clone(),
+                ..m.kernel.clone()
+            }
         }
         _ => {
             let step = Instant::now();
@@ -287,9 +295,7 @@ pub fn build(args: &BuildArgs) -> Result<BuildReport, ImageError> {
         inputs_key: inputs_key.clone(),
         keys,
     };
-    if !report.built.is_empty()
-        || previous.as_ref().map(|m| m.inputs_key.as_str()) != Some(inputs_key.as_str())
-    {
+    if !report.built.is_empty() || previous.as_ref() != Some(&manifest) {
         write_manifest(&args.data_dir, &manifest)?;
         remove_unreferenced(&args.data_dir, &manifest);
     }
@@ -358,9 +364,20 @@ fn run(command: &mut Command) -> Result<Vec<u8>, ImageError> {
 }
 
 /// Identifies the kernel input: a package and version, or a file's hash.
-fn kernel_source(args: &BuildArgs) -> Result<String, ImageError> {
+/// The version recorded by the last build of the same package is reused
+/// unless asked to refresh, so an up-to-date build never queries apt.
+fn kernel_source(args: &BuildArgs, previous: Option<&Manifest>) -> Result<String, ImageError> {
     if let Some(file) = &args.kernel {
         return Ok(format!("file:{}", hash_file(file)?));
+    }
+    if !args.refresh_kernel && !args.force {
+        if let Some(kernel) = previous.map(|m| &m.kernel) {
+            if kernel.requested.as_deref() == Some(args.kernel_package.as_str())
+                && kernel.input.starts_with("deb:")
+            {
+                return Ok(kernel.input.clone());
+            }
+        }
     }
     require_tool("apt-cache", "apt")?;
     let (package, version) = match resolve_kernel_package(&args.kernel_package)? {
@@ -506,6 +523,8 @@ fn fetch_kernel(
         vmlinux: store_blob(&args.data_dir, &vmlinux_tmp, ".vmlinux")?,
         release,
         source: origin,
+        requested: args.kernel.is_none().then(|| args.kernel_package.clone()),
+        input: source.to_owned(),
     })
 }
 
@@ -869,6 +888,113 @@ mod tests {
         .unwrap();
         let err = read_packs(dir.path(), &[]).unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    fn args(data_dir: &Path) -> BuildArgs {
+        BuildArgs {
+            data_dir: data_dir.to_owned(),
+            init_bin: PathBuf::from("/nonexistent"),
+            kernel_package: "linux-image-cloud-amd64".into(),
+            kernel: None,
+            packs_dir: PathBuf::from("packs"),
+            packs: Vec::new(),
+            mirror: Vec::new(),
+            force: false,
+            refresh_kernel: false,
+        }
+    }
+
+    fn manifest_with_kernel(requested: &str, input: &str) -> Manifest {
+        Manifest {
+            kernel: KernelArtefact {
+                bzimage: "blobs/a.bzimage".into(),
+                vmlinux: "blobs/a.vmlinux".into(),
+                release: "6.1.0-1-cloud-amd64".into(),
+                source: "Debian package x".into(),
+                requested: Some(requested.into()),
+                input: input.into(),
+            },
+            initramfs: "blobs/b.cpio".into(),
+            packs: BTreeMap::new(),
+            inputs_key: String::new(),
+            keys: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn the_recorded_kernel_version_is_reused_for_the_same_package() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = args(dir.path());
+        // A version apt could never report proves apt was not asked.
+        let previous = manifest_with_kernel("linux-image-cloud-amd64", "deb:recorded=0~test");
+        assert_eq!(
+            kernel_source(&args, Some(&previous)).unwrap(),
+            "deb:recorded=0~test"
+        );
+    }
+
+    #[test]
+    fn a_user_kernel_is_keyed_by_its_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("vmlinux");
+        std::fs::write(&file, b"\x7fELF kernel").unwrap();
+        let mut args = args(dir.path());
+        args.kernel = Some(file.clone());
+        let previous = manifest_with_kernel("linux-image-cloud-amd64", "deb:recorded=0~test");
+        let first = kernel_source(&args, Some(&previous)).unwrap();
+        assert!(first.starts_with("file:"), "{first}");
+        std::fs::write(&file, b"\x7fELF other kernel").unwrap();
+        assert_ne!(kernel_source(&args, Some(&previous)).unwrap(), first);
+    }
+
+    /// A minimal bzImage: setup header fields at their boot-protocol
+    /// offsets, and an xz payload after the setup sectors.
+    fn fake_bzimage(payload: &[u8], setup_sects: u8, offset: usize) -> Vec<u8> {
+        let start = (usize::from(setup_sects) + 1) * 512;
+        let mut image = vec![0u8; start + offset];
+        image[0x1f1] = setup_sects;
+        image[0x202..0x206].copy_from_slice(b"HdrS");
+        image[0x248..0x24c].copy_from_slice(&(offset as u32).to_le_bytes());
+        image[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        image.extend_from_slice(payload);
+        // The kernel build appends the decompressed size after the payload.
+        image.extend_from_slice(&[0x10, 0x20, 0, 0]);
+        image
+    }
+
+    fn xz(data: &[u8]) -> Vec<u8> {
+        let mut child = Command::new("xz")
+            .args(["-zc", "--check=crc32"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("xz is installed (scripts/install-deps.sh)");
+        child.stdin.take().unwrap().write_all(data).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(output.status.success());
+        output.stdout
+    }
+
+    #[test]
+    fn the_elf_kernel_is_unpacked_from_a_bzimage() {
+        let mut elf = b"\x7fELF".to_vec();
+        elf.extend((0..100_000u32).map(|i| (i % 251) as u8));
+        let image = fake_bzimage(&xz(&elf), 27, 0x3b4);
+        assert_eq!(extract_vmlinux(&image).unwrap(), elf);
+    }
+
+    #[test]
+    fn a_payload_that_is_not_a_kernel_is_refused() {
+        let image = fake_bzimage(&xz(b"not a kernel"), 4, 0);
+        let err = extract_vmlinux(&image).unwrap_err();
+        assert!(err.to_string().contains("did not unpack an ELF"), "{err}");
+        let err = extract_vmlinux(&fake_bzimage(b"garbage!", 4, 0)).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown bzImage compression"),
+            "{err}"
+        );
+        let err = extract_vmlinux(b"short").unwrap_err();
+        assert!(err.to_string().contains("too short"), "{err}");
     }
 
     #[test]

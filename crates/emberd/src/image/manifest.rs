@@ -48,6 +48,13 @@ pub struct KernelArtefact {
     pub release: String,
     /// Where it came from: a Debian package name and version, or a user file.
     pub source: String,
+    /// The package asked for (`--kernel-package`), when built from Debian.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requested: Option<String>,
+    /// The build input it was resolved to (`deb:<package>=<version>` or
+    /// `file:<sha256>`), so a rebuild needs no apt query.
+    #[serde(default)]
+    pub input: String,
 }
 
 /// One built language pack.
