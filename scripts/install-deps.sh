@@ -5,6 +5,8 @@ set -euo pipefail
 
 packages=(
   qemu-system-x86   # the QEMU backend
+  protobuf-compiler # protoc, for the agent protocol's generated code
+  gcc libc6-dev     # the linker Rust uses
   mmdebstrap        # language-pack root file systems
   squashfs-tools    # mksquashfs
   xz-utils lz4 zstd # unpacking kernels
@@ -47,12 +49,19 @@ fi
 
 target=x86_64-unknown-linux-musl
 installed_targets="$(rustup target list --installed 2>/dev/null || true)"
-if ! grep -qx "$target" <<<"$installed_targets"; then
+if grep -qx "$target" <<<"$installed_targets"; then
+  echo "setup: Rust target $target present"
+elif command -v rustup >/dev/null; then
   echo "setup: adding the Rust target $target"
   rustup target add "$target"
+else
+  echo "setup: the Rust target $target is missing and rustup is not installed (https://rustup.rs)" >&2
+  exit 1
 fi
 
-if ! cargo nextest --version >/dev/null 2>&1; then
+if cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: cargo-nextest present"
+else
   echo "setup: installing cargo-nextest"
-  cargo install cargo-nextest --locked
+  cargo install cargo-nextest --locked </dev/null
 fi
