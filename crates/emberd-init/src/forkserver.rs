@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use std::io::{IoSlice, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,6 +77,16 @@ impl ForkServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
+        // SAFETY: prctl(2) is async-signal-safe and takes no pointers. As a host
+        // process the agent can be killed; its fork server must not outlive it.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let (_child, exit) = match reaper.spawn(&mut command) {
             Ok(spawned) => spawned,
             Err(e) => {

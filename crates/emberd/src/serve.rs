@@ -15,6 +15,8 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{BackendChoice, ConfigError, ServeArgs, Settings};
 use crate::image::{Manifest, ManifestError};
 use crate::sandbox::{Manager, ManagerConfig, WorkDirError};
+use crate::vmm::firecracker::{FirecrackerBackend, FirecrackerSetupError};
+use crate::vmm::kvm::hardware_kvm;
 use crate::vmm::qemu::{QemuBackend, QemuSetupError};
 use crate::vmm::VmBackend;
 
@@ -27,8 +29,8 @@ pub enum ServeError {
     Images(#[from] ManifestError),
     #[error(transparent)]
     Qemu(#[from] QemuSetupError),
-    #[error("{0}")]
-    Backend(String),
+    #[error(transparent)]
+    Firecracker(#[from] FirecrackerSetupError),
     #[error(transparent)]
     WorkDir(#[from] WorkDirError),
     #[error("cannot listen on {addr}")]
@@ -104,12 +106,33 @@ fn make_backend(settings: &Settings) -> Result<Arc<dyn VmBackend>, ServeError> {
         tracing::info!(backend = "qemu", why, version = %backend.version(), accel = accel.accel, accel_reason = %accel.reason, "backend chosen");
         Ok(Arc::new(backend))
     };
+    let firecracker = || -> Result<Arc<dyn VmBackend>, ServeError> {
+        let backend = FirecrackerBackend::new(settings.firecracker_bin.clone())?;
+        tracing::info!(backend = "firecracker", version = %backend.version(), "backend chosen");
+        Ok(Arc::new(backend))
+    };
     match settings.backend {
         BackendChoice::Qemu => qemu("asked for with --backend qemu"),
-        BackendChoice::Auto => qemu("Firecracker is not available"),
-        BackendChoice::Firecracker => Err(ServeError::Backend(
-            "the Firecracker backend is not available in this build".into(),
-        )),
+        BackendChoice::Firecracker => {
+            let kvm = hardware_kvm();
+            if !kvm.is_hardware() {
+                tracing::warn!(kvm = %kvm.explain(), "Firecracker needs hardware KVM; VMs will fail to start");
+            }
+            firecracker()
+        }
+        BackendChoice::Auto => {
+            let kvm = hardware_kvm();
+            if !kvm.is_hardware() {
+                return qemu(&format!(
+                    "no hardware KVM for Firecracker: {}",
+                    kvm.explain()
+                ));
+            }
+            match FirecrackerBackend::new(settings.firecracker_bin.clone()) {
+                Ok(_) => firecracker(),
+                Err(e) => qemu(&format!("Firecracker is not usable: {e}")),
+            }
+        }
     }
 }
 

@@ -5,7 +5,9 @@
 //! stop, wait). The sandbox manager only ever talks to these traits; the
 //! QEMU and Firecracker modules implement them. Nothing here knows HTTP.
 
+pub mod firecracker;
 pub mod kvm;
+pub mod process;
 pub mod qemu;
 
 use std::path::PathBuf;

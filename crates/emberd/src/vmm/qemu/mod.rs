@@ -12,27 +12,23 @@
 mod qmp;
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
 use serde_json::json;
 use tokio::net::UnixStream;
 use tokio::process::Command;
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
 
 use self::qmp::{Qmp, QmpError};
 use super::kvm::{hardware_kvm, KvmStatus};
+use super::process::{describe_exit, VmProcess};
 use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
 
 /// Name of the virtio-serial port the agent serves on.
 pub const AGENT_PORT_NAME: &str = "org.emberd.agent";
 /// File of a snapshot directory holding the migration stream.
 const MIGRATION_FILE: &str = "vm.migration";
-/// How long a VM gets to exit on SIGTERM before SIGKILL.
-const STOP_GRACE: Duration = Duration::from_secs(2);
 
 /// Which accelerator to ask for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
@@ -200,43 +196,10 @@ impl QemuBackend {
 
     async fn launch(&self, spec: &BootSpec, incoming: Option<&Path>) -> Result<QemuVm, VmmError> {
         let dir = &spec.sandbox_dir;
-        let stderr = std::fs::File::create(dir.join("qemu.log"))?;
-        let mut cmd = self.command(spec, incoming);
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(stderr))
-            .kill_on_drop(true);
-        // SAFETY: the closure only calls prctl(2) and getppid(2), both
-        // async-signal-safe, between fork and exec.
-        unsafe {
-            cmd.pre_exec(die_with_parent);
-        }
-        let mut child = cmd.spawn().map_err(VmmError::Launch)?;
-        let pid = child
-            .id()
-            .ok_or_else(|| VmmError::ExitedEarly("no pid".into()))?;
-        let (exit_tx, exit_rx) = watch::channel(None);
-        tokio::spawn(async move {
-            let status = child.wait().await;
-            let exit = match status {
-                Ok(status) => {
-                    use std::os::unix::process::ExitStatusExt;
-                    VmExit {
-                        code: status.code(),
-                        signal: status.signal(),
-                    }
-                }
-                Err(_) => VmExit {
-                    code: None,
-                    signal: None,
-                },
-            };
-            let _ = exit_tx.send(Some(exit));
-        });
+        let process = VmProcess::spawn(self.command(spec, incoming), &dir.join("qemu.log"))?;
         let vm = QemuVm {
-            pid,
+            process,
             dir: dir.clone(),
-            exit: exit_rx,
             qmp: Mutex::new(None),
         };
         match tokio::time::timeout(spec.boot_timeout, vm.wait_for_control()).await {
@@ -302,15 +265,14 @@ impl VmBackend for QemuBackend {
 
 /// One QEMU process.
 pub struct QemuVm {
-    pid: u32,
+    process: VmProcess,
     dir: PathBuf,
-    exit: watch::Receiver<Option<VmExit>>,
     qmp: Mutex<Option<Qmp>>,
 }
 
 impl QemuVm {
     fn exited(&self) -> Option<VmExit> {
-        self.exit.borrow().clone()
+        self.process.exited()
     }
 
     fn early_exit_error(&self, exit: &VmExit) -> VmmError {
@@ -392,7 +354,7 @@ impl QemuVm {
 #[async_trait]
 impl Vm for QemuVm {
     fn pid(&self) -> Option<u32> {
-        Some(self.pid)
+        Some(self.process.pid())
     }
 
     async fn connect_agent(&self) -> Result<AgentStream, VmmError> {
@@ -441,38 +403,12 @@ impl Vm for QemuVm {
     }
 
     async fn stop(&self) -> Result<(), VmmError> {
-        let mut exit = self.exit.clone();
-        if self.exited().is_none() {
-            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
-            let graceful = tokio::time::timeout(STOP_GRACE, exit.wait_for(Option::is_some)).await;
-            if graceful.is_err() && self.exited().is_none() {
-                let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-            }
-        }
-        let _ = exit.wait_for(Option::is_some).await;
+        self.process.stop().await;
         Ok(())
     }
 
     async fn wait(&self) -> Result<VmExit, VmmError> {
-        let mut exit = self.exit.clone();
-        let value = exit
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| VmmError::Control(std::io::Error::other("VM watcher ended")))?;
-        Ok(value.clone().unwrap_or(VmExit {
-            code: None,
-            signal: None,
-        }))
-    }
-}
-
-impl Drop for QemuVm {
-    /// A VM dropped without [`Vm::stop`] (an abandoned boot, say) is killed;
-    /// the watcher task reaps it.
-    fn drop(&mut self) {
-        if self.exited().is_none() {
-            let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGKILL);
-        }
+        self.process.wait().await
     }
 }
 
@@ -506,29 +442,6 @@ fn host_tsc_khz() -> Option<u64> {
         .parse()
         .ok()?;
     (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
-}
-
-/// `pre_exec` hook: the VM dies with the daemon, even on SIGKILL.
-fn die_with_parent() -> std::io::Result<()> {
-    // SAFETY: prctl with PR_SET_PDEATHSIG takes a signal number and no pointers.
-    let rc = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // The parent may have died between fork and prctl.
-    // SAFETY: getppid has no preconditions.
-    if unsafe { libc::getppid() } == 1 {
-        return Err(std::io::Error::other("daemon exited during launch"));
-    }
-    Ok(())
-}
-
-fn describe_exit(exit: &VmExit) -> String {
-    match (exit.code, exit.signal) {
-        (Some(code), _) => format!("status {code}"),
-        (None, Some(signal)) => format!("signal {signal}"),
-        _ => "unknown status".into(),
-    }
 }
 
 /// Quotes a path for the `exec:` migration URIs, which QEMU runs with `/bin/sh -c`.

@@ -1,0 +1,442 @@
+//! The Firecracker backend.
+//!
+//! Owns finding and checking the `firecracker` binary, one Firecracker
+//! process per sandbox (`--api-sock <dir>/fc.sock`, working directory = the
+//! sandbox dir so relative paths stay short), its configuration through the
+//! REST API, and the agent channel over hybrid vsock (`v.sock` in the
+//! sandbox dir: `CONNECT 1024\n` → `OK <port>\n`).
+//!
+//! API calls, in order:
+//! - create: `PUT /logger`, `PUT /boot-source`, `PUT /drives/rootfs`,
+//!   `PUT /machine-config`, `PUT /vsock`, `PUT /actions` (InstanceStart);
+//! - snapshot: `PATCH /vm` (Paused), `PUT /snapshot/create` (Full);
+//! - restore: `PUT /logger`, `PUT /snapshot/load` (File backend, resume_vm).
+
+mod api;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hyper::Method;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::process::Command;
+
+pub use self::api::FirecrackerApi;
+use super::process::{describe_exit, VmProcess};
+use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
+
+/// The oldest Firecracker release this backend drives.
+pub const MIN_VERSION: (u32, u32) = (1, 10);
+/// The vsock port the agent listens on.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+const API_SOCKET: &str = "fc.sock";
+const VSOCK_SOCKET: &str = "v.sock";
+const SNAPSHOT_STATE: &str = "vm.snap";
+const SNAPSHOT_MEMORY: &str = "vm.mem";
+/// The longest `OK <port>\n` acknowledgement accepted.
+const MAX_ACK: usize = 64;
+
+/// Errors setting up the Firecracker backend.
+#[derive(Debug, thiserror::Error)]
+pub enum FirecrackerSetupError {
+    #[error("firecracker not found (looked at {looked}): install it as docs/firecracker.md says, or pass --firecracker-bin")]
+    NotFound { looked: String },
+    #[error("cannot run {binary} --version")]
+    Version {
+        binary: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{binary} reports {reported:?}; emberd needs Firecracker v{}.{} or newer", MIN_VERSION.0, MIN_VERSION.1)]
+    TooOld { binary: String, reported: String },
+}
+
+/// Makes Firecracker microVMs.
+pub struct FirecrackerBackend {
+    binary: PathBuf,
+    version: String,
+}
+
+impl FirecrackerBackend {
+    /// Finds Firecracker (`binary`, else PATH, else `~/.local/bin`) and checks its version.
+    pub fn new(binary: Option<PathBuf>) -> Result<Self, FirecrackerSetupError> {
+        let binary = find_binary(binary.as_deref())?;
+        let output = std::process::Command::new(&binary)
+            .arg("--version")
+            .output()
+            .map_err(|source| FirecrackerSetupError::Version {
+                binary: binary.display().to_string(),
+                source,
+            })?;
+        let reported = String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        match parse_version(&reported) {
+            Some(v) if v >= MIN_VERSION => Ok(FirecrackerBackend {
+                binary,
+                version: reported,
+            }),
+            _ => Err(FirecrackerSetupError::TooOld {
+                binary: binary.display().to_string(),
+                reported,
+            }),
+        }
+    }
+
+    fn spawn(&self, spec: &BootSpec) -> Result<FirecrackerVm, VmmError> {
+        let dir = &spec.sandbox_dir;
+        let mut command = Command::new(&self.binary);
+        command
+            .arg("--api-sock")
+            .arg(API_SOCKET)
+            .arg("--id")
+            .arg(&spec.sandbox_id)
+            .current_dir(dir);
+        // The guest's serial console is Firecracker's stdout.
+        let process = VmProcess::spawn(command, &dir.join("console.log"))?;
+        Ok(FirecrackerVm {
+            process,
+            dir: dir.clone(),
+            api: FirecrackerApi::new(&dir.join(API_SOCKET)),
+            boot_timeout: spec.boot_timeout,
+        })
+    }
+
+    /// Configures and starts a fresh VM, or unwinds it.
+    async fn boot(&self, vm: &FirecrackerVm, spec: &BootSpec) -> Result<(), VmmError> {
+        vm.wait_for_api().await?;
+        vm.put_logger().await?;
+        let mut boot_args = vec!["console=ttyS0", "reboot=k", "panic=1", "pci=off", "quiet"]
+            .into_iter()
+            .map(String::from)
+            .collect::<Vec<_>>();
+        boot_args.extend(spec.extra_kernel_args.iter().cloned());
+        vm.api
+            .call(
+                Method::PUT,
+                "/boot-source",
+                Some(json!({
+                    "kernel_image_path": spec.kernel_vmlinux,
+                    "initrd_path": spec.initramfs,
+                    "boot_args": boot_args.join(" "),
+                })),
+            )
+            .await?;
+        vm.api
+            .call(
+                Method::PUT,
+                "/drives/rootfs",
+                Some(json!({
+                    "drive_id": "rootfs",
+                    "path_on_host": spec.root_disk,
+                    "is_root_device": false,
+                    "is_read_only": true,
+                })),
+            )
+            .await?;
+        vm.api
+            .call(
+                Method::PUT,
+                "/machine-config",
+                Some(json!({ "vcpu_count": spec.vcpus, "mem_size_mib": spec.memory_mib })),
+            )
+            .await?;
+        vm.api
+            .call(
+                Method::PUT,
+                "/vsock",
+                Some(json!({ "guest_cid": 3, "uds_path": VSOCK_SOCKET })),
+            )
+            .await?;
+        vm.api
+            .call(
+                Method::PUT,
+                "/actions",
+                Some(json!({ "action_type": "InstanceStart" })),
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn load(&self, vm: &FirecrackerVm, snapshot: &SnapshotFiles) -> Result<(), VmmError> {
+        vm.wait_for_api().await?;
+        vm.put_logger().await?;
+        vm.api
+            .call(
+                Method::PUT,
+                "/snapshot/load",
+                Some(json!({
+                    "snapshot_path": snapshot.dir.join(SNAPSHOT_STATE),
+                    "mem_backend": {
+                        "backend_type": "File",
+                        "backend_path": snapshot.dir.join(SNAPSHOT_MEMORY),
+                    },
+                    "resume_vm": true,
+                })),
+            )
+            .await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl VmBackend for FirecrackerBackend {
+    fn name(&self) -> &'static str {
+        "firecracker"
+    }
+
+    fn accel(&self) -> Option<String> {
+        Some("kvm".into())
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            pause_resume: true,
+            snapshot: true,
+            restore: true,
+        }
+    }
+
+    fn version(&self) -> String {
+        self.version.clone()
+    }
+
+    async fn start(&self, spec: &BootSpec) -> Result<Box<dyn Vm>, VmmError> {
+        let vm = self.spawn(spec)?;
+        match tokio::time::timeout(spec.boot_timeout, self.boot(&vm, spec)).await {
+            Ok(Ok(())) => Ok(Box::new(vm)),
+            Ok(Err(e)) => {
+                vm.process.stop().await;
+                Err(vm.explain(e))
+            }
+            Err(_) => {
+                vm.process.stop().await;
+                Err(VmmError::BootTimeout(spec.boot_timeout))
+            }
+        }
+    }
+
+    async fn restore(
+        &self,
+        spec: &BootSpec,
+        snapshot: &SnapshotFiles,
+    ) -> Result<Box<dyn Vm>, VmmError> {
+        let vm = self.spawn(spec)?;
+        match tokio::time::timeout(spec.boot_timeout, self.load(&vm, snapshot)).await {
+            Ok(Ok(())) => Ok(Box::new(vm)),
+            Ok(Err(e)) => {
+                vm.process.stop().await;
+                Err(vm.explain(e))
+            }
+            Err(_) => {
+                vm.process.stop().await;
+                Err(VmmError::BootTimeout(spec.boot_timeout))
+            }
+        }
+    }
+}
+
+/// One Firecracker process.
+pub struct FirecrackerVm {
+    process: VmProcess,
+    dir: PathBuf,
+    api: FirecrackerApi,
+    boot_timeout: Duration,
+}
+
+impl FirecrackerVm {
+    /// Waits until the API socket accepts connections (or the process died).
+    async fn wait_for_api(&self) -> Result<(), VmmError> {
+        let socket = self.dir.join(API_SOCKET);
+        loop {
+            if let Some(exit) = self.process.exited() {
+                return Err(self.early_exit(&exit));
+            }
+            if UnixStream::connect(&socket).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    async fn put_logger(&self) -> Result<(), VmmError> {
+        let log = self.dir.join("fc.log");
+        std::fs::File::create(&log)?;
+        self.api
+            .call(
+                Method::PUT,
+                "/logger",
+                Some(json!({ "log_path": "fc.log", "level": "Warning", "show_level": true })),
+            )
+            .await
+            .map(drop)
+    }
+
+    fn early_exit(&self, exit: &VmExit) -> VmmError {
+        let log = std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default();
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        VmmError::ExitedEarly(format!(
+            "firecracker exited ({}): {}",
+            describe_exit(exit),
+            last.trim()
+        ))
+    }
+
+    /// An API error from a process that has died is reported as the death.
+    fn explain(&self, error: VmmError) -> VmmError {
+        match (&error, self.process.exited()) {
+            (VmmError::Control(_), Some(exit)) => self.early_exit(&exit),
+            _ => error,
+        }
+    }
+}
+
+#[async_trait]
+impl Vm for FirecrackerVm {
+    fn pid(&self) -> Option<u32> {
+        Some(self.process.pid())
+    }
+
+    async fn connect_agent(&self) -> Result<AgentStream, VmmError> {
+        if let Some(exit) = self.process.exited() {
+            return Err(self.early_exit(&exit));
+        }
+        let mut stream = UnixStream::connect(self.dir.join(VSOCK_SOCKET))
+            .await
+            .map_err(VmmError::AgentConnect)?;
+        stream
+            .write_all(format!("CONNECT {AGENT_VSOCK_PORT}\n").as_bytes())
+            .await
+            .map_err(VmmError::AgentConnect)?;
+        let ack = tokio::time::timeout(self.boot_timeout, read_ack(&mut stream))
+            .await
+            .map_err(|_| VmmError::AgentConnect(std::io::Error::other("no answer to CONNECT")))?
+            .map_err(VmmError::AgentConnect)?;
+        if !ack.starts_with("OK ") {
+            return Err(VmmError::AgentConnect(std::io::Error::other(format!(
+                "vsock refused CONNECT: {ack:?}"
+            ))));
+        }
+        Ok(Box::new(stream))
+    }
+
+    async fn pause(&self) -> Result<(), VmmError> {
+        self.api
+            .call(Method::PATCH, "/vm", Some(json!({ "state": "Paused" })))
+            .await
+            .map(drop)
+    }
+
+    async fn resume(&self) -> Result<(), VmmError> {
+        self.api
+            .call(Method::PATCH, "/vm", Some(json!({ "state": "Resumed" })))
+            .await
+            .map(drop)
+    }
+
+    async fn snapshot(&self, dest: &SnapshotFiles) -> Result<(), VmmError> {
+        self.api
+            .call(
+                Method::PUT,
+                "/snapshot/create",
+                Some(json!({
+                    "snapshot_type": "Full",
+                    "snapshot_path": dest.dir.join(SNAPSHOT_STATE),
+                    "mem_file_path": dest.dir.join(SNAPSHOT_MEMORY),
+                })),
+            )
+            .await
+            .map(drop)
+    }
+
+    async fn stop(&self) -> Result<(), VmmError> {
+        self.process.stop().await;
+        Ok(())
+    }
+
+    async fn wait(&self) -> Result<VmExit, VmmError> {
+        self.process.wait().await
+    }
+}
+
+/// Reads the `OK <port>\n` line byte by byte, so that no agent data that
+/// follows it is consumed.
+async fn read_ack(stream: &mut UnixStream) -> std::io::Result<String> {
+    let mut line = Vec::new();
+    loop {
+        let byte = stream.read_u8().await?;
+        if byte == b'\n' {
+            return Ok(String::from_utf8_lossy(&line).into_owned());
+        }
+        line.push(byte);
+        if line.len() > MAX_ACK {
+            return Err(std::io::Error::other("vsock acknowledgement too long"));
+        }
+    }
+}
+
+fn find_binary(given: Option<&Path>) -> Result<PathBuf, FirecrackerSetupError> {
+    let mut looked = Vec::new();
+    if let Some(given) = given {
+        if let Some(found) = super::qemu::find_in_path(given) {
+            return Ok(found);
+        }
+        looked.push(given.display().to_string());
+    } else {
+        if let Some(found) = super::qemu::find_in_path(Path::new("firecracker")) {
+            return Ok(found);
+        }
+        looked.push("PATH".into());
+        if let Some(home) = std::env::var_os("HOME") {
+            let local = PathBuf::from(home).join(".local/bin/firecracker");
+            if local.is_file() {
+                return Ok(local);
+            }
+            looked.push(local.display().to_string());
+        }
+    }
+    Err(FirecrackerSetupError::NotFound {
+        looked: looked.join(", "),
+    })
+}
+
+/// "Firecracker v1.15.1" → (1, 15).
+pub fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let version = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut parts = version.split('.');
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_parsed_and_compared() {
+        assert_eq!(parse_version("Firecracker v1.15.1"), Some((1, 15)));
+        assert_eq!(parse_version("Firecracker v1.9.0"), Some((1, 9)));
+        assert!(parse_version("Firecracker v1.9.0").unwrap() < MIN_VERSION);
+        assert!(parse_version("Firecracker v1.10.0").unwrap() >= MIN_VERSION);
+        assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn a_missing_binary_says_how_to_install() {
+        let err = FirecrackerBackend::new(Some(PathBuf::from("/nonexistent/firecracker")))
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("docs/firecracker.md"), "{err}");
+    }
+}

@@ -1,0 +1,432 @@
+//! emberd's Firecracker backend against fake-firecracker: the exact API
+//! calls, the hybrid-vsock agent channel, pause/resume, snapshot create and
+//! load, injected failures that must unwind completely, and the daemon's
+//! Firecracker path end to end over HTTP.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use emberd::guest::{AgentClient, RunSpec};
+use emberd::image::Manifest;
+use emberd::vmm::firecracker::FirecrackerBackend;
+use emberd::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend};
+use serde_json::Value;
+
+fn fake_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_fake-firecracker"))
+}
+
+/// A binary of the workspace built next to this test's target directory.
+fn workspace_bin(name: &str) -> PathBuf {
+    let dir = std::env::current_exe().unwrap();
+    let profile_dir = dir.parent().unwrap().parent().unwrap();
+    let path = profile_dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace (`cargo build --workspace`)",
+        path.display()
+    );
+    path
+}
+
+fn data_dir() -> PathBuf {
+    std::env::var_os("EMBERD_DATA_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(emberd::config::default_data_dir)
+}
+
+fn boot_spec(dir: &Path, id: &str) -> BootSpec {
+    let manifest = Manifest::load(&data_dir()).expect("images built (`make images`)");
+    BootSpec {
+        sandbox_id: id.into(),
+        sandbox_dir: dir.to_owned(),
+        kernel_bzimage: manifest.kernel.bzimage.clone(),
+        kernel_vmlinux: manifest.kernel.vmlinux.clone(),
+        initramfs: manifest.initramfs.clone(),
+        root_disk: manifest.pack("shell").unwrap().squashfs.clone(),
+        vcpus: 1,
+        memory_mib: 256,
+        extra_kernel_args: vec!["emberd.overlay_size=256M".into()],
+        boot_timeout: Duration::from_secs(10),
+    }
+}
+
+fn setup() -> FirecrackerBackend {
+    std::env::set_var("FAKE_FC_AGENT_BIN", workspace_bin("emberd-init"));
+    FirecrackerBackend::new(Some(fake_bin())).expect("fake-firecracker passes the version check")
+}
+
+fn calls(dir: &Path) -> Vec<(String, String, Value)> {
+    std::fs::read_to_string(dir.join("fc.sock.calls"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|v| {
+            (
+                v["method"].as_str().unwrap().to_owned(),
+                v["path"].as_str().unwrap().to_owned(),
+                v["body"].clone(),
+            )
+        })
+        .collect()
+}
+
+fn call_names(dir: &Path) -> Vec<String> {
+    calls(dir)
+        .into_iter()
+        .map(|(m, p, _)| format!("{m} {p}"))
+        .collect()
+}
+
+/// Live processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_some_and(|(_, r)| r.starts_with('Z'));
+            !zombie
+                && String::from_utf8_lossy(&cmdline)
+                    .replace('\0', " ")
+                    .contains(needle)
+        })
+        .collect()
+}
+
+fn assert_nothing_left(dir: &Path, id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !(processes_mentioning(id).is_empty()
+            && processes_mentioning(&dir.display().to_string()).is_empty())
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let left: Vec<String> = processes_mentioning(id)
+        .iter()
+        .map(|p| {
+            String::from_utf8_lossy(
+                &std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default(),
+            )
+            .replace('\0', " ")
+        })
+        .collect();
+    assert!(left.is_empty(), "VMM left: {left:?}");
+    assert!(
+        processes_mentioning(&dir.display().to_string()).is_empty(),
+        "guest left: {:?}",
+        processes_mentioning(&dir.display().to_string())
+    );
+}
+
+async fn echo(vm: &dyn Vm, text: &str) -> String {
+    let stream = vm.connect_agent().await.expect("agent channel");
+    let (agent, _) = AgentClient::handshake(stream)
+        .await
+        .expect("Hello over hybrid vsock");
+    let outcome = agent
+        .run(RunSpec {
+            interpreter: vec!["/bin/sh".into()],
+            code: format!("echo {text}").into_bytes(),
+            file_suffix: ".sh".into(),
+            timeout: Some(Duration::from_secs(10)),
+            output_limit_bytes: 1024,
+            ..RunSpec::default()
+        })
+        .await
+        .expect("exec");
+    String::from_utf8_lossy(&outcome.stdout).into_owned()
+}
+
+/// Retries while the guest agent is still coming up, as the manager does.
+async fn echo_when_ready(vm: &dyn Vm, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match vm.connect_agent().await {
+            Ok(_probe) => return echo(vm, text).await,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "agent never answered: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn create_pause_snapshot_and_restore_make_the_documented_calls() {
+    let backend = setup();
+    let root = tempfile::Builder::new()
+        .prefix("fcb")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = root.path().join("sb_a00000000001");
+    std::fs::create_dir(&dir).unwrap();
+    let spec = boot_spec(&dir, "sb_a00000000001");
+    let vm = backend.start(&spec).await.expect("boots on the fake");
+    assert_eq!(echo_when_ready(vm.as_ref(), "hello").await, "hello\n");
+    assert_eq!(
+        call_names(&dir),
+        [
+            "PUT /logger",
+            "PUT /boot-source",
+            "PUT /drives/rootfs",
+            "PUT /machine-config",
+            "PUT /vsock",
+            "PUT /actions"
+        ]
+    );
+    let recorded = calls(&dir);
+    assert_eq!(
+        recorded[1].2["kernel_image_path"],
+        spec.kernel_vmlinux.display().to_string()
+    );
+    assert_eq!(recorded[2].2["is_read_only"], true);
+    assert_eq!(recorded[4].2["uds_path"], "v.sock");
+    assert_eq!(recorded[5].2["action_type"], "InstanceStart");
+
+    vm.pause().await.unwrap();
+    let snapshot_dir = root.path().join("snap");
+    std::fs::create_dir(&snapshot_dir).unwrap();
+    let snapshot = SnapshotFiles { dir: snapshot_dir };
+    vm.snapshot(&snapshot).await.unwrap();
+    vm.resume().await.unwrap();
+    assert_eq!(echo(vm.as_ref(), "after resume").await, "after resume\n");
+    let names = call_names(&dir);
+    assert_eq!(
+        names[6..],
+        ["PATCH /vm", "PUT /snapshot/create", "PATCH /vm"]
+    );
+    vm.stop().await.unwrap();
+    assert_nothing_left(&dir, "sb_a00000000001");
+
+    let dir2 = root.path().join("sb_a00000000002");
+    std::fs::create_dir(&dir2).unwrap();
+    let restored = backend
+        .restore(&boot_spec(&dir2, "sb_a00000000002"), &snapshot)
+        .await
+        .expect("restores on the fake");
+    assert_eq!(
+        echo_when_ready(restored.as_ref(), "restored").await,
+        "restored\n"
+    );
+    assert_eq!(call_names(&dir2), ["PUT /logger", "PUT /snapshot/load"]);
+    let load = &calls(&dir2)[1].2;
+    assert_eq!(load["mem_backend"]["backend_type"], "File");
+    assert_eq!(load["resume_vm"], true);
+    restored.stop().await.unwrap();
+    assert_nothing_left(&dir2, "sb_a00000000002");
+}
+
+#[tokio::test]
+async fn every_injected_failure_unwinds_completely() {
+    let backend = setup();
+    for (n, failure) in [
+        "api:PUT /machine-config",
+        "api:PUT /actions",
+        "crash-on-start",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let root = tempfile::Builder::new()
+            .prefix("fcf")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let id = format!("sb_f0000000000{n}");
+        let dir = root.path().join(&id);
+        std::fs::create_dir(&dir).unwrap();
+        std::env::set_var("FAKE_FC_FAIL", failure);
+        let result = backend.start(&boot_spec(&dir, &id)).await;
+        std::env::remove_var("FAKE_FC_FAIL");
+        let err = result
+            .err()
+            .unwrap_or_else(|| panic!("{failure}: start succeeded"));
+        let message = err.to_string();
+        assert!(
+            message.contains("injected") || message.contains("exited"),
+            "{failure}: {message}"
+        );
+        assert_nothing_left(&dir, &id);
+    }
+
+    // A handshake that never answers: the agent channel times out, stop cleans up.
+    let root = tempfile::Builder::new()
+        .prefix("fcf")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = root.path().join("sb_f00000000009");
+    std::fs::create_dir(&dir).unwrap();
+    std::env::set_var("FAKE_FC_FAIL", "no-vsock-ack");
+    let mut boot = boot_spec(&dir, "sb_f00000000009");
+    boot.boot_timeout = Duration::from_secs(2);
+    let vm = backend.start(&boot).await;
+    std::env::remove_var("FAKE_FC_FAIL");
+    let vm = vm.expect("the VMM itself starts");
+    let err = vm.connect_agent().await.err().expect("no acknowledgement");
+    assert!(err.to_string().contains("agent"), "{err}");
+    vm.stop().await.unwrap();
+    assert_nothing_left(&dir, "sb_f00000000009");
+}
+
+#[tokio::test]
+async fn the_fake_rejects_what_firecracker_rejects() {
+    let root = tempfile::Builder::new()
+        .prefix("fcr")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let mut fake = Command::new(fake_bin())
+        .args(["--api-sock", "fc.sock", "--id", "strict"])
+        .current_dir(root.path())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let api = emberd::vmm::firecracker::FirecrackerApi::new(&root.path().join("fc.sock"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !root.path().join("fc.sock").exists() {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    use hyper::Method;
+    use serde_json::json;
+    for (method, path, body, expected) in [
+        (
+            Method::PUT,
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": 128, "smt": false, "bogus": 1}),
+            "unknown field",
+        ),
+        (
+            Method::PUT,
+            "/boot-source",
+            json!({"boot_args": "x"}),
+            "kernel_image_path",
+        ),
+        (
+            Method::PUT,
+            "/actions",
+            json!({"action_type": "InstanceStart"}),
+            "kernel",
+        ),
+        (
+            Method::PATCH,
+            "/vm",
+            json!({"state": "Paused"}),
+            "before starting",
+        ),
+        (
+            Method::PUT,
+            "/drives/a",
+            json!({"drive_id": "b", "is_root_device": false, "path_on_host": "/etc/hostname"}),
+            "does not match",
+        ),
+        (Method::GET, "/nowhere", Value::Null, "Invalid request URI"),
+    ] {
+        let body = (!body.is_null()).then_some(body);
+        let err = api
+            .call(method.clone(), path, body)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{method} {path} accepted"));
+        assert!(err.to_string().contains(expected), "{method} {path}: {err}");
+    }
+    let info = api.call(Method::GET, "/", None).await.unwrap();
+    assert_eq!(info["state"], "Not started");
+    let _ = fake.kill();
+    let _ = fake.wait();
+}
+
+#[tokio::test]
+async fn the_daemon_runs_sandboxes_on_the_firecracker_path() {
+    setup();
+    let root = tempfile::Builder::new()
+        .prefix("fcd")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let work_dir = root.path().join("w");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut daemon = Command::new(workspace_bin("emberd"))
+        .arg("serve")
+        .args([
+            "--addr",
+            &addr,
+            "--backend",
+            "firecracker",
+            "--pool-size",
+            "0",
+            "--snapshots",
+            "false",
+        ])
+        .arg("--firecracker-bin")
+        .arg(fake_bin())
+        .arg("--work-dir")
+        .arg(&work_dir)
+        .arg("--data-dir")
+        .arg(data_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(daemon.try_wait().unwrap().is_none(), "daemon exited");
+        assert!(Instant::now() < deadline, "daemon did not serve");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    let info: Value = http
+        .get(format!("{base}/info"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(info["backend"], "firecracker");
+    let created: Value = http
+        .post(format!("{base}/sandboxes"))
+        .body(r#"{"language_pack":"shell"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{created}"))
+        .to_owned();
+    let out: Value = http
+        .post(format!("{base}/sandboxes/{id}/exec"))
+        .body(r#"{"code":"echo from-firecracker; exit 4"}"#)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(out["stdout"], "from-firecracker\n");
+    assert_eq!(out["exit_code"], 4);
+    let status = http
+        .delete(format!("{base}/sandboxes/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
+    assert!(!work_dir.join(&id).exists());
+    assert_nothing_left(&work_dir.join(&id), &id);
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    let _ = daemon.wait();
+}
