@@ -36,6 +36,8 @@ pub const DEFAULT_OUTPUT_LIMIT: u64 = 4 * 1024 * 1024;
 const EXEC_ANSWER_GRACE: Duration = Duration::from_secs(10);
 /// Time for the agent to see the host hang up before the VM is paused.
 const QUIESCE_SETTLE: Duration = Duration::from_millis(300);
+/// A pooled VM that answered `Health` this recently is handed out unasked.
+const HEALTH_FRESH: Duration = Duration::from_secs(2);
 /// How long a pooled sandbox gets to answer `Health` before hand-out.
 const HEALTH_BOUND: Duration = Duration::from_secs(2);
 /// `boot_path` values of the API.
@@ -183,6 +185,8 @@ struct Booted {
     vm: Box<dyn Vm>,
     agent: AgentClient,
     boot_path: &'static str,
+    /// When the agent last answered `Health` (pooled VMs only).
+    healthy_at: Arc<Mutex<Option<Instant>>>,
 }
 
 /// Owns all sandboxes of one daemon.
@@ -519,24 +523,23 @@ impl Manager {
 
     /// Hands out a pooled VM if it is healthy and accepts its identity.
     async fn adopt(&self, booted: Booted, pack: &str) -> Result<String, SandboxError> {
-        let healthy = tokio::time::timeout(HEALTH_BOUND, booted.agent.healthy())
-            .await
-            .unwrap_or(false);
-        let identity = if healthy {
-            booted
-                .agent
-                .set_identity(&booted.id)
+        // The filler checks `Health` every second; only a VM not heard from
+        // recently is asked again before hand-out.
+        let fresh = booted
+            .healthy_at
+            .lock()
+            .expect("health lock")
+            .is_some_and(|at| at.elapsed() < HEALTH_FRESH);
+        let healthy = fresh
+            || tokio::time::timeout(HEALTH_BOUND, booted.agent.healthy())
                 .await
-                .map_err(|e| SandboxError::Boot(e.to_string()))
-        } else {
-            Err(SandboxError::Boot(
-                "pooled sandbox did not answer Health".into(),
-            ))
-        };
+                .unwrap_or(false);
         let sandbox = Arc::new(Sandbox::from_booted(booted, pack, BOOT_PATH_POOL));
-        if let Err(e) = identity {
+        if !healthy {
             sandbox.teardown().await;
-            return Err(e);
+            return Err(SandboxError::Boot(
+                "pooled sandbox did not answer Health".into(),
+            ));
         }
         sandbox.set_state(SandboxState::Running);
         let id = sandbox.id.clone();
@@ -682,6 +685,7 @@ impl Manager {
             vm,
             agent,
             boot_path,
+            healthy_at: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -697,6 +701,21 @@ impl Manager {
         let booted = tokio::select! {
             result = self.boot_vm(&id, &dir, pack, artefact) => result,
             () = self.shutting_down.cancelled() => Err(SandboxError::ShuttingDown),
+        };
+        // The identity goes in now, so that hand-out is a map insert. Its id
+        // is final; its clock runs on from here; its entropy is its own.
+        let booted = match booted {
+            Ok(booted) => match booted.agent.set_identity(&booted.id).await {
+                Ok(()) => {
+                    *booted.healthy_at.lock().expect("health lock") = Some(Instant::now());
+                    Ok(booted)
+                }
+                Err(e) => {
+                    booted.vm.stop().await.ok();
+                    Err(SandboxError::Boot(e.to_string()))
+                }
+            },
+            Err(e) => Err(e),
         };
         if booted.is_err() {
             let _ = std::fs::remove_dir_all(&dir);

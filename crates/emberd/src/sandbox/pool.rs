@@ -99,6 +99,33 @@ impl Pools {
             .collect()
     }
 
+    /// Asks every ready VM of `pack` for `Health` and records who answered.
+    pub(super) async fn check_health(&self, pack: &str) {
+        let probes: Vec<_> = {
+            let state = self.state.lock().expect("pool lock");
+            state
+                .ready
+                .get(pack)
+                .map(|q| {
+                    q.iter()
+                        .map(|b| (b.agent.clone(), b.healthy_at.clone()))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for (agent, healthy_at) in probes {
+            let ok = tokio::time::timeout(Duration::from_secs(1), agent.healthy())
+                .await
+                .unwrap_or(false);
+            let mut at = healthy_at.lock().expect("health lock");
+            *at = if ok {
+                Some(std::time::Instant::now())
+            } else {
+                None
+            };
+        }
+    }
+
     /// Removes every ready VM (at shutdown).
     pub(super) fn drain(&self) -> Vec<Booted> {
         let mut state = self.state.lock().expect("pool lock");
@@ -145,10 +172,13 @@ pub(super) async fn fill_forever(manager: Weak<Manager>, pack: String) {
                 notify.notified().await;
             }
         };
-        // Re-check now and then, so a missed wake-up costs little.
+        // Re-check now and then, so a missed wake-up costs little, and keep
+        // the ready VMs' health fresh for hand-out.
         tokio::select! {
             () = wake => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = tokio::time::sleep(Duration::from_secs(1)) => {
+                strong.pools.check_health(&pack).await;
+            }
             () = stop.cancelled() => return,
         }
     }
