@@ -102,6 +102,8 @@ pub enum ImageError {
     UnknownPack(String),
     #[error("kernel: {0}")]
     Kernel(String),
+    #[error("{path} cannot be the guest's /init: {why}")]
+    InitBinary { path: PathBuf, why: String },
     #[error(transparent)]
     Modules(#[from] ModuleError),
 }
@@ -152,8 +154,6 @@ impl std::fmt::Display for BuildReport {
 /// Runs the build.
 pub fn build(args: &BuildArgs) -> Result<BuildReport, ImageError> {
     let started = Instant::now();
-    let blobs = args.data_dir.join("blobs");
-    std::fs::create_dir_all(&blobs).map_err(io_error(&blobs))?;
     let previous = Manifest::load(&args.data_dir).ok();
     let previous_keys = previous
         .as_ref()
@@ -170,21 +170,63 @@ pub fn build(args: &BuildArgs) -> Result<BuildReport, ImageError> {
             && files.iter().all(|f| f.is_file())
     };
 
-    // Kernel.
+    // Plan: every step's input key, and whether its output can be reused.
     let kernel_source = kernel_source(args, previous.as_ref())?;
     let kernel_key = hash_parts(&[BUILDER_VERSION, "kernel", &kernel_source]);
     let modules_dir = args
         .data_dir
         .join("cache")
         .join(format!("modules-{}", &kernel_key[..16]));
-    let kernel = match &previous {
-        Some(m)
-            if reusable(
-                "kernel",
-                &kernel_key,
-                &[&m.kernel.bzimage, &m.kernel.vmlinux],
-            ) && modules_dir.join("order").is_file() =>
-        {
+    let reused_kernel = previous.as_ref().filter(|m| {
+        reusable(
+            "kernel",
+            &kernel_key,
+            &[&m.kernel.bzimage, &m.kernel.vmlinux],
+        ) && modules_dir.join("order").is_file()
+    });
+    let init_hash = hash_file(&args.init_bin)?;
+    let initramfs_key = hash_parts(&[BUILDER_VERSION, "initramfs", &kernel_key, &init_hash]);
+    let reused_initramfs = previous
+        .as_ref()
+        .filter(|m| reusable("initramfs", &initramfs_key, &[&m.initramfs]));
+    let definitions = read_packs(&args.packs_dir, &args.packs)?;
+    let mirrors = mirrors(args);
+    let mut pack_plans = Vec::new();
+    for (name, (definition, text)) in &definitions {
+        let key = hash_parts(&[
+            BUILDER_VERSION,
+            "pack",
+            name,
+            text,
+            &mirrors.join("\n"),
+            DEBIAN_SUITE,
+        ]);
+        let step_name = format!("pack:{name}");
+        let reused = previous
+            .as_ref()
+            .and_then(|m| m.packs.get(name))
+            .filter(|p| reusable(&step_name, &key, &[&p.squashfs]))
+            .map(|p| p.squashfs.clone());
+        pack_plans.push((name, definition, step_name, key, reused));
+    }
+    // Missing host tools stop the build before any work is done.
+    if reused_kernel.is_none() && args.kernel.is_none() {
+        require_tool("apt-get", "apt")?;
+        require_tool("dpkg-deb", "dpkg")?;
+    }
+    if pack_plans.iter().any(|plan| plan.4.is_none()) {
+        require_tool("mmdebstrap", "mmdebstrap")?;
+        require_tool("mksquashfs", "squashfs-tools")?;
+    }
+    if reused_initramfs.is_none() {
+        check_init_binary(&args.init_bin)?;
+    }
+    let blobs = args.data_dir.join("blobs");
+    std::fs::create_dir_all(&blobs).map_err(io_error(&blobs))?;
+
+    // Kernel.
+    let kernel = match reused_kernel {
+        Some(m) => {
             report.reused.push("kernel".into());
             KernelArtefact {
                 requested: args.kernel.is_none().then(|| args.kernel_package.clone()),
@@ -192,7 +234,7 @@ pub fn build(args: &BuildArgs) -> Result<BuildReport, ImageError> {
                 ..m.kernel.clone()
             }
         }
-        _ => {
+        None => {
             let step = Instant::now();
             let kernel = fetch_kernel(args, &kernel_source, &modules_dir)?;
             eprintln!(
@@ -207,14 +249,12 @@ pub fn build(args: &BuildArgs) -> Result<BuildReport, ImageError> {
     keys.insert("kernel".to_owned(), kernel_key.clone());
 
     // Initramfs.
-    let init_hash = hash_file(&args.init_bin)?;
-    let initramfs_key = hash_parts(&[BUILDER_VERSION, "initramfs", &kernel_key, &init_hash]);
-    let initramfs = match &previous {
-        Some(m) if reusable("initramfs", &initramfs_key, &[&m.initramfs]) => {
+    let initramfs = match reused_initramfs {
+        Some(m) => {
             report.reused.push("initramfs".into());
             m.initramfs.clone()
         }
-        _ => {
+        None => {
             let step = Instant::now();
             let path = build_initramfs(args, &modules_dir)?;
             eprintln!(
@@ -228,27 +268,12 @@ pub fn build(args: &BuildArgs) -> Result<BuildReport, ImageError> {
     keys.insert("initramfs".to_owned(), initramfs_key.clone());
 
     // Packs.
-    let definitions = read_packs(&args.packs_dir, &args.packs)?;
-    let mirrors = mirrors(args);
     let mut packs = BTreeMap::new();
-    for (name, (definition, text)) in &definitions {
-        let key = hash_parts(&[
-            BUILDER_VERSION,
-            "pack",
-            name,
-            text,
-            &mirrors.join("\n"),
-            DEBIAN_SUITE,
-        ]);
-        let step_name = format!("pack:{name}");
-        let reused = previous
-            .as_ref()
-            .and_then(|m| m.packs.get(name))
-            .filter(|p| reusable(&step_name, &key, &[&p.squashfs]));
+    for (name, definition, step_name, key, reused) in pack_plans {
         let squashfs = match reused {
-            Some(artefact) => {
+            Some(squashfs) => {
                 report.reused.push(format!("pack {name}"));
-                artefact.squashfs.clone()
+                squashfs
             }
             None => {
                 let step = Instant::now();
@@ -444,8 +469,6 @@ fn fetch_kernel(
             format!("file {}", file.display()),
         )
     } else {
-        require_tool("apt-get", "apt")?;
-        require_tool("dpkg-deb", "dpkg")?;
         let spec = source.trim_start_matches("deb:");
         run(Command::new("apt-get")
             .args(["download", "-q", spec])
@@ -610,14 +633,54 @@ fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, ImageError> {
     Ok(output.stdout)
 }
 
+/// `/init` must be an executable the guest kernel can run without a loader:
+/// a static x86-64 ELF (no `PT_INTERP`).
+fn check_init_binary(path: &Path) -> Result<(), ImageError> {
+    let bytes = std::fs::read(path).map_err(io_error(path))?;
+    let not_static = |why: &str| {
+        Err(ImageError::InitBinary {
+            path: path.to_owned(),
+            why: why.to_owned(),
+        })
+    };
+    // ELF64 header: class at 4, machine at 18, program headers at 32 (offset),
+    // 54 (entry size) and 56 (count); PT_INTERP is type 3.
+    if !bytes.starts_with(b"\x7fELF") || bytes.get(4) != Some(&2) {
+        return not_static("it is not a 64-bit ELF executable");
+    }
+    let u16_at = |at: usize| {
+        bytes
+            .get(at..at + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]))
+    };
+    let u64_at = |at: usize| {
+        bytes
+            .get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
+    };
+    if u16_at(18) != Some(62) {
+        return not_static("it is not built for x86-64");
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(32), u16_at(54), u16_at(56)) else {
+        return not_static("its ELF header is truncated");
+    };
+    for i in 0..usize::from(phnum) {
+        let at = phoff as usize + i * usize::from(phentsize);
+        match bytes.get(at..at + 4) {
+            Some(kind) if kind == 3u32.to_le_bytes() => {
+                return not_static(
+                    "it is dynamically linked (build it for x86_64-unknown-linux-musl)",
+                )
+            }
+            Some(_) => {}
+            None => return not_static("its program headers are truncated"),
+        }
+    }
+    Ok(())
+}
+
 fn build_initramfs(args: &BuildArgs, modules_dir: &Path) -> Result<PathBuf, ImageError> {
     let init = std::fs::read(&args.init_bin).map_err(io_error(&args.init_bin))?;
-    if !init.starts_with(b"\x7fELF") {
-        return Err(ImageError::Kernel(format!(
-            "{} is not an ELF binary",
-            args.init_bin.display()
-        )));
-    }
     let mut entries = Vec::new();
     for dir in [
         "dev",
@@ -759,8 +822,6 @@ fn build_pack(
     definition: &PackDefinition,
     mirrors: &[String],
 ) -> Result<PathBuf, ImageError> {
-    require_tool("mmdebstrap", "mmdebstrap")?;
-    require_tool("mksquashfs", "squashfs-tools")?;
     let work = tempfile::tempdir_in(&args.data_dir).map_err(io_error(&args.data_dir))?;
     let root = work.path().join("root");
     let mut command = Command::new("mmdebstrap");
@@ -995,6 +1056,46 @@ mod tests {
         );
         let err = extract_vmlinux(b"short").unwrap_err();
         assert!(err.to_string().contains("too short"), "{err}");
+    }
+
+    /// An ELF64 x86-64 header with one program header of type `kind`.
+    fn elf_with_program_header(kind: u32) -> Vec<u8> {
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[18..20].copy_from_slice(&62u16.to_le_bytes());
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes());
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes());
+        elf[56..58].copy_from_slice(&1u16.to_le_bytes());
+        elf[64..68].copy_from_slice(&kind.to_le_bytes());
+        elf
+    }
+
+    #[test]
+    fn init_must_be_a_static_x86_64_executable() {
+        let dir = tempfile::tempdir().unwrap();
+        let check = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            check_init_binary(&path).map_err(|e| e.to_string())
+        };
+        assert_eq!(check("static", &elf_with_program_header(1)), Ok(()));
+        let err = check("dynamic", &elf_with_program_header(3)).unwrap_err();
+        assert!(err.contains("dynamically linked"), "{err}");
+        let err = check("script", b"#!/bin/sh\necho hi\n").unwrap_err();
+        assert!(err.contains("not a 64-bit ELF"), "{err}");
+        let mut arm = elf_with_program_header(1);
+        arm[18] = 183;
+        let err = check("arm", &arm).unwrap_err();
+        assert!(err.contains("x86-64"), "{err}");
+        let err = check("short", &elf_with_program_header(1)[..40]).unwrap_err();
+        assert!(err.contains("truncated"), "{err}");
+        // The host's own shell is dynamically linked.
+        let err = check_init_binary(Path::new("/bin/sh"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("dynamically linked"), "{err}");
     }
 
     #[test]
