@@ -128,5 +128,47 @@ mod tests {
             .map(|name| text.find(name).unwrap())
             .collect();
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{order:?}");
+
+        // cpio(1) reads it back: names, types, modes, owners, the device and
+        // the file's content (installed by scripts/install-deps.sh).
+        let listing = cpio(&["-itv", "--quiet"], &bytes);
+        let lines: Vec<Vec<&str>> = listing
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines.len(), 3, "{listing}");
+        assert_eq!(lines[0][0], "drwxr-xr-x");
+        assert_eq!(lines[1][0], "crw-------");
+        assert_eq!(lines[1][4], "5,");
+        assert_eq!(lines[1][5], "1");
+        assert_eq!(lines[2][0], "-rwxr-xr-x");
+        for line in &lines {
+            assert_eq!((line[2], line[3]), ("root", "root"), "{listing}");
+        }
+        assert_eq!(
+            lines.iter().map(|l| *l.last().unwrap()).collect::<Vec<_>>(),
+            ["dev", "dev/console", "init"]
+        );
+        let content = cpio(&["-i", "--to-stdout", "--quiet", "init"], &bytes);
+        assert_eq!(content, "#!/bin/sh\necho hi\n");
+    }
+
+    fn cpio(args: &[&str], archive: &[u8]) -> String {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("cpio")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("cpio is installed (scripts/install-deps.sh)");
+        child.stdin.take().unwrap().write_all(archive).unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert!(
+            output.status.success(),
+            "cpio {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
     }
 }
