@@ -47,9 +47,9 @@ lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## Benchmark against a running daemon (start it with `make run` in another shell).
-bench: build
-	target/release/emberctl --addr $(ADDR) bench
+## Benchmark: starts its own daemons (cold boot, restore, pool), prints a table, writes bench.json.
+bench: images
+	target/release/emberctl bench --json bench.json
 
 clean-images:
 	rm -rf "$(DATA_DIR)"

@@ -166,12 +166,26 @@ impl Daemon {
         .await
     }
 
+    /// The daemon's child processes: the VMMs.
+    fn children(&self) -> Vec<String> {
+        let parent = format!("PPid:\t{}", self.pid());
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .is_ok_and(|status| status.lines().any(|l| l == parent))
+            })
+            .collect()
+    }
+
     /// Children of the daemon (VMs), fds and work-dir entries.
     fn footprint(&self) -> (usize, usize, usize) {
-        let children =
-            std::fs::read_to_string(format!("/proc/{}/task/{}/children", self.pid(), self.pid()))
-                .map(|s| s.split_whitespace().count())
-                .unwrap_or(0);
+        let children = self.children().len();
         let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
             .unwrap_or(0);
@@ -183,10 +197,7 @@ impl Daemon {
 
     /// PSS of the daemon's children (the VMMs), in KiB, and how many there are.
     fn vm_pss_kib(&self) -> (u64, usize) {
-        let children =
-            std::fs::read_to_string(format!("/proc/{}/task/{}/children", self.pid(), self.pid()))
-                .unwrap_or_default();
-        let pids: Vec<&str> = children.split_whitespace().collect();
+        let pids = self.children();
         let total = pids.iter().map(|pid| pss_kib(pid)).sum();
         (total, pids.len())
     }

@@ -173,6 +173,12 @@ impl Agent for AgentService {
     ) -> Result<Response<QuiesceResponse>, Status> {
         self.quiescing.store(true, Ordering::SeqCst);
         nix::unistd::sync();
+        if self.mode == Mode::Guest {
+            // Freed page cache is zeroed (the kernel runs with init_on_free=1),
+            // and zero pages cost next to nothing in a snapshot.
+            let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+            let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
+        }
         Ok(Response::new(QuiesceResponse {}))
     }
 }

@@ -122,11 +122,17 @@ async fn serve_guest() -> String {
         Ok(reaper) => reaper,
         Err(e) => return format!("cannot start the reaper: {e}"),
     };
+    // The fork server warms up while the agent already serves: execs run
+    // one-shot until it is ready, and `Health` says when it is.
     let python = forkserver::ForkServer::start(&reaper, std::path::Path::new("/run"));
-    if let Some(python) = &python {
-        if !python.wait_ready().await {
-            eprintln!("emberd-init: the Python fork server did not come up; execs run one-shot");
-        }
+    if let Some(python) = python.clone() {
+        tokio::spawn(async move {
+            if !python.wait_ready().await {
+                eprintln!(
+                    "emberd-init: the Python fork server did not come up; execs run one-shot"
+                );
+            }
+        });
     }
     let exec_env = ExecEnv {
         default_cwd: PathBuf::from("/"),

@@ -8,6 +8,7 @@
 
 pub mod api;
 pub mod config;
+pub mod doctor;
 pub mod guest;
 pub mod image;
 pub mod sandbox;

@@ -1,4 +1,4 @@
-//! The `emberd` command: `serve`, `image build`.
+//! The `emberd` command: `serve`, `image build`, `doctor`.
 
 use std::process::ExitCode;
 
@@ -22,6 +22,8 @@ enum Command {
     /// Build or inspect guest images.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Check what this host can run, with a fix for each problem.
+    Doctor(emberd::doctor::DoctorArgs),
 }
 
 #[derive(Subcommand)]
@@ -46,6 +48,7 @@ fn main() -> ExitCode {
                 rt.block_on(emberd::serve::run(args))
                     .map_err(anyhow::Error::from)
             }),
+        Command::Doctor(args) => return ExitCode::from(emberd::doctor::run(&args) as u8),
         Command::Image(ImageCommand::Build(args)) => emberd::image::build(&args)
             .map(|report| println!("{report}"))
             .map_err(anyhow::Error::from),

@@ -153,6 +153,12 @@ impl AgentClient {
         })
     }
 
+    /// The interpreters the agent has warm, when it answers `Health`.
+    pub async fn warm_interpreters(&self) -> Option<Vec<String>> {
+        let reply = self.raw().health(HealthRequest {}).await.ok()?;
+        Some(reply.into_inner().warm_interpreters)
+    }
+
     /// True when the agent answers `Health` with ok.
     pub async fn healthy(&self) -> bool {
         matches!(

@@ -34,6 +34,8 @@ pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 4 * 1024 * 1024;
 /// Extra time the daemon waits for the agent's answer beyond an exec's timeout.
 const EXEC_ANSWER_GRACE: Duration = Duration::from_secs(10);
+/// How long a template build waits for the guest's pre-started interpreter.
+const WARM_INTERPRETER_BOUND: Duration = Duration::from_secs(30);
 /// Time for the agent to see the host hang up before the VM is paused.
 const QUIESCE_SETTLE: Duration = Duration::from_millis(300);
 /// A pooled VM that answered `Health` this recently is handed out unasked.
@@ -328,7 +330,11 @@ impl Manager {
             root_disk: pack.squashfs.clone(),
             vcpus: self.config.vcpus,
             memory_mib: self.config.memory_mib,
-            extra_kernel_args: vec![format!("emberd.overlay_size={}M", self.config.overlay_mib)],
+            // init_on_free: memory the guest frees is zeroed, so snapshots skip it.
+            extra_kernel_args: vec![
+                format!("emberd.overlay_size={}M", self.config.overlay_mib),
+                "init_on_free=1".into(),
+            ],
             boot_timeout: self.config.boot_timeout,
         }
     }
@@ -381,15 +387,13 @@ impl Manager {
         let key = self
             .template_key(pack)
             .ok_or_else(|| SandboxError::UnknownPack(pack.into()))?;
-        let id = new_sandbox_id();
-        let dir = self.config.work_dir.join(&id);
-        create_private_dir(&dir).map_err(|source| SandboxError::SandboxDir {
-            path: dir.clone(),
-            source,
-        })?;
+        let (id, dir) = self.new_sandbox_dir()?;
         let spec = self.boot_spec(&id, &dir, artefact);
         let result = async {
             let booted = self.cold_boot(&spec).await?;
+            if let Some(language) = &artefact.warm_language {
+                wait_until_warm(&booted.agent, language).await;
+            }
             let warmup = RunSpec {
                 interpreter: artefact.interpreter.clone(),
                 code: artefact.warmup.clone().into_bytes(),
@@ -497,6 +501,17 @@ impl Manager {
             .insert(sandbox.id.clone(), sandbox);
     }
 
+    /// A fresh sandbox id and its (private, empty) directory.
+    fn new_sandbox_dir(&self) -> Result<(String, PathBuf), SandboxError> {
+        let id = new_sandbox_id();
+        let dir = self.config.work_dir.join(&id);
+        create_private_dir(&dir).map_err(|source| SandboxError::SandboxDir {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok((id, dir))
+    }
+
     fn pack_artefact(&self, pack: &str) -> Result<&PackArtefact, SandboxError> {
         self.manifest.pack(pack).map_err(|e| match e {
             ManifestError::UnknownPack(name) => SandboxError::UnknownPack(name),
@@ -553,12 +568,7 @@ impl Manager {
         pack: &str,
         artefact: &PackArtefact,
     ) -> Result<String, SandboxError> {
-        let id = new_sandbox_id();
-        let dir = self.config.work_dir.join(&id);
-        create_private_dir(&dir).map_err(|source| SandboxError::SandboxDir {
-            path: dir.clone(),
-            source,
-        })?;
+        let (id, dir) = self.new_sandbox_dir()?;
         let sandbox = Arc::new(Sandbox::booting(
             id.clone(),
             pack,
@@ -692,12 +702,7 @@ impl Manager {
     /// Boots one VM for a pool, in a fresh directory.
     async fn boot_for_pool(&self, pack: &str) -> Result<Booted, SandboxError> {
         let artefact = self.pack_artefact(pack)?;
-        let id = new_sandbox_id();
-        let dir = self.config.work_dir.join(&id);
-        create_private_dir(&dir).map_err(|source| SandboxError::SandboxDir {
-            path: dir.clone(),
-            source,
-        })?;
+        let (id, dir) = self.new_sandbox_dir()?;
         let booted = tokio::select! {
             result = self.boot_vm(&id, &dir, pack, artefact) => result,
             () = self.shutting_down.cancelled() => Err(SandboxError::ShuttingDown),
@@ -857,6 +862,26 @@ async fn connect_agent(vm: &dyn Vm) -> Result<AgentClient, SandboxError> {
             Err(other) => return Err(boot_error(other)),
         }
     }
+}
+
+/// Waits (bounded) until the agent's pre-started interpreter for `language`
+/// is ready, so that a template holds it warm. Without one, execs still work.
+async fn wait_until_warm(agent: &AgentClient, language: &str) {
+    let deadline = Instant::now() + WARM_INTERPRETER_BOUND;
+    while Instant::now() < deadline {
+        if agent
+            .warm_interpreters()
+            .await
+            .is_some_and(|warm| warm.iter().any(|w| w == language))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::warn!(
+        language,
+        "the warm interpreter did not come up; the template runs one-shot"
+    );
 }
 
 fn boot_error(error: VmmError) -> SandboxError {

@@ -122,6 +122,19 @@ fn die_with_parent() -> std::io::Result<()> {
     Ok(())
 }
 
+/// The first line `binary --version` prints.
+pub fn version_line(binary: &Path) -> std::io::Result<String> {
+    let output = std::process::Command::new(binary)
+        .arg("--version")
+        .output()?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .next()
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned())
+}
+
 /// "status 1", "signal 9".
 pub fn describe_exit(exit: &VmExit) -> String {
     match (exit.code, exit.signal) {

@@ -25,7 +25,7 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 
 pub use self::api::FirecrackerApi;
-use super::process::{describe_exit, VmProcess};
+use super::process::{describe_exit, version_line, VmProcess};
 use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
 
 /// The oldest Firecracker release this backend drives.
@@ -64,19 +64,10 @@ impl FirecrackerBackend {
     /// Finds Firecracker (`binary`, else PATH, else `~/.local/bin`) and checks its version.
     pub fn new(binary: Option<PathBuf>) -> Result<Self, FirecrackerSetupError> {
         let binary = find_binary(binary.as_deref())?;
-        let output = std::process::Command::new(&binary)
-            .arg("--version")
-            .output()
-            .map_err(|source| FirecrackerSetupError::Version {
-                binary: binary.display().to_string(),
-                source,
-            })?;
-        let reported = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_owned();
+        let reported = version_line(&binary).map_err(|source| FirecrackerSetupError::Version {
+            binary: binary.display().to_string(),
+            source,
+        })?;
         match parse_version(&reported) {
             Some(v) if v >= MIN_VERSION => Ok(FirecrackerBackend {
                 binary,
@@ -209,17 +200,8 @@ impl VmBackend for FirecrackerBackend {
 
     async fn start(&self, spec: &BootSpec) -> Result<Box<dyn Vm>, VmmError> {
         let vm = self.spawn(spec)?;
-        match tokio::time::timeout(spec.boot_timeout, self.boot(&vm, spec)).await {
-            Ok(Ok(())) => Ok(Box::new(vm)),
-            Ok(Err(e)) => {
-                vm.process.stop().await;
-                Err(vm.explain(e))
-            }
-            Err(_) => {
-                vm.process.stop().await;
-                Err(VmmError::BootTimeout(spec.boot_timeout))
-            }
-        }
+        let result = tokio::time::timeout(spec.boot_timeout, self.boot(&vm, spec)).await;
+        vm.settle(result, spec.boot_timeout).await
     }
 
     async fn restore(
@@ -228,17 +210,8 @@ impl VmBackend for FirecrackerBackend {
         snapshot: &SnapshotFiles,
     ) -> Result<Box<dyn Vm>, VmmError> {
         let vm = self.spawn(spec)?;
-        match tokio::time::timeout(spec.boot_timeout, self.load(&vm, snapshot)).await {
-            Ok(Ok(())) => Ok(Box::new(vm)),
-            Ok(Err(e)) => {
-                vm.process.stop().await;
-                Err(vm.explain(e))
-            }
-            Err(_) => {
-                vm.process.stop().await;
-                Err(VmmError::BootTimeout(spec.boot_timeout))
-            }
-        }
+        let result = tokio::time::timeout(spec.boot_timeout, self.load(&vm, snapshot)).await;
+        vm.settle(result, spec.boot_timeout).await
     }
 }
 
@@ -251,6 +224,26 @@ pub struct FirecrackerVm {
 }
 
 impl FirecrackerVm {
+    /// Keeps the VM if setting it up worked in time; otherwise stops it and
+    /// says why.
+    async fn settle(
+        self,
+        result: Result<Result<(), VmmError>, tokio::time::error::Elapsed>,
+        bound: Duration,
+    ) -> Result<Box<dyn Vm>, VmmError> {
+        match result {
+            Ok(Ok(())) => Ok(Box::new(self)),
+            Ok(Err(e)) => {
+                self.process.stop().await;
+                Err(self.explain(e))
+            }
+            Err(_) => {
+                self.process.stop().await;
+                Err(VmmError::BootTimeout(bound))
+            }
+        }
+    }
+
     /// Waits until the API socket accepts connections (or the process died).
     async fn wait_for_api(&self) -> Result<(), VmmError> {
         let socket = self.dir.join(API_SOCKET);

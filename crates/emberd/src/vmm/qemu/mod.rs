@@ -22,7 +22,7 @@ use tokio::sync::Mutex;
 
 use self::qmp::{Qmp, QmpError};
 use super::kvm::{hardware_kvm, KvmStatus};
-use super::process::{describe_exit, VmProcess};
+use super::process::{describe_exit, version_line, VmProcess};
 use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
 
 /// Name of the virtio-serial port the agent serves on.
@@ -103,19 +103,10 @@ impl QemuBackend {
         let resolved = find_in_path(&binary).ok_or_else(|| QemuSetupError::NotFound {
             binary: binary.display().to_string(),
         })?;
-        let output = std::process::Command::new(&resolved)
-            .arg("--version")
-            .output()
-            .map_err(|source| QemuSetupError::Version {
-                binary: resolved.display().to_string(),
-                source,
-            })?;
-        let version = String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .next()
-            .unwrap_or("unknown")
-            .trim()
-            .to_owned();
+        let version = version_line(&resolved).map_err(|source| QemuSetupError::Version {
+            binary: resolved.display().to_string(),
+            source,
+        })?;
         let accel = AccelDecision::decide(choice, &hardware_kvm());
         let accel_kernel_args = if accel.accel == "tcg" {
             tcg_clock_args(host_tsc_khz())
