@@ -163,6 +163,17 @@ mod tests {
             .arg(&marker_arg)
             .spawn()
             .unwrap();
+        // spawn may return before the child has exec'd: wait for its command line.
+        let cmdline = format!("/proc/{}/cmdline", child.id());
+        let marker = marker_arg.display().to_string();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !std::fs::read(&cmdline)
+            .map(|c| String::from_utf8_lossy(&c).contains(&marker))
+            .unwrap_or(false)
+        {
+            assert!(std::time::Instant::now() < deadline, "the stand-in never started");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         let cleared = clear_leftovers(dir.path());
         assert_eq!(cleared.dirs, 1);
         assert!(cleared.processes >= 1, "{cleared:?}");
