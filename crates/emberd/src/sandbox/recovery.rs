@@ -171,7 +171,10 @@ mod tests {
             .map(|c| String::from_utf8_lossy(&c).contains(&marker))
             .unwrap_or(false)
         {
-            assert!(std::time::Instant::now() < deadline, "the stand-in never started");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the stand-in never started"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         let cleared = clear_leftovers(dir.path());
