@@ -85,9 +85,57 @@ async fn python_pack_boots_and_answers() {
         manifest.kernel.release
     );
 
+    // What the agent channel costs: a unary Health round trip, and an exec's
+    // host-observed time beyond the guest's own measure (warm Python).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !agent
+        .warm_interpreters()
+        .await
+        .is_some_and(|warm| warm.iter().any(|w| w == "python"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the guest's Python fork server never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut health_ms = Vec::new();
+    let mut beyond_guest_ms = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        assert!(agent.healthy().await);
+        health_ms.push(started.elapsed().as_secs_f64() * 1000.0);
+        let started = Instant::now();
+        let outcome = agent
+            .run(RunSpec {
+                interpreter: python.interpreter.clone(),
+                code: b"print(6*7)".to_vec(),
+                file_suffix: python.file_suffix.clone(),
+                timeout: Some(Duration::from_secs(30)),
+                output_limit_bytes: 1024,
+                warm_language: Some("python".into()),
+                ..RunSpec::default()
+            })
+            .await
+            .expect("warm exec");
+        assert_eq!(outcome.stdout, b"42\n");
+        assert!(outcome.warm, "the exec was not forked from the warm Python");
+        beyond_guest_ms.push((started.elapsed() - outcome.guest_duration).as_secs_f64() * 1000.0);
+    }
+    eprintln!(
+        "agent channel: Health round trip median {:.2} ms; exec host time beyond guest time median {:.2} ms",
+        median(&mut health_ms),
+        median(&mut beyond_guest_ms)
+    );
+
     vm.stop().await.unwrap();
     let exit = vm.wait().await.unwrap();
     assert!(exit.code.is_some() || exit.signal.is_some());
+}
+
+fn median(samples: &mut [f64]) -> f64 {
+    samples.sort_by(|a, b| a.total_cmp(b));
+    samples[samples.len() / 2]
 }
 
 fn console(spec: &BootSpec) -> String {
