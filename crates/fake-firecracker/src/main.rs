@@ -8,9 +8,16 @@
 //! protocol on the configured vsock socket (`CONNECT <port>\n` → `OK <n>\n`).
 //! Pause and resume stop and continue that process.
 //!
+//! Like Firecracker it refuses an `--id` other than 1 to 64 letters, digits
+//! and `-`, and it ends when the running guest reboots (`SendCtrlAltDel`).
+//!
+//! Environment: `FAKE_FC_SPEC` (another copy of the spec), `FAKE_FC_RECORD`
+//! (where to record calls), `FAKE_FC_AGENT_BIN` (the `emberd-init` to run).
 //! Faults, from `FAKE_FC_FAIL` (comma-separated): `api:<METHOD> <path>` (that
-//! call fails), `crash-on-start` (exit during InstanceStart),
-//! `no-vsock-ack` (accept CONNECT, never answer).
+//! call fails), `crash-on-start` (exit during InstanceStart, before the
+//! answer), `crash-after-start` (answer InstanceStart, then exit mid-boot),
+//! `no-vsock-ack` (accept CONNECT, never answer), `slow-start:<ms>` (delay
+//! the answer to InstanceStart).
 
 mod spec;
 
@@ -88,6 +95,11 @@ fn main() -> anyhow::Result<()> {
         value("--api-sock").ok_or_else(|| anyhow::anyhow!("--api-sock is required"))?,
     );
     let id = value("--id").unwrap_or_else(|| "anonymous-instance".into());
+    if let Err(e) = validate_instance_id(&id) {
+        // Firecracker panics here (and aborts).
+        eprintln!("fake-firecracker: Invalid instance ID: {e}");
+        std::process::exit(1);
+    }
     let faults = std::env::var("FAKE_FC_FAIL")
         .unwrap_or_default()
         .split(',')
@@ -95,9 +107,12 @@ fn main() -> anyhow::Result<()> {
         .filter(|f| !f.is_empty())
         .map(str::to_owned)
         .collect();
+    let calls_log = std::env::var_os("FAKE_FC_RECORD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(format!("{}.calls", api_sock.display())));
     let fake = Fake {
         id,
-        calls_log: PathBuf::from(format!("{}.calls", api_sock.display())),
+        calls_log,
         faults,
         spec: spec::Spec::load()?,
         state: VmState::NotStarted,
@@ -147,6 +162,30 @@ fn shutdown(fake: &Shared) {
     }
 }
 
+/// Firecracker's rule for `--id`: 1 to 64 ASCII letters, digits or `-`.
+fn validate_instance_id(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > 64 {
+        return Err(format!(
+            "InvalidLen({}, 1, 64): the length must be between 1 and 64",
+            id.len()
+        ));
+    }
+    match id
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || *c == '-'))
+    {
+        Some((at, c)) => Err(format!("InvalidChar({c:?}, {at})")),
+        None => Ok(()),
+    }
+}
+
+/// What to do once the answer to a request has been sent.
+enum After {
+    Nothing,
+    /// The guest rebooted or the VMM crashed: exit with this status.
+    Exit(i32),
+}
+
 async fn handle(
     fake: Shared,
     request: Request<Incoming>,
@@ -170,11 +209,32 @@ async fn handle(
             }
         }
     };
-    let (status, value) = {
+    let starting = method == "PUT"
+        && path == "/actions"
+        && body.as_ref().and_then(|b| b.get("action_type")) == Some(&json!("InstanceStart"));
+    let delay = starting
+        .then(|| fake.lock().expect("fake lock").slow_start())
+        .flatten();
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    let (status, value, after) = {
         let mut guard = fake.lock().expect("fake lock");
         guard.record(&method, &path, body.as_ref());
-        guard.apply(&method, &path, body.as_ref())
+        let (status, value) = guard.apply(&method, &path, body.as_ref());
+        let after = guard.after(&method, status, body.as_ref());
+        (status, value, after)
     };
+    if let After::Exit(code) = after {
+        // Let hyper send the answer first, as Firecracker's API thread would.
+        let fake = fake.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            shutdown(&fake);
+            println!("fake-firecracker: exiting with status {code}");
+            std::process::exit(code);
+        });
+    }
     Ok(respond(status, value))
 }
 
@@ -208,6 +268,35 @@ impl Fake {
 
     fn failing(&self, what: &str) -> bool {
         self.faults.iter().any(|f| f == what)
+    }
+
+    fn slow_start(&self) -> Option<Duration> {
+        self.faults
+            .iter()
+            .find_map(|f| f.strip_prefix("slow-start:")?.parse().ok())
+            .map(Duration::from_millis)
+    }
+
+    /// Effects that follow a successful answer: a guest that reboots on
+    /// Ctrl-Alt-Del ends Firecracker (`reboot=k`); an injected crash mid-boot.
+    fn after(&self, method: &str, status: StatusCode, body: Option<&Value>) -> After {
+        if method != "PUT" || !status.is_success() {
+            return After::Nothing;
+        }
+        match body
+            .and_then(|b| b.get("action_type"))
+            .and_then(Value::as_str)
+        {
+            Some("SendCtrlAltDel") if self.state == VmState::Running => {
+                println!("fake-firecracker: guest rebooted on Ctrl-Alt-Del");
+                After::Exit(0)
+            }
+            Some("InstanceStart") if self.failing("crash-after-start") => {
+                println!("fake-firecracker: crashing mid-boot (injected)");
+                After::Exit(1)
+            }
+            _ => After::Nothing,
+        }
     }
 
     fn apply(&mut self, method: &str, path: &str, body: Option<&Value>) -> (StatusCode, Value) {
@@ -286,7 +375,17 @@ impl Fake {
                 self.config.insert(path.to_owned(), body);
                 (StatusCode::NO_CONTENT, Value::Null)
             }
-            ("PUT", "/machine-config" | "/vsock") => {
+            ("PUT", "/machine-config") => {
+                let vcpus = body.get("vcpu_count").and_then(Value::as_u64).unwrap_or(0);
+                if !(1..=32).contains(&vcpus) {
+                    return fault(format!(
+                        "The vCPU number is invalid! The vCPU number can only be 1 or an even number when SMT is enabled. Got {vcpus}"
+                    ));
+                }
+                self.config.insert(path.to_owned(), body);
+                (StatusCode::NO_CONTENT, Value::Null)
+            }
+            ("PUT", "/vsock") => {
                 self.config.insert(path.to_owned(), body);
                 (StatusCode::NO_CONTENT, Value::Null)
             }
@@ -432,6 +531,9 @@ impl Fake {
                 "Loading a microVM snapshot not allowed after configuring boot-specific resources.",
             );
         }
+        if body.get("mem_backend").is_some() == body.get("mem_file_path").is_some() {
+            return fault("Either mem_backend or mem_file_path must be specified, but not both.");
+        }
         let state_path = body
             .get("snapshot_path")
             .and_then(Value::as_str)
@@ -439,6 +541,7 @@ impl Fake {
         let memory_path = body
             .get("mem_backend")
             .and_then(|m| m.get("backend_path"))
+            .or_else(|| body.get("mem_file_path"))
             .and_then(Value::as_str)
             .unwrap_or_default();
         let state: Value =

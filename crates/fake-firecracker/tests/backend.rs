@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use emberd::guest::{AgentClient, RunSpec};
 use emberd::image::Manifest;
-use emberd::vmm::firecracker::FirecrackerBackend;
-use emberd::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend};
+use emberd::vmm::firecracker::{instance_id, FirecrackerBackend};
+use emberd::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend, VmmError};
 use serde_json::Value;
 
 fn fake_bin() -> PathBuf {
@@ -100,15 +100,21 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
         .collect()
 }
 
+/// No VMM (found by its `--id`) and no guest (found by its directory) is
+/// left running.
 fn assert_nothing_left(dir: &Path, id: &str) {
+    let fc_id = instance_id(id);
+    let dir = dir.display().to_string();
+    let left = || {
+        let mut pids = processes_mentioning(&fc_id);
+        pids.extend(processes_mentioning(&dir));
+        pids
+    };
     let deadline = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < deadline
-        && !(processes_mentioning(id).is_empty()
-            && processes_mentioning(&dir.display().to_string()).is_empty())
-    {
+    while Instant::now() < deadline && !left().is_empty() {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let left: Vec<String> = processes_mentioning(id)
+    let left: Vec<String> = left()
         .iter()
         .map(|p| {
             String::from_utf8_lossy(
@@ -117,12 +123,13 @@ fn assert_nothing_left(dir: &Path, id: &str) {
             .replace('\0', " ")
         })
         .collect();
-    assert!(left.is_empty(), "VMM left: {left:?}");
-    assert!(
-        processes_mentioning(&dir.display().to_string()).is_empty(),
-        "guest left: {:?}",
-        processes_mentioning(&dir.display().to_string())
-    );
+    assert!(left.is_empty(), "left running: {left:?}");
+}
+
+fn sandbox_dir(root: &Path, id: &str) -> PathBuf {
+    let dir = root.join(id);
+    std::fs::create_dir(&dir).unwrap();
+    dir
 }
 
 async fn echo(vm: &dyn Vm, text: &str) -> String {
@@ -202,6 +209,17 @@ async fn create_pause_snapshot_and_restore_make_the_documented_calls() {
         names[6..],
         ["PATCH /vm", "PUT /snapshot/create", "PATCH /vm"]
     );
+    // A running guest is stopped by a reboot, which ends Firecracker cleanly.
+    vm.stop().await.unwrap();
+    assert_eq!(
+        call_names(&dir).last().map(String::as_str),
+        Some("PUT /actions")
+    );
+    assert_eq!(
+        calls(&dir).last().unwrap().2["action_type"],
+        "SendCtrlAltDel"
+    );
+    assert_eq!(vm.wait().await.unwrap().code, Some(0));
     vm.stop().await.unwrap();
     assert_nothing_left(&dir, "sb_a00000000001");
 
@@ -219,17 +237,37 @@ async fn create_pause_snapshot_and_restore_make_the_documented_calls() {
     let load = &calls(&dir2)[1].2;
     assert_eq!(load["mem_backend"]["backend_type"], "File");
     assert_eq!(load["resume_vm"], true);
+    // A paused guest cannot react to Ctrl-Alt-Del: it gets signals only.
+    restored.pause().await.unwrap();
     restored.stop().await.unwrap();
+    assert_eq!(
+        call_names(&dir2),
+        ["PUT /logger", "PUT /snapshot/load", "PATCH /vm"]
+    );
     assert_nothing_left(&dir2, "sb_a00000000002");
 }
 
 #[tokio::test]
 async fn every_injected_failure_unwinds_completely() {
     let backend = setup();
-    for (n, failure) in [
-        "api:PUT /machine-config",
-        "api:PUT /actions",
-        "crash-on-start",
+    for (n, (failure, expected)) in [
+        ("api:PUT /logger", "injected failure of PUT /logger"),
+        (
+            "api:PUT /boot-source",
+            "injected failure of PUT /boot-source",
+        ),
+        (
+            "api:PUT /drives/rootfs",
+            "injected failure of PUT /drives/rootfs",
+        ),
+        (
+            "api:PUT /machine-config",
+            "injected failure of PUT /machine-config",
+        ),
+        ("api:PUT /vsock", "injected failure of PUT /vsock"),
+        ("api:PUT /actions", "injected failure of PUT /actions"),
+        ("crash-on-start", "firecracker exited (status 1)"),
+        ("slow-start:5000", "did not come up within"),
     ]
     .iter()
     .enumerate()
@@ -239,29 +277,57 @@ async fn every_injected_failure_unwinds_completely() {
             .tempdir_in("/tmp")
             .unwrap();
         let id = format!("sb_f0000000000{n}");
-        let dir = root.path().join(&id);
-        std::fs::create_dir(&dir).unwrap();
+        let dir = sandbox_dir(root.path(), &id);
         std::env::set_var("FAKE_FC_FAIL", failure);
-        let result = backend.start(&boot_spec(&dir, &id)).await;
+        let mut spec = boot_spec(&dir, &id);
+        spec.boot_timeout = Duration::from_secs(1);
+        let result = backend.start(&spec).await;
         std::env::remove_var("FAKE_FC_FAIL");
         let err = result
             .err()
             .unwrap_or_else(|| panic!("{failure}: start succeeded"));
         let message = err.to_string();
-        assert!(
-            message.contains("injected") || message.contains("exited"),
-            "{failure}: {message}"
-        );
+        assert!(message.contains(expected), "{failure}: {message}");
+        if failure.starts_with("api:") {
+            assert!(
+                matches!(err, VmmError::Api { .. }),
+                "{failure}: {err:?} is not an API error"
+            );
+        }
         assert_nothing_left(&dir, &id);
     }
+
+    // A crash mid-boot, after InstanceStart was answered: the agent channel
+    // reports the VMM's death and stop still cleans up.
+    let root = tempfile::Builder::new()
+        .prefix("fcf")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let dir = sandbox_dir(root.path(), "sb_f00000000008");
+    std::env::set_var("FAKE_FC_FAIL", "crash-after-start");
+    let vm = backend.start(&boot_spec(&dir, "sb_f00000000008")).await;
+    std::env::remove_var("FAKE_FC_FAIL");
+    let vm = vm.expect("InstanceStart is answered before the crash");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let err = loop {
+        match vm.connect_agent().await {
+            Err(VmmError::AgentConnect(_)) | Ok(_) => {
+                assert!(Instant::now() < deadline, "the crash was never reported");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(other) => break other,
+        }
+    };
+    assert!(err.to_string().contains("exited (status 1)"), "{err}");
+    vm.stop().await.unwrap();
+    assert_nothing_left(&dir, "sb_f00000000008");
 
     // A handshake that never answers: the agent channel times out, stop cleans up.
     let root = tempfile::Builder::new()
         .prefix("fcf")
         .tempdir_in("/tmp")
         .unwrap();
-    let dir = root.path().join("sb_f00000000009");
-    std::fs::create_dir(&dir).unwrap();
+    let dir = sandbox_dir(root.path(), "sb_f00000000009");
     std::env::set_var("FAKE_FC_FAIL", "no-vsock-ack");
     let mut boot = boot_spec(&dir, "sb_f00000000009");
     boot.boot_timeout = Duration::from_secs(2);
@@ -272,6 +338,60 @@ async fn every_injected_failure_unwinds_completely() {
     assert!(err.to_string().contains("agent"), "{err}");
     vm.stop().await.unwrap();
     assert_nothing_left(&dir, "sb_f00000000009");
+}
+
+#[tokio::test]
+async fn a_corrupted_or_missing_snapshot_is_refused_and_unwinds() {
+    let backend = setup();
+    let root = tempfile::Builder::new()
+        .prefix("fcs")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let snapshot = SnapshotFiles {
+        dir: root.path().join("snap"),
+    };
+    std::fs::create_dir(&snapshot.dir).unwrap();
+    for (n, (state, expected)) in [
+        (None, "No such file"),
+        (Some("{\"not\": \"a snapshot\"}"), "corrupted"),
+        (Some("\u{0}\u{1}garbage"), "corrupted"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let _ = std::fs::remove_file(snapshot.dir.join("vm.snap"));
+        if let Some(state) = state {
+            std::fs::write(snapshot.dir.join("vm.snap"), state).unwrap();
+            std::fs::write(snapshot.dir.join("vm.mem"), [0u8; 4096]).unwrap();
+        }
+        let id = format!("sb_c0000000000{n}");
+        let dir = sandbox_dir(root.path(), &id);
+        let err = backend
+            .restore(&boot_spec(&dir, &id), &snapshot)
+            .await
+            .err()
+            .expect("a bad snapshot is refused");
+        assert!(
+            matches!(&err, VmmError::Api { request, message }
+                if request == "PUT /snapshot/load" && message.contains(expected)),
+            "{err:?}"
+        );
+        assert_nothing_left(&dir, &id);
+    }
+}
+
+#[test]
+fn the_fake_refuses_instance_ids_firecracker_refuses() {
+    let root = tempfile::tempdir().unwrap();
+    let output = Command::new(fake_bin())
+        .args(["--api-sock", "fc.sock", "--id", "sb_a1b2c3d4e5f6"])
+        .current_dir(root.path())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("InvalidChar('_', 2)"), "{stderr}");
+    assert!(!root.path().join("fc.sock").exists());
 }
 
 #[tokio::test]
@@ -337,6 +457,85 @@ async fn the_fake_rejects_what_firecracker_rejects() {
     }
     let info = api.call(Method::GET, "/", None).await.unwrap();
     assert_eq!(info["state"], "Not started");
+
+    // State rules around InstanceStart.
+    let file = "/etc/hostname";
+    let ok = [
+        (
+            Method::PUT,
+            "/boot-source",
+            json!({"kernel_image_path": file, "boot_args": "console=ttyS0"}),
+        ),
+        (
+            Method::PUT,
+            "/machine-config",
+            json!({"vcpu_count": 1, "mem_size_mib": 128}),
+        ),
+        (
+            Method::PUT,
+            "/vsock",
+            json!({"guest_cid": 3, "uds_path": "v.sock"}),
+        ),
+    ];
+    for (method, path, body) in ok {
+        api.call(method, path, Some(body)).await.unwrap();
+    }
+    let load = json!({"snapshot_path": "/nonexistent", "mem_file_path": "/nonexistent"});
+    let err = api
+        .call(Method::PUT, "/snapshot/load", Some(load))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("after configuring"), "{err}");
+    api.call(
+        Method::PUT,
+        "/actions",
+        Some(json!({"action_type": "InstanceStart"})),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        api.call(Method::GET, "/", None).await.unwrap()["state"],
+        "Running"
+    );
+    for (method, path, body, expected) in [
+        (
+            Method::PUT,
+            "/machine-config",
+            json!({"vcpu_count": 2, "mem_size_mib": 128}),
+            "not supported after starting",
+        ),
+        (
+            Method::PUT,
+            "/boot-source",
+            json!({"kernel_image_path": file}),
+            "not supported after starting",
+        ),
+        (
+            Method::PUT,
+            "/actions",
+            json!({"action_type": "InstanceStart"}),
+            "not supported after starting",
+        ),
+        (
+            Method::PUT,
+            "/snapshot/create",
+            json!({"snapshot_path": "s", "mem_file_path": "m"}),
+            "must be paused",
+        ),
+        (
+            Method::PATCH,
+            "/vm",
+            json!({"state": "Frozen"}),
+            "unknown variant",
+        ),
+    ] {
+        let err = api
+            .call(method.clone(), path, Some(body))
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{method} {path} accepted after start"));
+        assert!(err.to_string().contains(expected), "{method} {path}: {err}");
+    }
     let _ = fake.kill();
     let _ = fake.wait();
 }

@@ -10,11 +10,13 @@
 //! - create: `PUT /logger`, `PUT /boot-source`, `PUT /drives/rootfs`,
 //!   `PUT /machine-config`, `PUT /vsock`, `PUT /actions` (InstanceStart);
 //! - snapshot: `PATCH /vm` (Paused), `PUT /snapshot/create` (Full);
-//! - restore: `PUT /logger`, `PUT /snapshot/load` (File backend, resume_vm).
+//! - restore: `PUT /logger`, `PUT /snapshot/load` (File backend, resume_vm);
+//! - stop: `PUT /actions` (SendCtrlAltDel) when running, then signals.
 
 mod api;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -38,6 +40,9 @@ const SNAPSHOT_STATE: &str = "vm.snap";
 const SNAPSHOT_MEMORY: &str = "vm.mem";
 /// The longest `OK <port>\n` acknowledgement accepted.
 const MAX_ACK: usize = 64;
+/// How long a running guest gets to reboot (which ends Firecracker, given
+/// `reboot=k`) after Ctrl-Alt-Del before signals follow.
+const CTRL_ALT_DEL_GRACE: Duration = Duration::from_secs(1);
 
 /// Errors setting up the Firecracker backend.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +92,7 @@ impl FirecrackerBackend {
             .arg("--api-sock")
             .arg(API_SOCKET)
             .arg("--id")
-            .arg(&spec.sandbox_id)
+            .arg(instance_id(&spec.sandbox_id))
             .current_dir(dir);
         // The guest's serial console is Firecracker's stdout.
         let process = VmProcess::spawn(command, &dir.join("console.log"))?;
@@ -96,6 +101,7 @@ impl FirecrackerBackend {
             dir: dir.clone(),
             api: FirecrackerApi::new(&dir.join(API_SOCKET)),
             boot_timeout: spec.boot_timeout,
+            running: AtomicBool::new(false),
         })
     }
 
@@ -221,6 +227,9 @@ pub struct FirecrackerVm {
     dir: PathBuf,
     api: FirecrackerApi,
     boot_timeout: Duration,
+    /// The guest runs (started or restored, and not paused): it can react to
+    /// Ctrl-Alt-Del.
+    running: AtomicBool,
 }
 
 impl FirecrackerVm {
@@ -232,7 +241,10 @@ impl FirecrackerVm {
         bound: Duration,
     ) -> Result<Box<dyn Vm>, VmmError> {
         match result {
-            Ok(Ok(())) => Ok(Box::new(self)),
+            Ok(Ok(())) => {
+                self.running.store(true, Ordering::SeqCst);
+                Ok(Box::new(self))
+            }
             Ok(Err(e)) => {
                 self.process.stop().await;
                 Err(self.explain(e))
@@ -285,6 +297,24 @@ impl FirecrackerVm {
         ))
     }
 
+    /// Asks a running guest to reboot, which ends Firecracker (`reboot=k`),
+    /// and waits a little for that. Firecracker does not handle SIGTERM, so
+    /// this is its only clean exit.
+    async fn ctrl_alt_del(&self) {
+        let sent = tokio::time::timeout(
+            CTRL_ALT_DEL_GRACE,
+            self.api.call(
+                Method::PUT,
+                "/actions",
+                Some(json!({ "action_type": "SendCtrlAltDel" })),
+            ),
+        )
+        .await;
+        if matches!(sent, Ok(Ok(_))) {
+            let _ = tokio::time::timeout(CTRL_ALT_DEL_GRACE, self.process.wait()).await;
+        }
+    }
+
     /// An API error from a process that has died is reported as the death.
     fn explain(&self, error: VmmError) -> VmmError {
         match (&error, self.process.exited()) {
@@ -326,15 +356,17 @@ impl Vm for FirecrackerVm {
     async fn pause(&self) -> Result<(), VmmError> {
         self.api
             .call(Method::PATCH, "/vm", Some(json!({ "state": "Paused" })))
-            .await
-            .map(drop)
+            .await?;
+        self.running.store(false, Ordering::SeqCst);
+        Ok(())
     }
 
     async fn resume(&self) -> Result<(), VmmError> {
         self.api
             .call(Method::PATCH, "/vm", Some(json!({ "state": "Resumed" })))
-            .await
-            .map(drop)
+            .await?;
+        self.running.store(true, Ordering::SeqCst);
+        Ok(())
     }
 
     async fn snapshot(&self, dest: &SnapshotFiles) -> Result<(), VmmError> {
@@ -353,6 +385,9 @@ impl Vm for FirecrackerVm {
     }
 
     async fn stop(&self) -> Result<(), VmmError> {
+        if self.process.exited().is_none() && self.running.swap(false, Ordering::SeqCst) {
+            self.ctrl_alt_del().await;
+        }
         self.process.stop().await;
         Ok(())
     }
@@ -403,6 +438,21 @@ fn find_binary(given: Option<&Path>) -> Result<PathBuf, FirecrackerSetupError> {
     })
 }
 
+/// Firecracker's `--id`: it accepts only ASCII letters, digits and `-`
+/// (1 to 64 of them) and aborts otherwise, so `sb_…` becomes `sb-…`.
+pub fn instance_id(sandbox_id: &str) -> String {
+    let id: String = sandbox_id
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .take(64)
+        .collect();
+    if id.is_empty() {
+        "emberd".into()
+    } else {
+        id
+    }
+}
+
 /// "Firecracker v1.15.1" → (1, 15).
 pub fn parse_version(text: &str) -> Option<(u32, u32)> {
     let version = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
@@ -423,6 +473,13 @@ mod tests {
         assert!(parse_version("Firecracker v1.9.0").unwrap() < MIN_VERSION);
         assert!(parse_version("Firecracker v1.10.0").unwrap() >= MIN_VERSION);
         assert_eq!(parse_version("garbage"), None);
+    }
+
+    #[test]
+    fn instance_ids_are_what_firecracker_accepts() {
+        assert_eq!(instance_id("sb_a1b2c3d4e5f6"), "sb-a1b2c3d4e5f6");
+        assert_eq!(instance_id(""), "emberd");
+        assert_eq!(instance_id(&"x".repeat(100)).len(), 64);
     }
 
     #[test]
