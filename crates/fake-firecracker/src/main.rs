@@ -252,17 +252,19 @@ fn respond(status: StatusCode, value: Value) -> Response<Full<Bytes>> {
 }
 
 impl Fake {
+    /// Appends one JSON line with one write, so that fakes sharing a
+    /// `FAKE_FC_RECORD` file never interleave their lines.
     fn record(&self, method: &str, path: &str, body: Option<&Value>) {
+        let line = format!(
+            "{}\n",
+            json!({ "id": self.id, "method": method, "path": path, "body": body })
+        );
         if let Ok(mut file) = std::fs::File::options()
             .create(true)
             .append(true)
             .open(&self.calls_log)
         {
-            let _ = writeln!(
-                file,
-                "{}",
-                json!({ "method": method, "path": path, "body": body })
-            );
+            let _ = file.write_all(line.as_bytes());
         }
     }
 
@@ -432,6 +434,12 @@ impl Fake {
         if self.failing("crash-on-start") {
             println!("fake-firecracker: crashing during InstanceStart (injected)");
             std::process::exit(1);
+        }
+        if self.failing("crash-after-start") {
+            // The guest never gets as far as its agent; the VMM dies soon
+            // after this answer (see `after`).
+            self.state = VmState::Running;
+            return (StatusCode::NO_CONTENT, Value::Null);
         }
         match self.start_guest() {
             Ok(()) => {

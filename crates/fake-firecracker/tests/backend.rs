@@ -540,92 +540,307 @@ async fn the_fake_rejects_what_firecracker_rejects() {
     let _ = fake.wait();
 }
 
+/// `emberd serve --backend firecracker` on the fake, on a free port.
+struct Daemon {
+    child: std::process::Child,
+    base: String,
+    work_dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Daemon {
+    fn start(root: &Path, data_dir: &Path, args: &[&str], env: &[(&str, &Path)]) -> Daemon {
+        let work_dir = root.join("w");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let mut command = Command::new(workspace_bin("emberd"));
+        command
+            .arg("serve")
+            .args(["--addr", &addr, "--backend", "firecracker"])
+            .args(args)
+            .arg("--firecracker-bin")
+            .arg(fake_bin())
+            .arg("--work-dir")
+            .arg(&work_dir)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("FAKE_FC_AGENT_BIN", workspace_bin("emberd-init"))
+            .env_remove("FAKE_FC_FAIL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        let mut child = command.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(child.try_wait().unwrap().is_none(), "daemon exited");
+            assert!(Instant::now() < deadline, "daemon did not serve");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Daemon {
+            child,
+            base: format!("http://{addr}"),
+            work_dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap();
+        response.json().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        (response.status().as_u16(), response.json().await.unwrap())
+    }
+
+    async fn delete(&self, path: &str) -> u16 {
+        self.http
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// Sandbox directories in the work dir.
+    fn sandbox_dirs(&self) -> Vec<String> {
+        std::fs::read_dir(&self.work_dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("sb_"))
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// A data dir of its own (so that template snapshots stay out of the real
+/// one) sharing the built images.
+fn private_data_dir(root: &Path) -> PathBuf {
+    let dir = root.join("data");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::copy(data_dir().join("manifest.json"), dir.join("manifest.json")).unwrap();
+    std::os::unix::fs::symlink(data_dir().join("blobs"), dir.join("blobs")).unwrap();
+    dir
+}
+
 #[tokio::test]
 async fn the_daemon_runs_sandboxes_on_the_firecracker_path() {
-    setup();
     let root = tempfile::Builder::new()
         .prefix("fcd")
         .tempdir_in("/tmp")
         .unwrap();
-    let work_dir = root.path().join("w");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
-    let mut daemon = Command::new(workspace_bin("emberd"))
-        .arg("serve")
-        .args([
-            "--addr",
-            &addr,
-            "--backend",
-            "firecracker",
-            "--pool-size",
-            "0",
-            "--snapshots",
-            "false",
-        ])
-        .arg("--firecracker-bin")
-        .arg(fake_bin())
-        .arg("--work-dir")
-        .arg(&work_dir)
-        .arg("--data-dir")
-        .arg(data_dir())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(daemon.try_wait().unwrap().is_none(), "daemon exited");
-        assert!(Instant::now() < deadline, "daemon did not serve");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let http = reqwest::Client::new();
-    let base = format!("http://{addr}");
-    let info: Value = http
-        .get(format!("{base}/info"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let daemon = Daemon::start(
+        root.path(),
+        &data_dir(),
+        &["--pool-size", "0", "--snapshots", "false"],
+        &[],
+    );
+    let info = daemon.get("/info").await;
     assert_eq!(info["backend"], "firecracker");
-    let created: Value = http
-        .post(format!("{base}/sandboxes"))
-        .body(r#"{"language_pack":"shell"}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let id = created["id"]
-        .as_str()
-        .unwrap_or_else(|| panic!("{created}"))
-        .to_owned();
-    let out: Value = http
-        .post(format!("{base}/sandboxes/{id}/exec"))
-        .body(r#"{"code":"echo from-firecracker; exit 4"}"#)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (status, created) = daemon
+        .post("/sandboxes", r#"{"language_pack":"shell"}"#)
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, out) = daemon
+        .post(
+            &format!("/sandboxes/{id}/exec"),
+            r#"{"code":"echo from-firecracker; exit 4"}"#,
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
     assert_eq!(out["stdout"], "from-firecracker\n");
     assert_eq!(out["exit_code"], 4);
-    let status = http
-        .delete(format!("{base}/sandboxes/{id}"))
-        .send()
-        .await
+    assert_eq!(daemon.delete(&format!("/sandboxes/{id}")).await, 204);
+    assert!(!daemon.work_dir.join(&id).exists());
+    assert_nothing_left(&daemon.work_dir.join(&id), &id);
+}
+
+#[tokio::test]
+async fn the_daemon_restores_sandboxes_from_a_firecracker_snapshot() {
+    let root = tempfile::Builder::new()
+        .prefix("fct")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let data = private_data_dir(root.path());
+    let record = root.path().join("calls.jsonl");
+    let daemon = Daemon::start(
+        root.path(),
+        &data,
+        &["--pool-size", "0", "--snapshots", "true", "--skip-warm"],
+        &[("FAKE_FC_RECORD", &record)],
+    );
+    // The first create cold-boots and asks for the pack's template; later
+    // ones restore from it once it is there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let restored = loop {
+        assert!(Instant::now() < deadline, "no create was ever restored");
+        let (status, created) = daemon
+            .post("/sandboxes", r#"{"language_pack":"shell"}"#)
+            .await;
+        assert_eq!(status, 201, "{created}");
+        let id = created["id"].as_str().unwrap().to_owned();
+        let info = daemon.get(&format!("/sandboxes/{id}")).await;
+        let (status, out) = daemon
+            .post(
+                &format!("/sandboxes/{id}/exec"),
+                r#"{"code":"echo $((6*7))"}"#,
+            )
+            .await;
+        assert_eq!(
+            (status, out["stdout"].as_str()),
+            (200, Some("42\n")),
+            "{out}"
+        );
+        assert_eq!(daemon.delete(&format!("/sandboxes/{id}")).await, 204);
+        assert_nothing_left(&daemon.work_dir.join(&id), &id);
+        if info["boot_path"] == "snapshot-restore" {
+            break id;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let calls: Vec<Value> = std::fs::read_to_string(&record)
         .unwrap()
-        .status();
-    assert_eq!(status, 204);
-    assert!(!work_dir.join(&id).exists());
-    assert_nothing_left(&work_dir.join(&id), &id);
-    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
-    let _ = daemon.wait();
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let of = |fc_id: &str| -> Vec<String> {
+        calls
+            .iter()
+            .filter(|c| c["id"] == fc_id)
+            .map(|c| {
+                format!(
+                    "{} {}",
+                    c["method"].as_str().unwrap(),
+                    c["path"].as_str().unwrap()
+                )
+            })
+            .collect()
+    };
+    let mut ids: Vec<&str> = calls.iter().filter_map(|c| c["id"].as_str()).collect();
+    ids.dedup();
+    let template = ids
+        .iter()
+        .find(|id| of(id).contains(&"PUT /snapshot/create".to_owned()))
+        .expect("a template VM was snapshotted");
+    assert_eq!(
+        of(template)[6..],
+        ["PATCH /vm", "PUT /snapshot/create"],
+        "the template VM is paused, snapshotted, then stopped by signal"
+    );
+    assert_eq!(
+        of(&instance_id(&restored)),
+        [
+            "PUT /logger",
+            "PUT /snapshot/load",
+            "PUT /actions" // SendCtrlAltDel on delete
+        ]
+    );
+    let snapshots: Vec<_> = walk(&data.join("snapshots"))
+        .into_iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    assert!(snapshots.contains(&"vm.snap".to_owned()), "{snapshots:?}");
+    assert!(snapshots.contains(&"vm.mem".to_owned()), "{snapshots:?}");
+    assert!(
+        daemon.sandbox_dirs().is_empty(),
+        "{:?}",
+        daemon.sandbox_dirs()
+    );
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk(&path));
+        } else {
+            found.push(path);
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn a_failed_firecracker_boot_is_a_500_and_leaves_nothing() {
+    let root = tempfile::Builder::new()
+        .prefix("fce")
+        .tempdir_in("/tmp")
+        .unwrap();
+    for (n, (failure, expected)) in [
+        ("api:PUT /vsock", "rejected PUT /vsock: injected failure"),
+        ("crash-after-start", "firecracker exited (status 1)"),
+        ("no-vsock-ack", "did not answer within 3s"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let run = root.path().join(n.to_string());
+        std::fs::create_dir(&run).unwrap();
+        let daemon = Daemon::start(
+            &run,
+            &data_dir(),
+            &[
+                "--pool-size",
+                "0",
+                "--snapshots",
+                "false",
+                "--boot-timeout",
+                "3s",
+            ],
+            &[("FAKE_FC_FAIL", Path::new(failure))],
+        );
+        let (status, body) = daemon
+            .post("/sandboxes", r#"{"language_pack":"shell"}"#)
+            .await;
+        assert_eq!(status, 500, "{failure}: {body}");
+        let message = body["error"].as_str().unwrap_or_default();
+        assert!(message.contains(expected), "{failure}: {body}");
+        assert!(
+            daemon.sandbox_dirs().is_empty(),
+            "{failure}: {:?}",
+            daemon.sandbox_dirs()
+        );
+        // Every VMM and guest names its sandbox dir on its command line.
+        let marker = format!("{}/sb_", daemon.work_dir.display());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !processes_mentioning(&marker).is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "{failure}: a VM was left running"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        drop(daemon);
+    }
 }

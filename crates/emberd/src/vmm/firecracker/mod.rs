@@ -87,10 +87,12 @@ impl FirecrackerBackend {
 
     fn spawn(&self, spec: &BootSpec) -> Result<FirecrackerVm, VmmError> {
         let dir = &spec.sandbox_dir;
+        // The absolute socket path also puts the sandbox dir on the command
+        // line, where the manager's crash recovery looks for leftover VMs.
         let mut command = Command::new(&self.binary);
         command
             .arg("--api-sock")
-            .arg(API_SOCKET)
+            .arg(dir.join(API_SOCKET))
             .arg("--id")
             .arg(instance_id(&spec.sandbox_id))
             .current_dir(dir);
