@@ -77,18 +77,7 @@ pub fn run(args: &DoctorArgs) -> i32 {
     checks.push(disk_check(&args.data_dir));
     checks.push(cgroup_check());
 
-    let fc_usable = firecracker.is_ok() && kvm.is_hardware();
-    let backend_ok = match args.backend {
-        BackendChoice::Qemu | BackendChoice::Auto if qemu.is_ok() || fc_usable => true,
-        BackendChoice::Firecracker => fc_usable,
-        _ => false,
-    };
-    let chosen = match args.backend {
-        BackendChoice::Auto if fc_usable => "auto → firecracker",
-        BackendChoice::Auto => "auto → qemu",
-        BackendChoice::Qemu => "qemu",
-        BackendChoice::Firecracker => "firecracker",
-    };
+    let (backend_ok, chosen) = verdict(args.backend, firecracker.is_ok(), qemu.is_ok(), &kvm);
     checks.push(if backend_ok {
         Check::pass(format!("backend {chosen} can run here"))
     } else {
@@ -112,12 +101,29 @@ pub fn run(args: &DoctorArgs) -> i32 {
     }
 }
 
+/// Whether the chosen backend can run, and what `auto` resolves to; the
+/// same rule as the daemon's backend choice.
+fn verdict(
+    choice: BackendChoice,
+    firecracker_found: bool,
+    qemu_found: bool,
+    kvm: &KvmStatus,
+) -> (bool, &'static str) {
+    let firecracker_usable = firecracker_found && kvm.is_hardware();
+    match choice {
+        BackendChoice::Auto if firecracker_usable => (true, "auto → firecracker"),
+        BackendChoice::Auto => (qemu_found, "auto → qemu"),
+        BackendChoice::Qemu => (qemu_found, "qemu"),
+        BackendChoice::Firecracker => (firecracker_usable, "firecracker"),
+    }
+}
+
 fn kvm_check(kvm: &KvmStatus) -> Check {
     match kvm {
         KvmStatus::Hardware { .. } => Check::pass(format!("KVM: {}", kvm.explain())),
         KvmStatus::Paravirtual => Check::fail(
             format!("KVM: {}", kvm.explain()),
-            "none needed: QEMU runs VMs with TCG (slower boots); use a host with hardware KVM for Firecracker",
+            "QEMU uses TCG here (slower boots); for KVM speed and Firecracker use a host with hardware virtualisation (bare metal, or nested VT-x/AMD-V)",
         ),
         KvmStatus::Missing => Check::fail(
             format!("KVM: {}", kvm.explain()),
@@ -186,12 +192,44 @@ fn disk_check(data_dir: &Path) -> Check {
 }
 
 fn cgroup_check() -> Check {
-    match std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers") {
-        Ok(controllers) => Check::pass(format!("cgroup v2: controllers {}", controllers.trim())),
-        Err(_) => Check::fail(
-            "cgroup v2: not mounted at /sys/fs/cgroup",
-            "boot with the unified hierarchy (systemd.unified_cgroup_hierarchy=1); only the jailer needs it",
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    cgroup_verdict(&mounts, |dir| {
+        std::fs::read_to_string(Path::new(dir).join("cgroup.controllers")).ok()
+    })
+}
+
+/// cgroup v2 holding the controllers the jailer needs (the unified
+/// hierarchy), told apart from a hybrid one whose cgroup2 mount lacks them.
+fn cgroup_verdict(mounts: &str, controllers: impl Fn(&str) -> Option<String>) -> Check {
+    /// What the jailer's limits use.
+    const NEEDED: [&str; 3] = ["cpu", "memory", "pids"];
+    const FIX: &str = "boot with the unified hierarchy (systemd.unified_cgroup_hierarchy=1); only the jailer needs it";
+    let cgroup2: Vec<&str> = mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_, dir, kind) = (fields.next()?, fields.next()?, fields.next()?);
+            (kind == "cgroup2").then_some(dir)
+        })
+        .collect();
+    let listed: Vec<(&str, String)> = cgroup2
+        .iter()
+        .map(|dir| (*dir, controllers(dir).unwrap_or_default().trim().to_owned()))
+        .collect();
+    let has = |list: &str, name: &str| list.split_whitespace().any(|c| c == name);
+    let usable = listed
+        .iter()
+        .find(|(_, list)| NEEDED.iter().all(|name| has(list, name)));
+    match (usable, listed.first()) {
+        (Some((dir, list)), _) => Check::pass(format!("cgroup v2 at {dir}: controllers {list}")),
+        (None, Some((dir, list))) => Check::fail(
+            format!(
+                "cgroup v2: mounted at {dir} with controllers [{list}] only, not {} (hybrid hierarchy: they are on v1)",
+                NEEDED.join(", ")
+            ),
+            FIX,
         ),
+        (None, None) => Check::fail("cgroup v2: not mounted", FIX),
     }
 }
 
@@ -205,6 +243,55 @@ mod tests {
         assert!(!check.ok);
         assert!(check.what.contains("kvm_pvm"), "{}", check.what);
         assert!(check.fix.unwrap().contains("TCG"));
+    }
+
+    #[test]
+    fn the_backend_verdict_follows_kvm_and_the_binaries() {
+        let hardware = KvmStatus::Hardware {
+            module: "kvm_intel".into(),
+        };
+        let pvm = KvmStatus::Paravirtual;
+        assert_eq!(
+            verdict(BackendChoice::Auto, true, true, &hardware),
+            (true, "auto → firecracker")
+        );
+        assert_eq!(
+            verdict(BackendChoice::Auto, true, true, &pvm),
+            (true, "auto → qemu")
+        );
+        assert_eq!(
+            verdict(BackendChoice::Auto, true, false, &pvm),
+            (false, "auto → qemu")
+        );
+        assert_eq!(
+            verdict(BackendChoice::Firecracker, true, true, &pvm),
+            (false, "firecracker")
+        );
+        assert_eq!(
+            verdict(BackendChoice::Firecracker, false, true, &hardware),
+            (false, "firecracker")
+        );
+        assert_eq!(
+            verdict(BackendChoice::Qemu, false, true, &KvmStatus::Missing),
+            (true, "qemu")
+        );
+    }
+
+    #[test]
+    fn cgroup_v2_is_told_apart_from_a_hybrid_hierarchy() {
+        let unified = "cgroup2 /sys/fs/cgroup cgroup2 rw,nosuid 0 0\n";
+        let hybrid = "cgroup /sys/fs/cgroup/cpu cgroup rw,cpu 0 0\n\
+                      cgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        let check = cgroup_verdict(unified, |_| Some("cpu memory pids\n".into()));
+        assert!(check.ok, "{check:?}");
+        assert!(check.what.contains("cpu memory pids"), "{check:?}");
+        let check = cgroup_verdict(hybrid, |_| Some("hugetlb\n".into()));
+        assert!(!check.ok);
+        assert!(check.what.contains("hybrid"), "{check:?}");
+        assert!(check.what.contains("[hugetlb]"), "{check:?}");
+        let check = cgroup_verdict("proc /proc proc rw 0 0\n", |_| None);
+        assert!(!check.ok);
+        assert!(check.fix.unwrap().contains("unified"));
     }
 
     #[test]
