@@ -31,8 +31,13 @@ use crate::reaper::{Exit, Reaper};
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
 /// Largest chunk of output in one message.
 const CHUNK: usize = 64 * 1024;
-/// How long output readers may run on after the process group is gone.
+/// Once the process group is gone, how long a reader waits for more output
+/// before it takes the pipe as abandoned: a process that escaped the group
+/// may hold it open forever.
 const DRAIN_GRACE: Duration = Duration::from_millis(500);
+/// Once the process group is gone, how long a reader may go on at most
+/// (including time spent waiting for the host to take the output).
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 static NEXT_CODE_FILE: AtomicU64 = AtomicU64::new(0);
 
@@ -92,6 +97,23 @@ struct Launched {
 }
 
 async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Launched, String> {
+    let cwd = if start.cwd.is_empty() {
+        env.default_cwd.clone()
+    } else {
+        match &env.root {
+            Some(root) => {
+                let cwd = Path::new(&start.cwd);
+                if cwd
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+                {
+                    return Err(format!("cwd {:?} leaves the served root", start.cwd));
+                }
+                root.join(cwd.strip_prefix("/").unwrap_or(cwd))
+            }
+            None => PathBuf::from(&start.cwd),
+        }
+    };
     let (argv, code_file) = if !start.argv.is_empty() {
         (start.argv.clone(), None)
     } else if !start.interpreter.is_empty() {
@@ -102,14 +124,6 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
         (argv, Some(file))
     } else {
         return Err("exec needs argv or an interpreter".into());
-    };
-    let cwd = if start.cwd.is_empty() {
-        env.default_cwd.clone()
-    } else {
-        match &env.root {
-            Some(root) => root.join(start.cwd.trim_start_matches('/')),
-            None => PathBuf::from(&start.cwd),
-        }
     };
     if let (Some(python), Some(file), "python") =
         (&env.python, &code_file, start.warm_language.as_str())
@@ -243,8 +257,15 @@ async fn supervise(
             })),
         }))
         .await;
-    let stdout_task = tokio::spawn(forward(launched.stdout, out.clone(), limit, true));
-    let stderr_task = tokio::spawn(forward(launched.stderr, out.clone(), limit, false));
+    let (group_gone, gone) = tokio::sync::watch::channel(false);
+    let stdout_task = tokio::spawn(forward(
+        launched.stdout,
+        out.clone(),
+        limit,
+        true,
+        gone.clone(),
+    ));
+    let stderr_task = tokio::spawn(forward(launched.stderr, out.clone(), limit, false, gone));
 
     // Input from the host: stdin, close, signals. A broken host stream kills.
     let (gone_tx, mut gone_rx) = tokio::sync::oneshot::channel::<()>();
@@ -313,9 +334,10 @@ async fn supervise(
     let duration = launched.started.elapsed();
     // Whatever the main process left running in its group goes with it.
     let _ = killpg(pgid, Signal::SIGKILL);
+    group_gone.send_replace(true);
     input_task.abort();
-    let stdout_truncated = finish(stdout_task).await;
-    let stderr_truncated = finish(stderr_task).await;
+    let stdout_truncated = stdout_task.await.unwrap_or(false);
+    let stderr_truncated = stderr_task.await.unwrap_or(false);
     if let Some(file) = launched.code_file.take() {
         let _ = std::fs::remove_file(file);
     }
@@ -339,31 +361,43 @@ async fn supervise(
     }
 }
 
-/// Waits for an output reader, bounded: a process that escaped the group
-/// may hold the pipe open forever.
-async fn finish(task: tokio::task::JoinHandle<bool>) -> bool {
-    let abort = task.abort_handle();
-    match tokio::time::timeout(DRAIN_GRACE, task).await {
-        Ok(Ok(truncated)) => truncated,
-        _ => {
-            abort.abort();
-            false
-        }
-    }
-}
-
-/// Forwards one output stream; returns whether it was cut at `limit`.
+/// Forwards one output stream until EOF; returns whether it was cut at
+/// `limit`. After `gone` turns true (the process group is dead) the reader
+/// ends once the pipe stays idle for [`DRAIN_GRACE`] or [`DRAIN_LIMIT`] has
+/// passed; what the group wrote before it died is still forwarded.
 async fn forward(
     mut pipe: pipe::Receiver,
     out: mpsc::Sender<Result<ExecOutput, Status>>,
     limit: u64,
     is_stdout: bool,
+    mut gone: tokio::sync::watch::Receiver<bool>,
 ) -> bool {
     let mut buf = vec![0u8; CHUNK];
     let mut sent: u64 = 0;
     let mut truncated = false;
+    let mut gone_at: Option<Instant> = None;
     loop {
-        let n = match pipe.read(&mut buf).await {
+        let read = match gone_at {
+            None => tokio::select! {
+                read = pipe.read(&mut buf) => read,
+                // A closed sender means the supervisor is gone too.
+                _ = gone.wait_for(|gone| *gone) => {
+                    gone_at = Some(Instant::now());
+                    continue;
+                }
+            },
+            Some(at) => {
+                let left = DRAIN_LIMIT.saturating_sub(at.elapsed());
+                if left.is_zero() {
+                    return truncated;
+                }
+                match tokio::time::timeout(DRAIN_GRACE.min(left), pipe.read(&mut buf)).await {
+                    Ok(read) => read,
+                    Err(_idle) => return truncated,
+                }
+            }
+        };
+        let n = match read {
             Ok(0) | Err(_) => return truncated,
             Ok(n) => n,
         };
@@ -385,5 +419,77 @@ async fn forward(
         if out.send(Ok(ExecOutput { kind: Some(kind) })).await.is_err() {
             return truncated;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn output_pipe() -> (std::fs::File, pipe::Receiver) {
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        (
+            std::fs::File::from(write),
+            pipe::Receiver::from_owned_fd(read).unwrap(),
+        )
+    }
+
+    fn data(message: ExecOutput) -> Vec<u8> {
+        match message.kind {
+            Some(exec_output::Kind::Stdout(data)) => data,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn output_written_before_the_group_died_reaches_a_slow_host() {
+        let (mut writer, reader) = output_pipe();
+        let (tx, mut rx) = mpsc::channel(1);
+        // The host has not taken the last message yet: the channel is full.
+        tx.send(Ok(ExecOutput {
+            kind: Some(exec_output::Kind::Stdout(b"first".to_vec())),
+        }))
+        .await
+        .unwrap();
+        writer.write_all(&[7u8; 60_000]).unwrap();
+        let (gone_tx, gone) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(forward(reader, tx, u64::MAX, true, gone));
+        gone_tx.send_replace(true);
+        // Longer than the grace: the reader is waiting on the host, not the pipe.
+        tokio::time::sleep(DRAIN_GRACE * 3).await;
+        assert_eq!(data(rx.recv().await.unwrap().unwrap()), b"first");
+        let mut received = 0;
+        while let Some(message) = rx.recv().await {
+            received += data(message.unwrap()).len();
+        }
+        assert_eq!(received, 60_000);
+        // The write end is still open (as if a process escaped the group),
+        // yet the reader has ended.
+        assert!(!task.await.unwrap());
+        drop(writer);
+    }
+
+    #[tokio::test]
+    async fn output_beyond_the_limit_is_drained_and_flagged() {
+        let (mut writer, reader) = output_pipe();
+        let (tx, mut rx) = mpsc::channel(64);
+        let (_gone_tx, gone) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(forward(reader, tx, 1000, true, gone));
+        // Far more than a pipe holds: the writer only finishes if the
+        // reader keeps draining past the limit.
+        let written = tokio::task::spawn_blocking(move || {
+            for _ in 0..64 {
+                writer.write_all(&[1u8; 16 * 1024]).unwrap();
+            }
+        });
+        written.await.unwrap();
+        assert!(task.await.unwrap());
+        let mut received = 0;
+        while let Some(message) = rx.recv().await {
+            received += data(message.unwrap()).len();
+        }
+        assert_eq!(received, 1000);
     }
 }

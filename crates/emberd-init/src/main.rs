@@ -97,6 +97,7 @@ fn boot_guest() -> ! {
         "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     );
     std::env::set_var("HOME", "/root");
+    std::env::set_var("LANG", "C.UTF-8");
     let _ = nix::unistd::sethostname(
         pid1::cmdline_value("hostname").unwrap_or_else(|| "emberd".into()),
     );

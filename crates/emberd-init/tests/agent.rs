@@ -24,7 +24,7 @@ struct Agent {
     child: Child,
     socket: PathBuf,
     root: tempfile::TempDir,
-    _tmp: tempfile::TempDir,
+    tmp: tempfile::TempDir,
 }
 
 impl Agent {
@@ -52,7 +52,7 @@ impl Agent {
             child,
             socket,
             root,
-            _tmp: tmp,
+            tmp,
         }
     }
 
@@ -285,6 +285,34 @@ async fn a_timeout_kills_the_whole_process_group_and_keeps_output() {
 }
 
 #[tokio::test]
+async fn a_process_escaping_the_group_does_not_hold_the_exec_open() {
+    let agent = Agent::start();
+    let mut client = agent.agent().await;
+    let marker = format!("1000.{}", std::process::id() + 3);
+    let started = Instant::now();
+    // The escaped sleep keeps the stdout pipe open after the group is gone.
+    let out = run(
+        &mut client,
+        sh(&format!("echo hi; setsid sleep {marker} & sleep 0.2")),
+    )
+    .await;
+    let elapsed = started.elapsed();
+    let escaped = processes_with(&marker);
+    for pid in &escaped {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert_eq!(escaped.len(), 1, "the escaped process did not run");
+    assert_eq!(
+        (out.stdout.as_slice(), out.exit.exit_code),
+        (&b"hi\n"[..], 0)
+    );
+    assert!(elapsed < Duration::from_secs(3), "took {elapsed:?}");
+}
+
+#[tokio::test]
 async fn signals_and_launch_failures_are_reported() {
     let agent = Agent::start();
     let mut client = agent.agent().await;
@@ -307,6 +335,32 @@ async fn signals_and_launch_failures_are_reported() {
     .await;
     assert_eq!(out.exit.exit_code, -1);
     assert!(out.exit.error.contains("failed to start"), "{out:?}");
+
+    // A missing cwd fails the launch and leaves no code file behind.
+    let mut start = python("print('never')");
+    start.cwd = "/does/not/exist".into();
+    let out = run(&mut client, start).await;
+    assert_eq!(out.exit.exit_code, -1);
+    assert!(out.exit.error.contains("failed to start"), "{out:?}");
+    let mut start = sh("pwd");
+    start.cwd = "/../..".into();
+    let out = run(&mut client, start).await;
+    assert_eq!(out.exit.exit_code, -1);
+    assert!(out.exit.error.contains("cwd"), "{out:?}");
+    let code_files: Vec<_> = std::fs::read_dir(agent.tmp.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("emberd-exec-"))
+        .collect();
+    assert!(code_files.is_empty(), "{code_files:?}");
+
+    // A cwd under the root works.
+    std::fs::create_dir(agent.root.path().join("work")).unwrap();
+    let mut start = sh("pwd");
+    start.cwd = "/work".into();
+    let out = run(&mut client, start).await;
+    let expected = format!("{}\n", agent.root.path().join("work").display());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), expected);
 }
 
 #[tokio::test]
