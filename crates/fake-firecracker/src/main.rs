@@ -6,7 +6,7 @@
 //! a JSON line in `<api-sock>.calls`, and on `InstanceStart` (or a snapshot
 //! load) runs `emberd-init` as a host process behind the hybrid-vsock
 //! protocol on the configured vsock socket (`CONNECT <port>\n` → `OK <n>\n`).
-//! Pause and resume stop and continue that process.
+//! Pause and resume stop and continue that process and its children.
 //!
 //! Like Firecracker it refuses an `--id` other than 1 to 64 letters, digits
 //! and `-`, and it ends when the running guest reboots (`SendCtrlAltDel`).
@@ -121,6 +121,13 @@ fn main() -> anyhow::Result<()> {
         agent_root: None,
         vsock_task: None,
     };
+    // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) } != 0 {
+        anyhow::bail!(
+            "cannot become a child subreaper: {}",
+            std::io::Error::last_os_error()
+        );
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -151,14 +158,73 @@ async fn serve(api_sock: PathBuf, fake: Shared) -> anyhow::Result<()> {
     }
 }
 
+/// Ends the "guest": the agent and everything it started, as the end of a
+/// VM would.
 fn shutdown(fake: &Shared) {
     let mut fake = fake.lock().expect("fake lock");
+    kill_guest();
     if let Some(mut agent) = fake.agent.take() {
         let _ = agent.kill();
         let _ = agent.wait();
     }
     if let Some(root) = fake.agent_root.take() {
         let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+/// Every process below this one. The fake is a child subreaper, so what
+/// the agent's children leave behind stays below it too.
+fn guest_processes() -> Vec<libc::pid_t> {
+    let mut parents: Vec<(libc::pid_t, libc::pid_t)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<libc::pid_t>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = vec![std::process::id() as libc::pid_t];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+fn signal_guest(signal: libc::c_int) {
+    for pid in guest_processes() {
+        // SAFETY: kill(2) takes plain integers; the pids are our descendants.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// SIGKILLs every descendant and reaps them, until none is left (bounded).
+fn kill_guest() {
+    for _ in 0..200 {
+        if guest_processes().is_empty() {
+            return;
+        }
+        signal_guest(libc::SIGKILL);
+        // SAFETY: waitpid with WNOHANG and a null status pointer is allowed.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -403,12 +469,12 @@ impl Fake {
                     fault("The requested operation is not supported before starting the microVM.")
                 }
                 (_, Some("Paused")) => {
-                    self.signal_agent("-STOP");
+                    signal_guest(libc::SIGSTOP);
                     self.state = VmState::Paused;
                     (StatusCode::NO_CONTENT, Value::Null)
                 }
                 (_, Some("Resumed")) => {
-                    self.signal_agent("-CONT");
+                    signal_guest(libc::SIGCONT);
                     self.state = VmState::Running;
                     (StatusCode::NO_CONTENT, Value::Null)
                 }
@@ -502,15 +568,6 @@ impl Fake {
         Ok(())
     }
 
-    fn signal_agent(&self, signal: &str) {
-        if let Some(agent) = &self.agent {
-            let _ = Command::new("kill")
-                .arg(signal)
-                .arg(agent.id().to_string())
-                .status();
-        }
-    }
-
     fn snapshot_create(&mut self, body: &Value) -> (StatusCode, Value) {
         if self.state != VmState::Paused {
             return fault("Create snapshot error: the microVM must be paused.");
@@ -580,7 +637,7 @@ impl Fake {
         {
             self.state = VmState::Running;
         } else {
-            self.signal_agent("-STOP");
+            signal_guest(libc::SIGSTOP);
             self.state = VmState::Paused;
         }
         (StatusCode::NO_CONTENT, Value::Null)

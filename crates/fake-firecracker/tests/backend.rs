@@ -248,6 +248,64 @@ async fn create_pause_snapshot_and_restore_make_the_documented_calls() {
 }
 
 #[tokio::test]
+async fn pause_freezes_and_stop_ends_what_the_guest_runs() {
+    let backend = setup();
+    let root = tempfile::Builder::new()
+        .prefix("fcp")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let id = "sb_b00000000001";
+    let dir = sandbox_dir(root.path(), id);
+    let vm = backend.start(&boot_spec(&dir, id)).await.unwrap();
+    assert_eq!(echo_when_ready(vm.as_ref(), "up").await, "up\n");
+    let stream = vm.connect_agent().await.unwrap();
+    let (agent, _) = AgentClient::handshake(stream).await.unwrap();
+    // A command still running in the guest, told apart by its argument.
+    let marker = "sleep 297.31";
+    let running = tokio::spawn(async move {
+        agent
+            .run(RunSpec {
+                interpreter: vec!["/bin/sh".into()],
+                code: marker.as_bytes().to_vec(),
+                file_suffix: ".sh".into(),
+                timeout: Some(Duration::from_secs(60)),
+                output_limit_bytes: 1024,
+                ..RunSpec::default()
+            })
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let sleeper = loop {
+        if let Some(pid) = processes_mentioning(marker).first() {
+            break *pid;
+        }
+        assert!(Instant::now() < deadline, "the command never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let state = |pid: u32| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .unwrap_or('?')
+    };
+    vm.pause().await.unwrap();
+    assert_eq!(state(sleeper), 'T', "a paused guest runs nothing");
+    vm.resume().await.unwrap();
+    assert_ne!(state(sleeper), 'T');
+    vm.stop().await.unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the exec ends with its VM")
+        .unwrap();
+    assert!(ended.is_err(), "{ended:?}");
+    assert!(
+        processes_mentioning(marker).is_empty(),
+        "the command outlived its VM"
+    );
+    assert_nothing_left(&dir, id);
+}
+
+#[tokio::test]
 async fn every_injected_failure_unwinds_completely() {
     let backend = setup();
     for (n, (failure, expected)) in [
