@@ -1,8 +1,9 @@
 //! The Firecracker backend.
 //!
 //! Owns finding and checking the `firecracker` binary, one Firecracker
-//! process per sandbox (`--api-sock <dir>/fc.sock`, working directory = the
-//! sandbox dir so relative paths stay short), its configuration through the
+//! process per sandbox (`--api-sock <dir>/fc.sock --id sb-…`, working
+//! directory = the sandbox dir so the vsock path stays short and relative,
+//! which lets restored clones each bind their own), its configuration through the
 //! REST API, and the agent channel over hybrid vsock (`v.sock` in the
 //! sandbox dir: `CONNECT 1024\n` → `OK <port>\n`).
 //!
