@@ -108,6 +108,7 @@ impl Agent for AgentService {
         &self,
         request: Request<Streaming<ExecInput>>,
     ) -> Result<Response<OutputStream>, Status> {
+        let received = Instant::now();
         if self.quiescing.load(Ordering::SeqCst) {
             return Err(Status::failed_precondition(
                 "the agent is quiesced for a snapshot",
@@ -151,6 +152,7 @@ impl Agent for AgentService {
             input,
             tx,
             self.running.clone(),
+            received,
         ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }

@@ -62,15 +62,11 @@ pub async fn run(
     input: Streaming<ExecInput>,
     out: mpsc::Sender<Result<ExecOutput, Status>>,
     running: Arc<std::sync::atomic::AtomicU32>,
+    received: Instant,
 ) {
     running.fetch_add(1, Ordering::SeqCst);
-    // Guest time counts from here: writing the code, spawning, running.
-    let received = Instant::now();
-    let exit = match launch(&env, &reaper, &start).await {
-        Ok(mut launched) => {
-            launched.started = received;
-            supervise(launched, &start, input, &out).await
-        }
+    let mut exit = match launch(&env, &reaper, &start).await {
+        Ok(launched) => supervise(launched, &start, input, &out).await,
         Err(error) => ExecExit {
             exit_code: -1,
             error,
@@ -78,6 +74,9 @@ pub async fn run(
         },
     };
     running.fetch_sub(1, Ordering::SeqCst);
+    // The agent's whole share of the exec: from the request reaching it to
+    // its answer (writing the code file, starting, running, draining output).
+    exit.duration_us = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
     let _ = out
         .send(Ok(ExecOutput {
             kind: Some(exec_output::Kind::Exit(exit)),
@@ -93,7 +92,6 @@ struct Launched {
     stdout: pipe::Receiver,
     stderr: pipe::Receiver,
     code_file: Option<PathBuf>,
-    started: Instant,
 }
 
 async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Launched, String> {
@@ -147,7 +145,6 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
                             stdout,
                             stderr,
                             code_file,
-                            started: Instant::now(),
                         });
                     }
                     let _ = killpg(Pid::from_raw(child.pid), Signal::SIGKILL);
@@ -176,7 +173,6 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
     let (mut child, exit) = reaper
         .spawn(&mut command)
         .map_err(|e| cleanup(format!("failed to start {}: {e}", argv[0])))?;
-    let started = Instant::now();
     let to_fd = |fd: Option<OwnedFd>| fd.ok_or_else(|| "missing pipe".to_owned());
     let stdin = to_fd(child.stdin.take().map(OwnedFd::from))
         .and_then(|fd| pipe::Sender::from_owned_fd(fd).map_err(|e| e.to_string()));
@@ -194,7 +190,6 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
             stdout,
             stderr,
             code_file,
-            started,
         }),
         (a, b, c) => {
             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -331,7 +326,6 @@ async fn supervise(
             exit_rx.await.ok()
         }
     };
-    let duration = launched.started.elapsed();
     // Whatever the main process left running in its group goes with it.
     let _ = killpg(pgid, Signal::SIGKILL);
     group_gone.send_replace(true);
@@ -352,7 +346,7 @@ async fn supervise(
         timed_out,
         stdout_truncated,
         stderr_truncated,
-        duration_us: u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
+        duration_us: 0,
         error: if exit.is_none() {
             "the process's exit status was lost".into()
         } else {

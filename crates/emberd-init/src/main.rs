@@ -105,8 +105,7 @@ fn boot_guest() -> ! {
         "emberd-init: booted in {} ms ({modules} modules)",
         started.elapsed().as_millis()
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
