@@ -51,9 +51,16 @@ pub struct ExecResponse {
     pub stderr: String,
     /// The process's exit status; -1 on a timeout or a signal death.
     pub exit_code: i32,
+    /// The whole exec as the daemon saw it.
     pub duration_ms: u64,
+    /// The guest agent's own time: from the request reaching it to its answer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_us: Option<u64>,
+    /// From the request leaving the daemon for the VM to the answer coming
+    /// back: the agent's time plus the channel through the VMM and the guest
+    /// kernel. `duration_ms` less this is the daemon's own share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_duration_us: Option<u64>,
     /// Why the run ended abnormally, e.g. `"execution timed out"`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

@@ -4,8 +4,12 @@
 //! the `Hello` handshake, identity push, health checks, quiesce, and running
 //! one program to completion with its output collected under a cap
 //! ([`AgentClient::run`]). The byte stream underneath comes from the VM
-//! backend; nothing here knows which one.
+//! backend; nothing here knows which one. [`clock`] times each call at the
+//! daemon's end of that stream.
 
+pub mod clock;
+
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use emberd_proto::v1::{
@@ -14,10 +18,9 @@ use emberd_proto::v1::{
 };
 use emberd_proto::PROTOCOL_GENERATION;
 use rand::RngCore;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
+use self::clock::{ChannelClock, ClockedStream};
 use crate::vmm::AgentStream;
 
 /// Size of one stdin chunk sent to the agent.
@@ -98,8 +101,11 @@ pub struct RunOutcome {
     pub timed_out: bool,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
-    /// Time from spawn to exit, measured in the guest.
+    /// The agent's time for the exec, from the request reaching it to its answer.
     pub guest_duration: Duration,
+    /// From the request leaving the daemon to the answer arriving back: the
+    /// time spent in the VMM and the guest.
+    pub vm_duration: Option<Duration>,
     /// Why the program could not be started, if it could not.
     pub launch_error: Option<String>,
     /// True when it was forked from a pre-started interpreter.
@@ -111,15 +117,17 @@ pub struct RunOutcome {
 #[derive(Clone)]
 pub struct AgentClient {
     channel: Channel,
+    clock: Arc<ChannelClock>,
 }
 
 impl AgentClient {
     /// Opens a session over `stream` and performs the `Hello` handshake.
     pub async fn handshake(stream: AgentStream) -> Result<(Self, AgentHello), GuestError> {
+        let (stream, clock) = ClockedStream::new(stream);
         let channel = emberd_proto::channel_over(stream)
             .await
             .map_err(GuestError::Connect)?;
-        let client = AgentClient { channel };
+        let client = AgentClient { channel, clock };
         let hello = client.hello().await?;
         Ok((client, hello))
     }
@@ -198,7 +206,6 @@ impl AgentClient {
     /// Runs one program to completion and collects its output. Dropping the
     /// returned future drops the stream, and the agent kills the process.
     pub async fn run(&self, spec: RunSpec) -> Result<RunOutcome, GuestError> {
-        let (input_tx, input_rx) = mpsc::channel::<ExecInput>(8);
         let start = ExecStart {
             interpreter: spec.interpreter,
             code: spec.code,
@@ -214,42 +221,27 @@ impl AgentClient {
         let first = ExecInput {
             kind: Some(exec_input::Kind::Start(start)),
         };
-        // The channel has room for the start message; stdin follows from a task
-        // so that a large stdin never blocks reading the output.
-        input_tx.try_send(first).expect("fresh channel has room");
-        let stdin = spec.stdin;
-        let feeder = tokio::spawn(async move {
-            if let Some(data) = stdin {
-                for chunk in data.chunks(STDIN_CHUNK) {
-                    let msg = ExecInput {
-                        kind: Some(exec_input::Kind::Stdin(chunk.to_vec())),
-                    };
-                    if input_tx.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            }
-            let close = ExecInput {
-                kind: Some(exec_input::Kind::CloseStdin(Default::default())),
-            };
-            let _ = input_tx.send(close).await;
-            // Keep the request stream open until the exec ends: closing it
-            // early would read as the host going away.
-            input_tx.closed().await;
-        });
-        let result = self
-            .collect(ReceiverStream::new(input_rx), spec.output_limit_bytes)
-            .await;
-        feeder.abort();
-        result
+        // Stdin follows the start in chunks, taken as HTTP/2 flow control
+        // allows; the end of the request stream closes the process's stdin.
+        let stdin = spec.stdin.unwrap_or_default();
+        let chunks = (0..stdin.len())
+            .step_by(STDIN_CHUNK)
+            .map(move |at| ExecInput {
+                kind: Some(exec_input::Kind::Stdin(
+                    stdin[at..stdin.len().min(at + STDIN_CHUNK)].to_vec(),
+                )),
+            });
+        let input = tokio_stream::iter(std::iter::once(first).chain(chunks));
+        self.collect(input, spec.output_limit_bytes).await
     }
 
     async fn collect(
         &self,
-        input: ReceiverStream<ExecInput>,
+        input: impl tokio_stream::Stream<Item = ExecInput> + Send + 'static,
         limit: u64,
     ) -> Result<RunOutcome, GuestError> {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let mark = self.clock.mark();
         let mut output = self
             .raw()
             .exec(input)
@@ -280,6 +272,7 @@ impl AgentClient {
                     outcome.stdout_truncated |= exit.stdout_truncated;
                     outcome.stderr_truncated |= exit.stderr_truncated;
                     outcome.guest_duration = Duration::from_micros(exit.duration_us);
+                    outcome.vm_duration = self.clock.since(mark);
                     outcome.launch_error = (!exit.error.is_empty()).then_some(exit.error);
                     return Ok(outcome);
                 }

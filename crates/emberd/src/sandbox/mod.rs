@@ -913,6 +913,9 @@ fn exec_response(outcome: RunOutcome, elapsed: Duration) -> ExecResponse {
         exit_code,
         duration_ms: u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX),
         duration_us: Some(u64::try_from(outcome.guest_duration.as_micros()).unwrap_or(u64::MAX)),
+        vm_duration_us: outcome
+            .vm_duration
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
         error,
         stdout_truncated: outcome.stdout_truncated,
         stderr_truncated: outcome.stderr_truncated,
