@@ -11,6 +11,7 @@ packages=(
   squashfs-tools    # mksquashfs
   xz-utils lz4 zstd # unpacking kernels
   cpio              # inspecting initramfs images
+  python3 nodejs    # the agent tests run both interpreters on the host
   ca-certificates
 )
 

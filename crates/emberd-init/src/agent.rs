@@ -50,6 +50,18 @@ impl AgentService {
         }
     }
 
+    /// Languages whose pre-started interpreter is ready.
+    fn warm_interpreters(&self) -> Vec<String> {
+        let env = &self.exec_env;
+        let python = env.python.as_ref().is_some_and(|p| p.ready());
+        let node = env.node.as_ref().is_some_and(|n| n.ready());
+        [(python, "python"), (node, "node")]
+            .into_iter()
+            .filter(|(ready, _)| *ready)
+            .map(|(_, language)| language.to_owned())
+            .collect()
+    }
+
     /// Called when a new host connection starts: a quiesce ends there.
     pub fn new_session(&self) {
         self.quiescing.store(false, Ordering::SeqCst);
@@ -83,6 +95,7 @@ impl Agent for AgentService {
                         .as_ref()
                         .map(|_| "fork-server:python".to_owned()),
                 )
+                .chain(self.exec_env.node.as_ref().map(|_| "spare:node".to_owned()))
                 .collect(),
         }))
     }
@@ -92,13 +105,7 @@ impl Agent for AgentService {
             ok: !self.quiescing.load(Ordering::SeqCst),
             running_execs: self.running.load(Ordering::SeqCst),
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            warm_interpreters: self
-                .exec_env
-                .python
-                .as_ref()
-                .filter(|p| p.ready())
-                .map(|_| vec!["python".to_owned()])
-                .unwrap_or_default(),
+            warm_interpreters: self.warm_interpreters(),
         }))
     }
 
@@ -166,6 +173,11 @@ impl Agent for AgentService {
         if self.mode == Mode::Guest {
             crate::identity::apply(&identity).map_err(|e| Status::internal(e.to_string()))?;
         }
+        // Quiesce stopped the spare before any snapshot; a restored clone
+        // starts its own here, with its own random state.
+        if let Some(node) = &self.exec_env.node {
+            node.replenish();
+        }
         Ok(Response::new(SetIdentityResponse {}))
     }
 
@@ -174,6 +186,9 @@ impl Agent for AgentService {
         _: Request<QuiesceRequest>,
     ) -> Result<Response<QuiesceResponse>, Status> {
         self.quiescing.store(true, Ordering::SeqCst);
+        if let Some(node) = &self.exec_env.node {
+            node.stop();
+        }
         nix::unistd::sync();
         if self.mode == Mode::Guest {
             // Freed page cache is zeroed (the kernel runs with init_on_free=1),

@@ -25,6 +25,7 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use crate::forkserver::WarmChild;
 use crate::reaper::{Exit, Reaper};
 
 /// Output forwarded per stream when the host asks for no particular cap.
@@ -52,6 +53,8 @@ pub struct ExecEnv {
     pub root: Option<PathBuf>,
     /// The pre-started Python, when there is one.
     pub python: Option<Arc<crate::forkserver::ForkServer>>,
+    /// The spare Node, when there is node.
+    pub node: Option<Arc<crate::node_spare::NodeSpares>>,
 }
 
 /// Validates the start message and launches the exec; output flows into `out`.
@@ -74,6 +77,11 @@ pub async fn run(
         },
     };
     running.fetch_sub(1, Ordering::SeqCst);
+    if start.warm_language == "node" {
+        if let Some(node) = &env.node {
+            node.replenish();
+        }
+    }
     // The agent's whole share of the exec: from the request reaching it to
     // its answer (writing the code file, starting, running, draining output).
     exit.duration_us = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -123,35 +131,27 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
     } else {
         return Err("exec needs argv or an interpreter".into());
     };
-    if let (Some(python), Some(file), "python") =
-        (&env.python, &code_file, start.warm_language.as_str())
-    {
-        if python.ready() {
-            let mut vars = default_env();
-            vars.extend(start.env.clone());
-            match python.launch(file.clone(), cwd.clone(), vars).await {
-                Ok(child) => {
-                    let pipes = (
-                        pipe::Sender::from_owned_fd(child.stdin),
-                        pipe::Receiver::from_owned_fd(child.stdout),
-                        pipe::Receiver::from_owned_fd(child.stderr),
-                    );
-                    if let (Ok(stdin), Ok(stdout), Ok(stderr)) = pipes {
-                        return Ok(Launched {
-                            pid: child.pid,
-                            warm: true,
-                            exit: child.exit,
-                            stdin: Some(stdin),
-                            stdout,
-                            stderr,
-                            code_file,
-                        });
-                    }
-                    let _ = killpg(Pid::from_raw(child.pid), Signal::SIGKILL);
-                }
-                Err(e) => eprintln!("emberd-init: warm Python unavailable ({e}); running one-shot"),
-            }
+    if let Some(child) = match &code_file {
+        Some(file) => warm_child(env, start, file, &cwd).await,
+        None => None,
+    } {
+        let pipes = (
+            pipe::Sender::from_owned_fd(child.stdin),
+            pipe::Receiver::from_owned_fd(child.stdout),
+            pipe::Receiver::from_owned_fd(child.stderr),
+        );
+        if let (Ok(stdin), Ok(stdout), Ok(stderr)) = pipes {
+            return Ok(Launched {
+                pid: child.pid,
+                warm: true,
+                exit: child.exit,
+                stdin: Some(stdin),
+                stdout,
+                stderr,
+                code_file,
+            });
         }
+        let _ = killpg(Pid::from_raw(child.pid), Signal::SIGKILL);
     }
     let mut command = Command::new(&argv[0]);
     command
@@ -203,6 +203,51 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
             )))
         }
     }
+}
+
+/// The exec's process from the pre-started interpreter of
+/// `start.warm_language`, when there is one and the exec's environment does
+/// not change how that interpreter starts up (which it already has).
+async fn warm_child(
+    env: &ExecEnv,
+    start: &ExecStart,
+    file: &Path,
+    cwd: &Path,
+) -> Option<WarmChild> {
+    let mut vars = default_env();
+    vars.extend(start.env.clone());
+    let shapes_startup = |prefixes: &[&str]| {
+        start
+            .env
+            .keys()
+            .any(|key| prefixes.iter().any(|p| key.starts_with(p)))
+    };
+    let (language, launched) = match start.warm_language.as_str() {
+        "python" => {
+            let python = env.python.as_ref().filter(|p| p.ready())?;
+            if shapes_startup(&["PYTHON"]) {
+                return None;
+            }
+            let launched = python.launch(file.to_owned(), cwd.to_owned(), vars);
+            ("Python", launched.await)
+        }
+        "node" => {
+            let node = env.node.as_ref().filter(|n| n.has_spare())?;
+            if shapes_startup(&["NODE_", "UV_"]) {
+                return None;
+            }
+            (
+                "Node",
+                node.launch(file.to_owned(), cwd.to_owned(), vars).await,
+            )
+        }
+        _ => return None,
+    };
+    launched
+        .inspect_err(|e| {
+            eprintln!("emberd-init: warm {language} unavailable ({e}); running one-shot")
+        })
+        .ok()
 }
 
 pub fn default_env() -> HashMap<String, String> {

@@ -11,6 +11,7 @@ mod exec;
 mod files;
 mod forkserver;
 mod identity;
+mod node_spare;
 mod pid1;
 mod reaper;
 mod transport;
@@ -67,11 +68,13 @@ fn main() {
         let reaper = Reaper::start()?;
         let code_dir = args.tmp_dir.unwrap_or_else(std::env::temp_dir);
         let python = forkserver::ForkServer::start(&reaper, &code_dir);
+        let node = node_spare::NodeSpares::start(&reaper, &code_dir);
         let exec_env = ExecEnv {
             default_cwd: root.clone(),
             code_dir,
             root: Some(root.clone()),
             python,
+            node,
         };
         let agent = Arc::new(AgentService::new(Mode::Host, reaper, exec_env));
         let routes = transport::routes(&agent, &FilesService::new(root));
@@ -134,11 +137,13 @@ async fn serve_guest() -> String {
             }
         });
     }
+    let node = node_spare::NodeSpares::start(&reaper, std::path::Path::new("/run"));
     let exec_env = ExecEnv {
         default_cwd: PathBuf::from("/"),
         code_dir: PathBuf::from("/tmp"),
         root: None,
         python,
+        node,
     };
     let agent = Arc::new(AgentService::new(Mode::Guest, reaper, exec_env));
     let routes = transport::routes(&agent, &FilesService::new(PathBuf::from("/")));

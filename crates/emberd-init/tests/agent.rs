@@ -9,8 +9,8 @@ use emberd_proto::v1::agent_client::AgentClient;
 use emberd_proto::v1::files_client::FilesClient;
 use emberd_proto::v1::{
     exec_input, exec_output, write_file_request, ExecExit, ExecInput, ExecStart, HealthRequest,
-    HelloRequest, MakeDirRequest, PathRequest, ReadFileRequest, RemoveRequest, WriteFileRequest,
-    WriteFileStart,
+    HelloRequest, Identity, MakeDirRequest, PathRequest, QuiesceRequest, ReadFileRequest,
+    RemoveRequest, WriteFileRequest, WriteFileStart,
 };
 use emberd_proto::PROTOCOL_GENERATION;
 use sha2::{Digest, Sha256};
@@ -109,6 +109,38 @@ fn warm_python(code: &str) -> ExecStart {
     ExecStart {
         warm_language: "python".into(),
         ..python(code)
+    }
+}
+
+fn node(code: &str) -> ExecStart {
+    ExecStart {
+        interpreter: vec!["node".into()],
+        code: code.as_bytes().to_vec(),
+        file_suffix: ".js".into(),
+        ..ExecStart::default()
+    }
+}
+
+fn warm_node(code: &str) -> ExecStart {
+    ExecStart {
+        warm_language: "node".into(),
+        ..node(code)
+    }
+}
+
+/// Waits until `Health` lists `language` among the warm interpreters.
+async fn wait_until_warm(client: &mut AgentClient<Channel>, language: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = client.health(HealthRequest {}).await.unwrap().into_inner();
+        if health.warm_interpreters.iter().any(|w| w == language) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the warm {language} never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -747,4 +779,162 @@ async fn the_warm_python_behaves_like_a_fresh_interpreter() {
     )
     .await;
     assert_eq!(out.exit.signal, 15, "{out:?}");
+}
+
+#[tokio::test]
+async fn the_warm_node_behaves_like_a_fresh_interpreter() {
+    let agent = Agent::start();
+    let mut client = agent.agent().await;
+    wait_until_warm(&mut client, "node").await;
+
+    let out = run(
+        &mut client,
+        warm_node("console.log(6*7); console.error('e')"),
+    )
+    .await;
+    assert!(out.warm, "not run by the spare node");
+    assert_eq!(
+        (
+            out.stdout.as_slice(),
+            out.stderr.as_slice(),
+            out.exit.exit_code
+        ),
+        (&b"42\n"[..], &b"e\n"[..], 0)
+    );
+    // The next exec gets a spare of its own.
+    wait_until_warm(&mut client, "node").await;
+
+    let out = run(&mut client, warm_node("process.exit(42)")).await;
+    assert_eq!(out.exit.exit_code, 42);
+    let out = run(&mut client, warm_node("process.exitCode = 7")).await;
+    assert_eq!(out.exit.exit_code, 7);
+    let out = run(&mut client, warm_node("console.log('unclosed'")).await;
+    assert_eq!(out.exit.exit_code, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("SyntaxError"),
+        "{out:?}"
+    );
+    let out = run(
+        &mut client,
+        warm_node("function f() { throw new Error('boom') }\nf()"),
+    )
+    .await;
+    assert_eq!(out.exit.exit_code, 1);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Error: boom"),
+        "{out:?}"
+    );
+    // Asynchronous work runs to its end before the process exits.
+    let out = run(
+        &mut client,
+        warm_node("setTimeout(() => console.log('later'), 50); console.log('now')"),
+    )
+    .await;
+    assert_eq!(out.stdout, b"now\nlater\n");
+
+    // stdin, the main module, argv, cwd and environment, and no memory shared
+    // between execs.
+    wait_until_warm(&mut client, "node").await;
+    let mut start = warm_node(
+        "let input = '';\n\
+         process.stdin.on('data', d => input += d);\n\
+         process.stdin.on('end', () => console.log(require.main === module, \
+           process.argv[1].endsWith('.js'), process.cwd(), process.env.GREETING, \
+           process.env.PATH !== undefined, input));\n\
+         globalThis.marker = 1",
+    );
+    start.env.insert("GREETING".into(), "hi".into());
+    std::fs::create_dir(agent.root.path().join("work")).unwrap();
+    start.cwd = "/work".into();
+    let out = run_with(
+        &mut client,
+        start,
+        vec![
+            exec_input::Kind::Stdin(b"in".to_vec()),
+            exec_input::Kind::CloseStdin(Default::default()),
+        ],
+    )
+    .await;
+    assert!(out.warm);
+    let work = agent.root.path().join("work").canonicalize().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("true true {} hi true in\n", work.display())
+    );
+    wait_until_warm(&mut client, "node").await;
+    let out = run(
+        &mut client,
+        warm_node("console.log('marker' in globalThis)"),
+    )
+    .await;
+    assert!(out.warm);
+    assert_eq!(out.stdout, b"false\n");
+
+    // Fresh random state per exec.
+    wait_until_warm(&mut client, "node").await;
+    let a = run(&mut client, warm_node("console.log(Math.random())")).await;
+    wait_until_warm(&mut client, "node").await;
+    let b = run(&mut client, warm_node("console.log(Math.random())")).await;
+    assert!(a.warm && b.warm);
+    assert_ne!(a.stdout, b.stdout);
+
+    // A variable that shapes Node's start-up gets a fresh node.
+    let mut start = warm_node("console.log(process.env.NODE_OPTIONS)");
+    start
+        .env
+        .insert("NODE_OPTIONS".into(), "--no-warnings".into());
+    let out = run(&mut client, start).await;
+    assert!(!out.warm);
+    assert_eq!(out.stdout, b"--no-warnings\n");
+
+    // A timeout kills the process and what it started.
+    wait_until_warm(&mut client, "node").await;
+    let marker = format!("1000.{}", std::process::id() + 11);
+    let mut start = warm_node(&format!(
+        "require('child_process').spawn('sleep', ['{marker}'], {{stdio: 'ignore'}});\n\
+         console.log('before'); setInterval(() => {{}}, 1000)"
+    ));
+    start.timeout_ms = 1500;
+    let out = run(&mut client, start).await;
+    assert!(out.warm && out.exit.timed_out, "{out:?}");
+    assert_eq!(out.stdout, b"before\n");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !processes_with(&marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(processes_with(&marker).is_empty());
+
+    // Signals reach it.
+    wait_until_warm(&mut client, "node").await;
+    let out = run_with(
+        &mut client,
+        warm_node("console.log('ready'); setInterval(() => {}, 1000)"),
+        vec![exec_input::Kind::Signal(15)],
+    )
+    .await;
+    assert!(out.warm);
+    assert_eq!(out.exit.signal, 15, "{out:?}");
+
+    // Quiesce stops the spare; a new identity starts one again.
+    client.quiesce(QuiesceRequest {}).await.unwrap();
+    let health = client.health(HealthRequest {}).await.unwrap().into_inner();
+    assert!(!health.warm_interpreters.contains(&"node".to_owned()));
+    let spare = agent.tmp.path().join("emberd-node-spare.js");
+    let spare = spare.to_str().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !processes_with(spare).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        processes_with(spare).is_empty(),
+        "the spare outlived Quiesce"
+    );
+    client
+        .set_identity(Identity {
+            sandbox_id: "sb_000000000001".into(),
+            ..Identity::default()
+        })
+        .await
+        .unwrap();
+    wait_until_warm(&mut client, "node").await;
 }

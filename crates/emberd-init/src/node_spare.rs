@@ -1,0 +1,230 @@
+//! The pre-started Node.js interpreter (`node_spare.js`).
+//!
+//! Node cannot `fork()` a running interpreter, so the agent keeps one spare
+//! `node` process started ahead of time instead: its own process group, its
+//! stdio pipes already made, the common built-in modules loaded, blocked on a
+//! control socket (its descriptor 3). An exec that asks for the warm Node
+//! takes the spare, writes it the code file, working directory and
+//! environment, and from then on the spare is that exec's process, reaped
+//! like any other. Each spare serves one exec; the next is started when that
+//! exec ends, so it never competes with the exec for the vCPU.
+//!
+//! `Quiesce` stops the spare, so that no snapshot holds one: a spare restored
+//! into many clones would give them all the same `Math.random` seed. The
+//! `SetIdentity` that follows a restore starts the clone's own.
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::oneshot;
+
+use crate::forkserver::WarmChild;
+use crate::reaper::{Exit, Reaper};
+
+const SCRIPT: &str = include_str!("node_spare.js");
+/// The descriptor on which the spare talks to the agent.
+const CONTROL_FD: i32 = 3;
+
+/// Keeps at most one spare `node` ready.
+pub struct NodeSpares {
+    node: PathBuf,
+    script: PathBuf,
+    reaper: Reaper,
+    slot: Mutex<Option<Spare>>,
+}
+
+impl std::fmt::Debug for NodeSpares {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeSpares")
+            .field("node", &self.node)
+            .field("has_spare", &self.has_spare())
+            .finish_non_exhaustive()
+    }
+}
+
+struct Spare {
+    pid: i32,
+    exit: oneshot::Receiver<Exit>,
+    stdin: OwnedFd,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+    control: tokio::net::unix::OwnedWriteHalf,
+    ready: Arc<AtomicBool>,
+}
+
+impl NodeSpares {
+    /// Writes the spare's script into `dir` and starts the first spare.
+    /// Returns `None` when there is no node.
+    pub fn start(reaper: &Reaper, dir: &Path) -> Option<Arc<NodeSpares>> {
+        let node = ["/usr/bin/node", "/usr/local/bin/node"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())?;
+        let script = dir.join("emberd-node-spare.js");
+        if let Err(e) = std::fs::write(&script, SCRIPT) {
+            eprintln!("emberd-init: cannot write the Node spare: {e}");
+            return None;
+        }
+        let spares = Arc::new(NodeSpares {
+            node,
+            script,
+            reaper: reaper.clone(),
+            slot: Mutex::new(None),
+        });
+        spares.replenish();
+        Some(spares)
+    }
+
+    fn slot(&self) -> std::sync::MutexGuard<'_, Option<Spare>> {
+        self.slot
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// True when a spare has started and waits for an exec.
+    pub fn ready(&self) -> bool {
+        self.slot()
+            .as_ref()
+            .is_some_and(|spare| spare.ready.load(Ordering::SeqCst))
+    }
+
+    /// True when there is a spare, ready or still starting.
+    pub fn has_spare(&self) -> bool {
+        self.slot().is_some()
+    }
+
+    /// Starts a spare unless a live one is there.
+    pub fn replenish(&self) {
+        let mut slot = self.slot();
+        if let Some(spare) = slot.as_mut() {
+            if matches!(
+                spare.exit.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            ) {
+                return;
+            }
+            *slot = None;
+        }
+        match self.spawn() {
+            Ok(spare) => *slot = Some(spare),
+            Err(e) => eprintln!("emberd-init: cannot start a Node spare: {e}"),
+        }
+    }
+
+    /// Kills the spare, if any, without starting another.
+    pub fn stop(&self) {
+        if let Some(spare) = self.slot().take() {
+            let _ = killpg(Pid::from_raw(spare.pid), Signal::SIGKILL);
+        }
+    }
+
+    /// Hands the exec to the spare; the spare becomes the exec's process.
+    /// Fails when there is no live spare; the caller then runs one-shot.
+    pub async fn launch(
+        &self,
+        path: PathBuf,
+        cwd: PathBuf,
+        env: HashMap<String, String>,
+    ) -> std::io::Result<WarmChild> {
+        let mut spare = self
+            .slot()
+            .take()
+            .ok_or_else(|| std::io::Error::other("no spare node"))?;
+        let mut request = serde_json::to_vec(&serde_json::json!({
+            "path": path,
+            "cwd": cwd,
+            "env": env,
+        }))?;
+        request.push(b'\n');
+        // A spare still starting is taken too: it is further along than a
+        // fresh process would be.
+        let handed = async {
+            spare.control.write_all(&request).await?;
+            spare.control.shutdown().await
+        }
+        .await;
+        if let Err(e) = handed {
+            let _ = killpg(Pid::from_raw(spare.pid), Signal::SIGKILL);
+            return Err(std::io::Error::other(format!(
+                "the spare node is gone: {e}"
+            )));
+        }
+        Ok(WarmChild {
+            pid: spare.pid,
+            exit: spare.exit,
+            stdin: spare.stdin,
+            stdout: spare.stdout,
+            stderr: spare.stderr,
+        })
+    }
+
+    fn spawn(&self) -> std::io::Result<Spare> {
+        let (agent_end, spare_end) = UnixStream::pair()?;
+        let mut command = Command::new(&self.node);
+        command
+            .arg(&self.script)
+            .env_clear()
+            .envs(crate::exec::default_env())
+            .current_dir("/")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0);
+        let spare_fd = spare_end.as_raw_fd();
+        // SAFETY: dup2(2) and prctl(2) are async-signal-safe and take no
+        // pointers; `spare_fd` stays open in the parent until spawn returns.
+        // As a host process the agent can be killed; its spare must not
+        // outlive it.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::dup2(spare_fd, CONTROL_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let (mut child, exit) = self.reaper.spawn(&mut command)?;
+        drop(spare_end);
+        let pid = child.id() as i32;
+        let pipes = (
+            child.stdin.take().map(OwnedFd::from),
+            child.stdout.take().map(OwnedFd::from),
+            child.stderr.take().map(OwnedFd::from),
+        );
+        let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            return Err(std::io::Error::other("the spare's pipes are missing"));
+        };
+        agent_end.set_nonblocking(true)?;
+        let (mut ready_line, control) = tokio::net::UnixStream::from_std(agent_end)?.into_split();
+        let ready = Arc::new(AtomicBool::new(false));
+        let flag = ready.clone();
+        tokio::spawn(async move {
+            let mut line = [0u8; 6];
+            if ready_line.read_exact(&mut line).await.is_ok() && &line == b"ready\n" {
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+        Ok(Spare {
+            pid,
+            exit,
+            stdin,
+            stdout,
+            stderr,
+            control,
+            ready,
+        })
+    }
+}
