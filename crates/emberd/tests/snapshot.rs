@@ -95,6 +95,25 @@ async fn clones_of_one_template_get_their_own_identity() {
     );
     assert_eq!(api.delete(&a).await, 204);
     assert_eq!(api.delete(&b).await, 204);
+
+    // Node clones too: their spare node is started after the restore, so no
+    // two share V8's random state.
+    let (c, d) = tokio::join!(api.create("node"), api.create("node"));
+    assert_eq!(boot_path(&api, &c).await, "snapshot-restore");
+    assert_eq!(boot_path(&api, &d).await, "snapshot-restore");
+    let code = "console.log(Math.random(), require('crypto').randomBytes(8).toString('hex'))";
+    let (out_c, out_d) = tokio::join!(api.exec(&c, code), api.exec(&d, code));
+    assert_eq!(
+        (out_c.exit_code, out_d.exit_code),
+        (0, 0),
+        "{out_c:?} {out_d:?}"
+    );
+    assert_ne!(
+        out_c.stdout, out_d.stdout,
+        "two node clones drew the same random numbers"
+    );
+    assert_eq!(api.delete(&c).await, 204);
+    assert_eq!(api.delete(&d).await, 204);
 }
 
 #[tokio::test]
