@@ -250,6 +250,27 @@ async fn warm_child(
         .ok()
 }
 
+/// What a pre-started interpreter needs: the interpreter `name` from
+/// `/usr/bin` or `/usr/local/bin`, and its `script` written to `dir/file_name`.
+/// `None` (with a log line if the write failed) when either is missing.
+pub fn interpreter_and_script(
+    name: &str,
+    dir: &Path,
+    file_name: &str,
+    script: &str,
+) -> Option<(PathBuf, PathBuf)> {
+    let interpreter = ["/usr/bin", "/usr/local/bin"]
+        .into_iter()
+        .map(|bin| Path::new(bin).join(name))
+        .find(|p| p.is_file())?;
+    let path = dir.join(file_name);
+    if let Err(e) = std::fs::write(&path, script) {
+        eprintln!("emberd-init: cannot write {}: {e}", path.display());
+        return None;
+    }
+    Some((interpreter, path))
+}
+
 pub fn default_env() -> HashMap<String, String> {
     [
         (

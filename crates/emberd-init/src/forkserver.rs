@@ -56,16 +56,9 @@ impl ForkServer {
     /// Starts `python3` with the fork-server script, serving on `dir/python.sock`.
     /// Returns `None` when there is no python3.
     pub fn start(reaper: &Reaper, dir: &Path) -> Option<Arc<ForkServer>> {
-        let python = ["/usr/bin/python3", "/usr/local/bin/python3"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())?;
-        let script = dir.join("emberd-forkserver.py");
+        let (python, script) =
+            crate::exec::interpreter_and_script("python3", dir, "emberd-forkserver.py", SCRIPT)?;
         let socket = dir.join("emberd-python.sock");
-        if let Err(e) = std::fs::write(&script, SCRIPT) {
-            eprintln!("emberd-init: cannot write the fork server: {e}");
-            return None;
-        }
         let mut command = Command::new(python);
         command
             .arg("-I")

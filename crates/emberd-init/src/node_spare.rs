@@ -65,15 +65,8 @@ impl NodeSpares {
     /// Writes the spare's script into `dir` and starts the first spare.
     /// Returns `None` when there is no node.
     pub fn start(reaper: &Reaper, dir: &Path) -> Option<Arc<NodeSpares>> {
-        let node = ["/usr/bin/node", "/usr/local/bin/node"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.is_file())?;
-        let script = dir.join("emberd-node-spare.js");
-        if let Err(e) = std::fs::write(&script, SCRIPT) {
-            eprintln!("emberd-init: cannot write the Node spare: {e}");
-            return None;
-        }
+        let (node, script) =
+            crate::exec::interpreter_and_script("node", dir, "emberd-node-spare.js", SCRIPT)?;
         let spares = Arc::new(NodeSpares {
             node,
             script,

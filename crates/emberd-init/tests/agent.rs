@@ -672,18 +672,7 @@ async fn the_warm_python_behaves_like_a_fresh_interpreter() {
     let agent = Agent::start();
     let mut client = agent.agent().await;
     // The fork server comes up in the background.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let health = client.health(HealthRequest {}).await.unwrap().into_inner();
-        if health.warm_interpreters.contains(&"python".to_owned()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the fork server never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until_warm(&mut client, "python").await;
 
     let out = run(
         &mut client,
