@@ -78,6 +78,14 @@ async fn python_sandbox_runs_code_and_reports_exits() {
     let out = api.exec(&id, "print(6*7)").await;
     assert_eq!((out.stdout.as_str(), out.exit_code), ("42\n", 0), "{out:?}");
     assert_eq!(out.error, None);
+    // The three clocks nest: the agent's time within the VM's, the VM's
+    // within the daemon's.
+    let agent_us = out.duration_us.expect("duration_us");
+    let vm_us = out.vm_duration_us.expect("vm_duration_us");
+    assert!(
+        0 < agent_us && agent_us <= vm_us && vm_us <= (out.duration_ms + 1) * 1000,
+        "{out:?}"
+    );
 
     let out = api.exec(&id, "exit(7)").await;
     assert_eq!(out.exit_code, 7, "{out:?}");
