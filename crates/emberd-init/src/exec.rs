@@ -77,11 +77,6 @@ pub async fn run(
         },
     };
     running.fetch_sub(1, Ordering::SeqCst);
-    if start.warm_language == "node" {
-        if let Some(node) = &env.node {
-            node.replenish();
-        }
-    }
     // The agent's whole share of the exec: from the request reaching it to
     // its answer (writing the code file, starting, running, draining output).
     exit.duration_us = u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -90,6 +85,13 @@ pub async fn run(
             kind: Some(exec_output::Kind::Exit(exit)),
         }))
         .await;
+    // The next spare starts in a task queued behind the connection's, so
+    // the answer is written before the agent forks a new node.
+    if start.warm_language == "node" {
+        if let Some(node) = env.node.clone() {
+            tokio::spawn(async move { node.replenish() });
+        }
+    }
 }
 
 struct Launched {
@@ -214,34 +216,29 @@ async fn warm_child(
     file: &Path,
     cwd: &Path,
 ) -> Option<WarmChild> {
+    // Variables an interpreter reads as it starts, which the pre-started one
+    // has done already.
+    let startup_prefixes: &[&str] = match start.warm_language.as_str() {
+        "python" => &["PYTHON"],
+        "node" => &["NODE_", "UV_"],
+        _ => return None,
+    };
+    if start
+        .env
+        .keys()
+        .any(|key| startup_prefixes.iter().any(|p| key.starts_with(p)))
+    {
+        return None;
+    }
     let mut vars = default_env();
     vars.extend(start.env.clone());
-    let shapes_startup = |prefixes: &[&str]| {
-        start
-            .env
-            .keys()
-            .any(|key| prefixes.iter().any(|p| key.starts_with(p)))
-    };
-    let (language, launched) = match start.warm_language.as_str() {
-        "python" => {
-            let python = env.python.as_ref().filter(|p| p.ready())?;
-            if shapes_startup(&["PYTHON"]) {
-                return None;
-            }
-            let launched = python.launch(file.to_owned(), cwd.to_owned(), vars);
-            ("Python", launched.await)
-        }
-        "node" => {
-            let node = env.node.as_ref().filter(|n| n.has_spare())?;
-            if shapes_startup(&["NODE_", "UV_"]) {
-                return None;
-            }
-            (
-                "Node",
-                node.launch(file.to_owned(), cwd.to_owned(), vars).await,
-            )
-        }
-        _ => return None,
+    let (language, launched) = if start.warm_language == "python" {
+        let python = env.python.as_ref().filter(|p| p.ready())?;
+        let launched = python.launch(file.to_owned(), cwd.to_owned(), vars);
+        ("Python", launched.await)
+    } else {
+        let node = env.node.as_ref().filter(|n| n.has_spare())?;
+        ("Node", node.launch(file, cwd, &vars).await)
     };
     launched
         .inspect_err(|e| {

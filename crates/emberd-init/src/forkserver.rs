@@ -161,12 +161,7 @@ fn handoff(
     let (stderr, stderr_child) = pipe()?;
     let stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(STARTUP_BOUND))?;
-    let mut request = serde_json::to_vec(&serde_json::json!({
-        "path": path,
-        "cwd": cwd,
-        "env": env,
-    }))?;
-    request.push(b'\n');
+    let request = request_line(path, cwd, env)?;
     let fds = [
         stdin_child.as_raw_fd(),
         stdout_child.as_raw_fd(),
@@ -215,6 +210,22 @@ fn handoff(
         },
         stream,
     ))
+}
+
+/// What a pre-started interpreter is told about its exec: one JSON line
+/// `{"path", "cwd", "env"}` (the code file, working directory, environment).
+pub fn request_line(
+    path: &Path,
+    cwd: &Path,
+    env: &HashMap<String, String>,
+) -> std::io::Result<Vec<u8>> {
+    let mut line = serde_json::to_vec(&serde_json::json!({
+        "path": path,
+        "cwd": cwd,
+        "env": env,
+    }))?;
+    line.push(b'\n');
+    Ok(line)
 }
 
 /// A pipe with close-on-exec ends: (read, write).

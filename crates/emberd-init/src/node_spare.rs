@@ -77,10 +77,22 @@ impl NodeSpares {
         Some(spares)
     }
 
+    /// The slot, emptied first if its spare has died (killed, out of
+    /// memory): a dead spare is neither ready nor worth handing an exec.
     fn slot(&self) -> std::sync::MutexGuard<'_, Option<Spare>> {
-        self.slot
+        let mut slot = self
+            .slot
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.as_mut().is_some_and(|spare| {
+            !matches!(
+                spare.exit.try_recv(),
+                Err(oneshot::error::TryRecvError::Empty)
+            )
+        }) {
+            *slot = None;
+        }
+        slot
     }
 
     /// True when a spare has started and waits for an exec.
@@ -90,7 +102,7 @@ impl NodeSpares {
             .is_some_and(|spare| spare.ready.load(Ordering::SeqCst))
     }
 
-    /// True when there is a spare, ready or still starting.
+    /// True when there is a live spare, ready or still starting.
     pub fn has_spare(&self) -> bool {
         self.slot().is_some()
     }
@@ -98,14 +110,8 @@ impl NodeSpares {
     /// Starts a spare unless a live one is there.
     pub fn replenish(&self) {
         let mut slot = self.slot();
-        if let Some(spare) = slot.as_mut() {
-            if matches!(
-                spare.exit.try_recv(),
-                Err(oneshot::error::TryRecvError::Empty)
-            ) {
-                return;
-            }
-            *slot = None;
+        if slot.is_some() {
+            return;
         }
         match self.spawn() {
             Ok(spare) => *slot = Some(spare),
@@ -124,20 +130,15 @@ impl NodeSpares {
     /// Fails when there is no live spare; the caller then runs one-shot.
     pub async fn launch(
         &self,
-        path: PathBuf,
-        cwd: PathBuf,
-        env: HashMap<String, String>,
+        path: &Path,
+        cwd: &Path,
+        env: &HashMap<String, String>,
     ) -> std::io::Result<WarmChild> {
         let mut spare = self
             .slot()
             .take()
             .ok_or_else(|| std::io::Error::other("no spare node"))?;
-        let mut request = serde_json::to_vec(&serde_json::json!({
-            "path": path,
-            "cwd": cwd,
-            "env": env,
-        }))?;
-        request.push(b'\n');
+        let request = crate::forkserver::request_line(path, cwd, env)?;
         // A spare still starting is taken too: it is further along than a
         // fresh process would be.
         let handed = async {
@@ -173,13 +174,19 @@ impl NodeSpares {
             .stderr(Stdio::piped())
             .process_group(0);
         let spare_fd = spare_end.as_raw_fd();
-        // SAFETY: dup2(2) and prctl(2) are async-signal-safe and take no
+        // SAFETY: dup2(2), fcntl(2) and prctl(2) are async-signal-safe and take no
         // pointers; `spare_fd` stays open in the parent until spawn returns.
         // As a host process the agent can be killed; its spare must not
         // outlive it.
         unsafe {
             command.pre_exec(move || {
-                if libc::dup2(spare_fd, CONTROL_FD) < 0 {
+                // dup2 onto itself would keep close-on-exec set.
+                let moved = if spare_fd == CONTROL_FD {
+                    libc::fcntl(spare_fd, libc::F_SETFD, 0)
+                } else {
+                    libc::dup2(spare_fd, CONTROL_FD)
+                };
+                if moved < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
