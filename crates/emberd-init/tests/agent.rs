@@ -144,6 +144,28 @@ async fn wait_until_warm(client: &mut AgentClient<Channel>, language: &str) {
     }
 }
 
+/// Runs `start` on a ready spare node (waiting for one) and checks that the
+/// spare, not a fresh node, ran it.
+async fn on_spare_with(
+    client: &mut AgentClient<Channel>,
+    start: ExecStart,
+    inputs: Vec<exec_input::Kind>,
+) -> Outcome {
+    wait_until_warm(client, "node").await;
+    let out = run_with(client, start, inputs).await;
+    assert!(out.warm, "not run by the spare node: {out:?}");
+    out
+}
+
+async fn on_spare(client: &mut AgentClient<Channel>, code: &str) -> Outcome {
+    on_spare_with(
+        client,
+        warm_node(code),
+        vec![exec_input::Kind::CloseStdin(Default::default())],
+    )
+    .await
+}
+
 /// Runs one exec, sending `inputs` after the start message.
 async fn run_with(
     client: &mut AgentClient<Channel>,
@@ -190,6 +212,17 @@ async fn run(client: &mut AgentClient<Channel>, start: ExecStart) -> Outcome {
         vec![exec_input::Kind::CloseStdin(Default::default())],
     )
     .await
+}
+
+/// Waits up to `bound` until no live process has `marker` in its command
+/// line; fails the test if one is still there.
+async fn assert_gone_within(marker: &str, bound: Duration) {
+    let deadline = Instant::now() + bound;
+    while !processes_with(marker).is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = processes_with(marker);
+    assert!(left.is_empty(), "still running with {marker:?}: {left:?}");
 }
 
 #[tokio::test]
@@ -305,15 +338,7 @@ async fn a_timeout_kills_the_whole_process_group_and_keeps_output() {
     assert_eq!(out.stdout, b"before\n");
     assert!(elapsed < Duration::from_millis(1500), "took {elapsed:?}");
     // Nothing of that exec survives, not even the background sleep.
-    let deadline = Instant::now() + Duration::from_secs(1);
-    while !processes_with(&marker).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    assert!(
-        processes_with(&marker).is_empty(),
-        "{:?}",
-        processes_with(&marker)
-    );
+    assert_gone_within(&marker, Duration::from_secs(1)).await;
 }
 
 #[tokio::test]
@@ -658,11 +683,7 @@ async fn a_dropped_connection_kills_its_execs_and_the_agent_takes_the_next() {
         drop(tx);
     }
     // Yield to the runtime so the dropped connection really closes.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes_with(&marker).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(processes_with(&marker).is_empty());
+    assert_gone_within(&marker, Duration::from_secs(5)).await;
     let mut client = agent.agent().await;
     assert_eq!(run(&mut client, sh("echo next")).await.stdout, b"next\n");
 }
@@ -754,11 +775,7 @@ async fn the_warm_python_behaves_like_a_fresh_interpreter() {
     let out = run(&mut client, start).await;
     assert!(out.exit.timed_out);
     assert_eq!(out.stdout, b"before\n");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !processes_with(&marker).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(processes_with(&marker).is_empty());
+    assert_gone_within(&marker, Duration::from_secs(2)).await;
 
     // Signals reach it.
     let out = run_with(
@@ -774,14 +791,7 @@ async fn the_warm_python_behaves_like_a_fresh_interpreter() {
 async fn the_warm_node_behaves_like_a_fresh_interpreter() {
     let agent = Agent::start();
     let mut client = agent.agent().await;
-    wait_until_warm(&mut client, "node").await;
-
-    let out = run(
-        &mut client,
-        warm_node("console.log(6*7); console.error('e')"),
-    )
-    .await;
-    assert!(out.warm, "not run by the spare node");
+    let out = on_spare(&mut client, "console.log(6*7); console.error('e')").await;
     assert_eq!(
         (
             out.stdout.as_slice(),
@@ -790,40 +800,33 @@ async fn the_warm_node_behaves_like_a_fresh_interpreter() {
         ),
         (&b"42\n"[..], &b"e\n"[..], 0)
     );
-    // The next exec gets a spare of its own.
-    wait_until_warm(&mut client, "node").await;
 
-    let out = run(&mut client, warm_node("process.exit(42)")).await;
+    let out = on_spare(&mut client, "process.exit(42)").await;
     assert_eq!(out.exit.exit_code, 42);
-    let out = run(&mut client, warm_node("process.exitCode = 7")).await;
+    let out = on_spare(&mut client, "process.exitCode = 7").await;
     assert_eq!(out.exit.exit_code, 7);
-    let out = run(&mut client, warm_node("console.log('unclosed'")).await;
+    let out = on_spare(&mut client, "console.log('unclosed'").await;
     assert_eq!(out.exit.exit_code, 1);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("SyntaxError"),
         "{out:?}"
     );
-    let out = run(
-        &mut client,
-        warm_node("function f() { throw new Error('boom') }\nf()"),
-    )
-    .await;
+    let out = on_spare(&mut client, "function f() { throw new Error('boom') }\nf()").await;
     assert_eq!(out.exit.exit_code, 1);
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("Error: boom"),
         "{out:?}"
     );
     // Asynchronous work runs to its end before the process exits.
-    let out = run(
+    let out = on_spare(
         &mut client,
-        warm_node("setTimeout(() => console.log('later'), 50); console.log('now')"),
+        "setTimeout(() => console.log('later'), 50); console.log('now')",
     )
     .await;
     assert_eq!(out.stdout, b"now\nlater\n");
 
     // stdin, the main module, argv, cwd and environment, and no memory shared
     // between execs.
-    wait_until_warm(&mut client, "node").await;
     let mut start = warm_node(
         "let input = '';\n\
          process.stdin.on('data', d => input += d);\n\
@@ -835,7 +838,7 @@ async fn the_warm_node_behaves_like_a_fresh_interpreter() {
     start.env.insert("GREETING".into(), "hi".into());
     std::fs::create_dir(agent.root.path().join("work")).unwrap();
     start.cwd = "/work".into();
-    let out = run_with(
+    let out = on_spare_with(
         &mut client,
         start,
         vec![
@@ -844,27 +847,17 @@ async fn the_warm_node_behaves_like_a_fresh_interpreter() {
         ],
     )
     .await;
-    assert!(out.warm);
     let work = agent.root.path().join("work").canonicalize().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         format!("true true {} hi true in\n", work.display())
     );
-    wait_until_warm(&mut client, "node").await;
-    let out = run(
-        &mut client,
-        warm_node("console.log('marker' in globalThis)"),
-    )
-    .await;
-    assert!(out.warm);
+    let out = on_spare(&mut client, "console.log('marker' in globalThis)").await;
     assert_eq!(out.stdout, b"false\n");
 
     // Fresh random state per exec.
-    wait_until_warm(&mut client, "node").await;
-    let a = run(&mut client, warm_node("console.log(Math.random())")).await;
-    wait_until_warm(&mut client, "node").await;
-    let b = run(&mut client, warm_node("console.log(Math.random())")).await;
-    assert!(a.warm && b.warm);
+    let a = on_spare(&mut client, "console.log(Math.random())").await;
+    let b = on_spare(&mut client, "console.log(Math.random())").await;
     assert_ne!(a.stdout, b.stdout);
 
     // A variable that shapes Node's start-up gets a fresh node.
@@ -877,47 +870,59 @@ async fn the_warm_node_behaves_like_a_fresh_interpreter() {
     assert_eq!(out.stdout, b"--no-warnings\n");
 
     // A timeout kills the process and what it started.
-    wait_until_warm(&mut client, "node").await;
     let marker = format!("1000.{}", std::process::id() + 11);
     let mut start = warm_node(&format!(
         "require('child_process').spawn('sleep', ['{marker}'], {{stdio: 'ignore'}});\n\
          console.log('before'); setInterval(() => {{}}, 1000)"
     ));
     start.timeout_ms = 1500;
-    let out = run(&mut client, start).await;
-    assert!(out.warm && out.exit.timed_out, "{out:?}");
+    let out = on_spare_with(&mut client, start, Vec::new()).await;
+    assert!(out.exit.timed_out, "{out:?}");
     assert_eq!(out.stdout, b"before\n");
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !processes_with(&marker).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(processes_with(&marker).is_empty());
+    assert_gone_within(&marker, Duration::from_secs(2)).await;
 
     // Signals reach it.
-    wait_until_warm(&mut client, "node").await;
-    let out = run_with(
+    let out = on_spare_with(
         &mut client,
         warm_node("console.log('ready'); setInterval(() => {}, 1000)"),
         vec![exec_input::Kind::Signal(15)],
     )
     .await;
-    assert!(out.warm);
     assert_eq!(out.exit.signal, 15, "{out:?}");
+
+    // A spare that dies while it waits is no longer reported ready; the next
+    // exec runs on a fresh node, and a new spare follows it.
+    wait_until_warm(&mut client, "node").await;
+    let spare = agent.tmp.path().join("emberd-node-spare.js");
+    let spare = spare.to_str().unwrap();
+    let spares = processes_with(spare);
+    assert_eq!(spares.len(), 1, "{spares:?}");
+    let killed = Command::new("kill")
+        .args(["-KILL", &spares[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let health = client.health(HealthRequest {}).await.unwrap().into_inner();
+        if !health.warm_interpreters.contains(&"node".to_owned()) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a dead spare is still reported ready"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = run(&mut client, warm_node("console.log('fresh')")).await;
+    assert_eq!((out.stdout.as_slice(), out.warm), (&b"fresh\n"[..], false));
+    wait_until_warm(&mut client, "node").await;
 
     // Quiesce stops the spare; a new identity starts one again.
     client.quiesce(QuiesceRequest {}).await.unwrap();
     let health = client.health(HealthRequest {}).await.unwrap().into_inner();
     assert!(!health.warm_interpreters.contains(&"node".to_owned()));
-    let spare = agent.tmp.path().join("emberd-node-spare.js");
-    let spare = spare.to_str().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(2);
-    while !processes_with(spare).is_empty() && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(
-        processes_with(spare).is_empty(),
-        "the spare outlived Quiesce"
-    );
+    assert_gone_within(spare, Duration::from_secs(2)).await;
     client
         .set_identity(Identity {
             sandbox_id: "sb_000000000001".into(),
