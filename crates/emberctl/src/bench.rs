@@ -249,6 +249,17 @@ fn code(code: &str) -> ExecRequest {
     }
 }
 
+/// Runs `code`, which times something inside the guest and prints seconds.
+async fn seconds_printed(client: &Client, id: &str, code_text: &str) -> anyhow::Result<Duration> {
+    let response = client.exec(id, &code(code_text)).await?;
+    let seconds: f64 = response
+        .stdout
+        .trim()
+        .parse()
+        .with_context(|| format!("the timing code printed {:?}", response.stdout))?;
+    Ok(Duration::from_secs_f64(seconds.max(0.0)))
+}
+
 async fn timed_exec(
     client: &Client,
     id: &str,
@@ -387,12 +398,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         let bare = "import subprocess, time\nt = time.perf_counter()\nsubprocess.run(['python3', '-c', 'print(6*7)'], stdout=subprocess.DEVNULL)\nprint(time.perf_counter() - t)";
         for _ in 0..samples {
-            let response = daemon.client.exec(&id, &code(bare)).await?;
-            let seconds: f64 = response.stdout.trim().parse().unwrap_or(f64::NAN);
-            report.add(
-                "bare python3 -c 'print(6*7)' inside the guest",
-                Duration::from_secs_f64(seconds.max(0.0)),
-            );
+            let seconds = seconds_printed(&daemon.client, &id, bare).await?;
+            report.add("bare python3 -c 'print(6*7)' inside the guest", seconds);
         }
         let workloads: Vec<(&str, ExecRequest)> = vec![
             ("workload: imports (json, re, decimal, collections)", code("import json, re, decimal, collections, datetime\nprint(len(json.dumps({'a': 1})))")),
@@ -457,12 +464,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         let bare = "const { spawnSync } = require('child_process');\nconst t = process.hrtime.bigint();\nspawnSync('node', ['-e', 'console.log(6*7)']);\nconsole.log(Number(process.hrtime.bigint() - t) / 1e9)";
         for _ in 0..node_samples {
-            let response = daemon.client.exec(&id, &code(bare)).await?;
-            let seconds: f64 = response.stdout.trim().parse().unwrap_or(f64::NAN);
-            report.add(
-                "bare node -e 'console.log(6*7)' inside the guest",
-                Duration::from_secs_f64(seconds.max(0.0)),
-            );
+            let seconds = seconds_printed(&daemon.client, &id, bare).await?;
+            report.add("bare node -e 'console.log(6*7)' inside the guest", seconds);
         }
         daemon.client.delete_sandbox(&id).await?;
 
