@@ -9,6 +9,7 @@
 pub mod api;
 pub mod config;
 pub mod doctor;
+pub mod error_chain;
 pub mod guest;
 pub mod image;
 pub mod sandbox;

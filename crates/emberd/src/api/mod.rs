@@ -1,9 +1,15 @@
-//! The public HTTP API (DESIGN.md §6).
+//! The public HTTP API (see `docs/api.md`).
 //!
-//! Owns routing, body limits, JSON parsing and the one mapping from errors
-//! to status codes ([`ApiError`]). Handlers parse, call the
+//! Owns routing, body limits and JSON parsing; [`error`] holds the one
+//! mapping from errors to status codes and [`wire`] the conversion of the
+//! manager's domain types to `emberd-api`'s. Handlers parse, call the
 //! [`Manager`](crate::sandbox::Manager), and shape the answer; they hold no
 //! lifecycle logic.
+
+mod error;
+mod wire;
+
+pub use error::ApiError;
 
 use std::sync::Arc;
 
@@ -11,16 +17,15 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use emberd_api::{
-    CreateSandboxRequest, CreateSandboxResponse, ErrorBody, ExecRequest, ExecResponse,
-    InfoResponse, SandboxInfo, SandboxList,
+    CreateSandboxRequest, CreateSandboxResponse, ExecRequest, ExecResponse, InfoResponse,
+    SandboxInfo, SandboxList,
 };
 use serde::de::DeserializeOwned;
 
-use crate::sandbox::{ExecParams, Manager, SandboxError};
+use crate::sandbox::Manager;
 
 /// Largest `POST /sandboxes` body.
 pub const CREATE_BODY_LIMIT: usize = 4 * 1024;
@@ -51,60 +56,6 @@ pub fn app(manager: Arc<Manager>) -> Router {
         .with_state(manager)
 }
 
-/// Every error the API answers with, and its status.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    #[error("invalid JSON: {0}")]
-    BadJson(String),
-    #[error("request body too large (limit {0} bytes)")]
-    BodyTooLarge(usize),
-    #[error("cannot read the request body: {0}")]
-    BadBody(String),
-    #[error("no such route")]
-    RouteNotFound,
-    #[error("method not allowed")]
-    MethodNotAllowed,
-    #[error(transparent)]
-    Sandbox(#[from] SandboxError),
-}
-
-impl ApiError {
-    /// The one place where errors become status codes.
-    pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadJson(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
-            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::RouteNotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::Sandbox(e) => match e {
-                SandboxError::UnknownPack(_) | SandboxError::InvalidRequest(_) => {
-                    StatusCode::BAD_REQUEST
-                }
-                SandboxError::NotFound => StatusCode::NOT_FOUND,
-                SandboxError::NotRunning(_) | SandboxError::Deleted(_) => StatusCode::CONFLICT,
-                SandboxError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-                SandboxError::Boot(_)
-                | SandboxError::SandboxDir { .. }
-                | SandboxError::AgentUnresponsive(_)
-                | SandboxError::Exec(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let status = self.status();
-        if status.is_server_error() {
-            tracing::error!(error = %self, "request failed");
-        }
-        let body = ErrorBody {
-            error: self.to_string(),
-        };
-        (status, Json(body)).into_response()
-    }
-}
-
 /// Parses a JSON body; an empty body is the type's default when allowed.
 fn parse_body<T: DeserializeOwned + Default>(
     body: Result<Bytes, BytesRejection>,
@@ -129,7 +80,7 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 async fn info(State(manager): State<AppState>) -> Json<InfoResponse> {
-    Json(manager.info())
+    Json(wire::info_response(manager.info()))
 }
 
 async fn create(
@@ -149,12 +100,8 @@ async fn exec(
     // An unknown sandbox is a 404 whatever the body says.
     manager.get(&id)?;
     let request: ExecRequest = parse_body(body, EXEC_BODY_LIMIT, false)?;
-    let params = ExecParams {
-        code: request.code,
-        stdin: request.stdin,
-        timeout_ms: request.timeout_ms,
-    };
-    Ok(Json(manager.exec(&id, params).await?))
+    let outcome = manager.exec(&id, wire::exec_params(request)).await?;
+    Ok(Json(wire::exec_response(outcome)))
 }
 
 async fn delete(
@@ -167,7 +114,7 @@ async fn delete(
 
 async fn list(State(manager): State<AppState>) -> Json<SandboxList> {
     Json(SandboxList {
-        sandboxes: manager.list(),
+        sandboxes: manager.list().into_iter().map(wire::sandbox_info).collect(),
     })
 }
 
@@ -175,78 +122,12 @@ async fn get_one(
     State(manager): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<SandboxInfo>, ApiError> {
-    Ok(Json(manager.get(&id)?))
+    Ok(Json(wire::sandbox_info(manager.get(&id)?)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn status(e: SandboxError) -> StatusCode {
-        ApiError::Sandbox(e).status()
-    }
-
-    #[test]
-    fn every_error_has_its_status() {
-        assert_eq!(
-            ApiError::BadJson("x".into()).status(),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            ApiError::BadBody("x".into()).status(),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            ApiError::BodyTooLarge(1).status(),
-            StatusCode::PAYLOAD_TOO_LARGE
-        );
-        assert_eq!(ApiError::RouteNotFound.status(), StatusCode::NOT_FOUND);
-        assert_eq!(
-            ApiError::MethodNotAllowed.status(),
-            StatusCode::METHOD_NOT_ALLOWED
-        );
-        assert_eq!(
-            status(SandboxError::UnknownPack("ruby".into())),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(
-            status(SandboxError::InvalidRequest("x".into())),
-            StatusCode::BAD_REQUEST
-        );
-        assert_eq!(status(SandboxError::NotFound), StatusCode::NOT_FOUND);
-        assert_eq!(
-            status(SandboxError::NotRunning("booting")),
-            StatusCode::CONFLICT
-        );
-        assert_eq!(
-            status(SandboxError::Deleted("booting")),
-            StatusCode::CONFLICT
-        );
-        assert_eq!(
-            status(SandboxError::ShuttingDown),
-            StatusCode::SERVICE_UNAVAILABLE
-        );
-        assert_eq!(
-            status(SandboxError::Boot("x".into())),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
-        assert_eq!(
-            status(SandboxError::AgentUnresponsive(std::time::Duration::ZERO)),
-            StatusCode::INTERNAL_SERVER_ERROR
-        );
-    }
-
-    #[test]
-    fn messages_match_the_original_api() {
-        assert_eq!(
-            ApiError::Sandbox(SandboxError::UnknownPack("ruby".into())).to_string(),
-            r#"unknown language pack: "ruby""#
-        );
-        assert_eq!(
-            ApiError::Sandbox(SandboxError::NotFound).to_string(),
-            "sandbox not found"
-        );
-    }
 
     #[test]
     fn empty_create_body_means_defaults_and_bad_json_is_rejected() {

@@ -1,24 +1,47 @@
 //! Warm pools: booted sandboxes kept ready per pack.
 //!
-//! Each pack has a queue of booted VMs whose agents have answered `Hello`
-//! and one background filler that keeps the queue at `pool_size`. The sum
-//! over all packs never holds more guest memory than `pool_memory_mib`:
-//! a filler reserves its slot before it boots. A hand-out wakes the filler.
+//! Each pack has a queue of VMs that went through the launcher's whole boot
+//! path (identity included) and one background filler that keeps the queue
+//! at `pool_size`. The sum over all packs never holds more guest memory
+//! than `pool_memory_mib`: a filler reserves its slot before it boots. A
+//! hand-out wakes the filler. Pools know nothing of the manager's registry.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Mutex, Weak};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
-use super::{discard, Booted, Manager, ManagerConfig};
+use super::launcher::{Booted, Launcher};
+use super::ManagerConfig;
 
 /// Wait after a failed pool boot before trying again.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// How often a filler re-checks its pool and the ready VMs' health.
+const RECHECK_EVERY: Duration = Duration::from_secs(1);
+/// How long a ready VM gets to answer the filler's `Health`.
+const HEALTH_PROBE_BOUND: Duration = Duration::from_secs(1);
+
+/// A ready VM and when its agent last answered `Health`.
+pub(super) struct Pooled {
+    pub booted: Booted,
+    healthy_at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Pooled {
+    /// True when the agent answered `Health` within `fresh`.
+    pub fn answered_within(&self, fresh: Duration) -> bool {
+        self.healthy_at
+            .lock()
+            .is_some_and(|at| at.elapsed() < fresh)
+    }
+}
 
 #[derive(Default)]
 struct State {
-    ready: HashMap<String, VecDeque<Booted>>,
+    ready: HashMap<String, VecDeque<Pooled>>,
     /// Boots in flight, per pack.
     booting: HashMap<String, usize>,
 }
@@ -33,7 +56,7 @@ pub(super) struct Pools {
 }
 
 impl Pools {
-    pub(super) fn new(packs: &[String], config: &ManagerConfig) -> Self {
+    pub fn new(packs: &[String], config: &ManagerConfig) -> Self {
         let capacity =
             usize::try_from(config.pool_memory_mib / u64::from(config.memory_mib.max(1)))
                 .unwrap_or(usize::MAX);
@@ -45,25 +68,28 @@ impl Pools {
         }
     }
 
+    pub fn enabled(&self) -> bool {
+        self.size > 0
+    }
+
     /// Takes a ready VM of `pack`, if there is one, and wakes the filler.
-    pub(super) fn take(&self, pack: &str) -> Option<Booted> {
-        let booted = self
+    pub fn take(&self, pack: &str) -> Option<Pooled> {
+        let pooled = self
             .state
             .lock()
-            .expect("pool lock")
             .ready
             .get_mut(pack)
             .and_then(VecDeque::pop_front);
         if let Some(wake) = self.wake.get(pack) {
             wake.notify_one();
         }
-        booted
+        pooled
     }
 
     /// Reserves room for one more VM of `pack`; false when the pool is full
     /// or the memory cap is reached.
     fn reserve(&self, pack: &str) -> bool {
-        let mut state = self.state.lock().expect("pool lock");
+        let mut state = self.state.lock();
         let ready = state.ready.get(pack).map_or(0, VecDeque::len);
         let booting = state.booting.get(pack).copied().unwrap_or(0);
         let total: usize = state.ready.values().map(VecDeque::len).sum::<usize>()
@@ -75,9 +101,10 @@ impl Pools {
         true
     }
 
-    /// Ends a reservation, adding the VM if the boot worked.
+    /// Ends a reservation, adding the VM if the boot worked. The VM has
+    /// just answered its identity push, which counts as `Health`.
     fn settle(&self, pack: &str, booted: Option<Booted>) {
-        let mut state = self.state.lock().expect("pool lock");
+        let mut state = self.state.lock();
         if let Some(n) = state.booting.get_mut(pack) {
             *n = n.saturating_sub(1);
         }
@@ -86,13 +113,16 @@ impl Pools {
                 .ready
                 .entry(pack.to_owned())
                 .or_default()
-                .push_back(booted);
+                .push_back(Pooled {
+                    booted,
+                    healthy_at: Arc::new(Mutex::new(Some(Instant::now()))),
+                });
         }
     }
 
     /// Ready VMs per pack.
-    pub(super) fn ready_counts(&self) -> std::collections::BTreeMap<String, usize> {
-        let state = self.state.lock().expect("pool lock");
+    pub fn ready_counts(&self) -> BTreeMap<String, usize> {
+        let state = self.state.lock();
         self.wake
             .keys()
             .map(|pack| (pack.clone(), state.ready.get(pack).map_or(0, VecDeque::len)))
@@ -100,64 +130,65 @@ impl Pools {
     }
 
     /// Asks every ready VM of `pack` for `Health` and records who answered.
-    pub(super) async fn check_health(&self, pack: &str) {
+    async fn check_health(&self, pack: &str) {
         let probes: Vec<_> = {
-            let state = self.state.lock().expect("pool lock");
+            let state = self.state.lock();
             state
                 .ready
                 .get(pack)
                 .map(|q| {
                     q.iter()
-                        .map(|b| (b.agent.clone(), b.healthy_at.clone()))
+                        .map(|p| (p.booted.guest.agent.clone(), p.healthy_at.clone()))
                         .collect()
                 })
                 .unwrap_or_default()
         };
         for (agent, healthy_at) in probes {
-            let ok = tokio::time::timeout(Duration::from_secs(1), agent.healthy())
+            let ok = tokio::time::timeout(HEALTH_PROBE_BOUND, agent.healthy())
                 .await
                 .unwrap_or(false);
-            let mut at = healthy_at.lock().expect("health lock");
-            *at = if ok {
-                Some(std::time::Instant::now())
-            } else {
-                None
-            };
+            *healthy_at.lock() = ok.then(Instant::now);
         }
     }
 
     /// Removes every ready VM (at shutdown).
-    pub(super) fn drain(&self) -> Vec<Booted> {
-        let mut state = self.state.lock().expect("pool lock");
-        state.ready.values_mut().flat_map(|q| q.drain(..)).collect()
+    pub fn drain(&self) -> Vec<Booted> {
+        let mut state = self.state.lock();
+        state
+            .ready
+            .values_mut()
+            .flat_map(|q| q.drain(..))
+            .map(|p| p.booted)
+            .collect()
     }
 }
 
-/// Keeps the pool of `pack` full until the manager shuts down or goes away.
-pub(super) async fn fill_forever(manager: Weak<Manager>, pack: String) {
-    loop {
-        let Some(strong) = manager.upgrade() else {
-            return;
-        };
-        if strong.shutting_down.is_cancelled() {
-            return;
-        }
-        if strong.pools.reserve(&pack) {
-            match strong.boot_for_pool(&pack).await {
-                Ok(booted) if strong.shutting_down.is_cancelled() => {
-                    strong.pools.settle(&pack, None);
-                    discard(booted).await;
+/// Keeps the pool of `pack` full until `stop` is cancelled.
+pub(super) async fn fill_forever(
+    launcher: Arc<Launcher>,
+    pools: Arc<Pools>,
+    pack: String,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        if pools.reserve(&pack) {
+            match launcher.boot_in_new_dir(&pack, &stop).await {
+                Ok(booted) if stop.is_cancelled() => {
+                    pools.settle(&pack, None);
+                    booted.discard().await;
                     return;
                 }
                 Ok(booted) => {
                     tracing::debug!(pack = %pack, sandbox = %booted.id, "pool refilled");
-                    strong.pools.settle(&pack, Some(booted));
+                    pools.settle(&pack, Some(booted));
+                }
+                Err(_) if stop.is_cancelled() => {
+                    pools.settle(&pack, None);
+                    return;
                 }
                 Err(e) => {
-                    strong.pools.settle(&pack, None);
-                    tracing::warn!(pack = %pack, error = %e, "pool boot failed; retrying later");
-                    let stop = strong.shutting_down.clone();
-                    drop(strong);
+                    pools.settle(&pack, None);
+                    tracing::warn!(pack = %pack, error = %crate::error_chain::render(&e), "pool boot failed; retrying later");
                     tokio::select! {
                         () = tokio::time::sleep(RETRY_AFTER_FAILURE) => {}
                         () = stop.cancelled() => return,
@@ -166,9 +197,8 @@ pub(super) async fn fill_forever(manager: Weak<Manager>, pack: String) {
             }
             continue;
         }
-        let stop = strong.shutting_down.clone();
         let wake = async {
-            if let Some(notify) = strong.pools.wake.get(&pack) {
+            if let Some(notify) = pools.wake.get(&pack) {
                 notify.notified().await;
             }
         };
@@ -176,9 +206,7 @@ pub(super) async fn fill_forever(manager: Weak<Manager>, pack: String) {
         // the ready VMs' health fresh for hand-out.
         tokio::select! {
             () = wake => {}
-            () = tokio::time::sleep(Duration::from_secs(1)) => {
-                strong.pools.check_health(&pack).await;
-            }
+            () = tokio::time::sleep(RECHECK_EVERY) => pools.check_health(&pack).await,
             () = stop.cancelled() => return,
         }
     }

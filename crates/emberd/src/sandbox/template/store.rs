@@ -1,4 +1,4 @@
-//! Template snapshots: one warmed-up, quiesced VM image per pack.
+//! Template storage: one warmed-up, quiesced VM image per pack, on disk.
 //!
 //! A template is taken from a cold-booted VM after a warm-up exec and
 //! `Quiesce`, with the agent connection closed before the pause (the agent
@@ -9,9 +9,9 @@
 //! to a temporary directory and renamed into place; templates of the same
 //! pack with another key are removed.
 
-use std::collections::HashMap;
+use parking_lot::Mutex;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use sha2::{Digest, Sha256};
 
@@ -21,24 +21,29 @@ use crate::vmm::{BootSpec, SnapshotFiles};
 const COMPLETE_MARKER: &str = "complete";
 
 /// Templates known to this daemon, per pack.
-pub(super) struct Templates {
+pub(in crate::sandbox) struct Templates {
     root: PathBuf,
     ready: Mutex<HashMap<String, SnapshotFiles>>,
-    /// Packs whose template is being built (or was found unusable).
-    building: Mutex<HashMap<String, bool>>,
+    /// Packs whose template is being built, or whose build failed.
+    building: Mutex<HashSet<String>>,
 }
 
 impl Templates {
-    pub(super) fn new(root: PathBuf) -> Self {
+    pub(in crate::sandbox) fn new(root: PathBuf) -> Self {
         Templates {
             root,
             ready: Mutex::new(HashMap::new()),
-            building: Mutex::new(HashMap::new()),
+            building: Mutex::new(HashSet::new()),
         }
     }
 
+    /// The directory all templates live in.
+    pub(in crate::sandbox) fn root(&self) -> &Path {
+        &self.root
+    }
+
     /// The key of a template for VMs booted from `spec` (ids and dirs aside).
-    pub(super) fn key(spec: &BootSpec, backend: &str, backend_version: &str) -> String {
+    pub(in crate::sandbox) fn key(spec: &BootSpec, backend: &str, backend_version: &str) -> String {
         let mut hash = Sha256::new();
         for part in [
             spec.kernel_bzimage.display().to_string(),
@@ -63,8 +68,8 @@ impl Templates {
     }
 
     /// The usable template of `pack` with `key`, looking on disk too.
-    pub(super) fn get(&self, pack: &str, key: &str) -> Option<SnapshotFiles> {
-        if let Some(files) = self.ready.lock().expect("template lock").get(pack) {
+    pub(in crate::sandbox) fn get(&self, pack: &str, key: &str) -> Option<SnapshotFiles> {
+        if let Some(files) = self.ready.lock().get(pack) {
             if files.dir == self.dir_for(pack, key) {
                 return Some(files.clone());
             }
@@ -72,10 +77,7 @@ impl Templates {
         let dir = self.dir_for(pack, key);
         if dir.join(COMPLETE_MARKER).is_file() {
             let files = SnapshotFiles { dir };
-            self.ready
-                .lock()
-                .expect("template lock")
-                .insert(pack.to_owned(), files.clone());
+            self.ready.lock().insert(pack.to_owned(), files.clone());
             return Some(files);
         }
         None
@@ -83,25 +85,24 @@ impl Templates {
 
     /// Claims the right to build the template of `pack`; false when a build
     /// is under way or already failed in this daemon's lifetime.
-    pub(super) fn claim_build(&self, pack: &str) -> bool {
-        let mut building = self.building.lock().expect("template lock");
-        if building.contains_key(pack) {
-            return false;
-        }
-        building.insert(pack.to_owned(), true);
-        true
+    pub(in crate::sandbox) fn claim_build(&self, pack: &str) -> bool {
+        self.building.lock().insert(pack.to_owned())
     }
 
     /// Ends a build claim. A failed build stays claimed so it is not retried
     /// in a loop; a successful one is released.
-    pub(super) fn finish_build(&self, pack: &str, ok: bool) {
+    pub(in crate::sandbox) fn finish_build(&self, pack: &str, ok: bool) {
         if ok {
-            self.building.lock().expect("template lock").remove(pack);
+            self.building.lock().remove(pack);
         }
     }
 
     /// A fresh temporary directory for a template being written.
-    pub(super) fn staging_dir(&self, pack: &str, key: &str) -> std::io::Result<PathBuf> {
+    pub(in crate::sandbox) fn staging_dir(
+        &self,
+        pack: &str,
+        key: &str,
+    ) -> std::io::Result<PathBuf> {
         std::fs::create_dir_all(&self.root)?;
         let dir = self
             .root
@@ -112,7 +113,7 @@ impl Templates {
     }
 
     /// Moves a finished staging dir into place and removes stale templates.
-    pub(super) fn publish(
+    pub(in crate::sandbox) fn publish(
         &self,
         pack: &str,
         key: &str,
@@ -124,16 +125,13 @@ impl Templates {
         std::fs::rename(staging, &dir)?;
         self.remove_stale(pack, key);
         let files = SnapshotFiles { dir };
-        self.ready
-            .lock()
-            .expect("template lock")
-            .insert(pack.to_owned(), files.clone());
+        self.ready.lock().insert(pack.to_owned(), files.clone());
         Ok(files)
     }
 
     /// Forgets and deletes a template that failed to restore.
-    pub(super) fn discard(&self, pack: &str, files: &SnapshotFiles) {
-        let mut ready = self.ready.lock().expect("template lock");
+    pub(in crate::sandbox) fn discard(&self, pack: &str, files: &SnapshotFiles) {
+        let mut ready = self.ready.lock();
         if ready.get(pack).is_some_and(|f| f.dir == files.dir) {
             ready.remove(pack);
         }

@@ -1,0 +1,95 @@
+//! Errors of the sandbox manager. Each keeps its cause as a `#[source]`;
+//! the HTTP layer renders the whole chain.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::guest::GuestError;
+use crate::image::ManifestError;
+use crate::vmm::VmmError;
+
+use super::model::SandboxState;
+
+/// What a delete interrupted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Interrupted {
+    Boot,
+    Exec,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Interrupted::Boot => "booting",
+            Interrupted::Exec => "the code was running",
+        })
+    }
+}
+
+/// Errors of the sandbox manager.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("unknown language pack: {0:?}")]
+    UnknownPack(String),
+    #[error("sandbox not found")]
+    NotFound,
+    #[error("sandbox is {0}, not running")]
+    NotRunning(SandboxState),
+    #[error("invalid request: timeout_ms must be at most {max_ms}")]
+    TimeoutTooLong { max_ms: u128 },
+    #[error("the daemon is shutting down")]
+    ShuttingDown,
+    #[error("sandbox was deleted while {0}")]
+    Deleted(Interrupted),
+    #[error("sandbox failed to boot")]
+    Boot(#[source] BootError),
+    #[error("cannot create the sandbox directory {path}")]
+    SandboxDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the guest agent did not answer within {0:?} of the exec's timeout")]
+    AgentUnresponsive(Duration),
+    #[error("exec failed")]
+    Exec(#[source] GuestError),
+}
+
+impl From<BootError> for SandboxError {
+    fn from(error: BootError) -> Self {
+        SandboxError::Boot(error)
+    }
+}
+
+/// Why a VM did not become a usable sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+    #[error("the pack's images are unusable")]
+    Images(#[source] ManifestError),
+    #[error("the guest agent did not answer within {bound:?}{}", last_line_hint(.last_console_line))]
+    AgentTimeout {
+        bound: Duration,
+        last_console_line: Option<String>,
+    },
+    #[error("the guest agent session failed")]
+    Agent(#[source] GuestError),
+    #[error("warm-up code exited with {exit_code}: {stderr}")]
+    Warmup { exit_code: i32, stderr: String },
+    #[error("pooled sandbox did not answer Health")]
+    Unhealthy,
+    #[error("cannot store the template in {path}")]
+    TemplateStore {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn last_line_hint(line: &Option<String>) -> String {
+    match line {
+        Some(line) => format!("; last console line: {line}"),
+        None => String::new(),
+    }
+}

@@ -1,0 +1,258 @@
+//! The one boot path: every VM a sandbox, a pool or a template runs on is
+//! made here.
+//!
+//! A boot makes a VM in a sandbox directory (restored from the pack's
+//! template when there is one, cold-booted otherwise and when the restore
+//! fails), opens its agent session within the boot timeout, and, for VMs
+//! that will run code, pushes the identity (id, clock, entropy). On error
+//! the VM is stopped; the directory is the caller's.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_util::sync::CancellationToken;
+
+use crate::guest::AgentClient;
+use crate::image::{Manifest, ManifestError, PackArtefact};
+use crate::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend, VmmError};
+
+use super::error::{BootError, SandboxError};
+use super::ids::{create_private_dir, new_sandbox_id};
+use super::model::BootPath;
+use super::sandbox::{last_console_line, Guest};
+use super::template::Templates;
+use super::ManagerConfig;
+
+/// A VM with an open agent session, in its own directory.
+pub(super) struct Booted {
+    pub id: String,
+    pub dir: PathBuf,
+    pub guest: Guest,
+}
+
+impl Booted {
+    /// Stops a VM nobody will use and removes its directory.
+    pub async fn discard(self) {
+        self.guest.stop(&self.id).await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Makes VMs for the manager, its pools and its template builds.
+pub(super) struct Launcher {
+    pub backend: std::sync::Arc<dyn VmBackend>,
+    pub manifest: Manifest,
+    pub config: ManagerConfig,
+    /// `None` when snapshots are off or the backend cannot restore.
+    pub templates: Option<Templates>,
+    /// Packs whose template should be built (after a cold boot found none).
+    template_requests: UnboundedSender<String>,
+}
+
+impl Launcher {
+    pub fn new(
+        backend: std::sync::Arc<dyn VmBackend>,
+        manifest: Manifest,
+        config: ManagerConfig,
+        template_requests: UnboundedSender<String>,
+    ) -> Self {
+        let templates = match &config.snapshot_dir {
+            Some(dir) if backend.capabilities().restore => Some(Templates::new(dir.clone())),
+            _ => None,
+        };
+        Launcher {
+            backend,
+            manifest,
+            config,
+            templates,
+            template_requests,
+        }
+    }
+
+    pub fn pack(&self, pack: &str) -> Result<&PackArtefact, SandboxError> {
+        self.manifest.pack(pack).map_err(|e| match e {
+            ManifestError::UnknownPack(name) => SandboxError::UnknownPack(name),
+            other => BootError::Images(other).into(),
+        })
+    }
+
+    /// A fresh sandbox id and its (private, empty) directory.
+    pub fn new_sandbox_dir(&self) -> Result<(String, PathBuf), SandboxError> {
+        let id = new_sandbox_id();
+        let dir = self.config.work_dir.join(&id);
+        create_private_dir(&dir).map_err(|source| SandboxError::SandboxDir {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok((id, dir))
+    }
+
+    pub fn boot_spec(&self, id: &str, dir: &Path, pack: &PackArtefact) -> BootSpec {
+        BootSpec {
+            sandbox_id: id.to_owned(),
+            sandbox_dir: dir.to_owned(),
+            kernel_bzimage: self.manifest.kernel.bzimage.clone(),
+            kernel_vmlinux: self.manifest.kernel.vmlinux.clone(),
+            initramfs: self.manifest.initramfs.clone(),
+            root_disk: pack.squashfs.clone(),
+            vcpus: self.config.vcpus,
+            memory_mib: self.config.memory_mib,
+            // init_on_free: memory the guest frees is zeroed, so snapshots skip it.
+            extra_kernel_args: vec![
+                format!("emberd.overlay_size={}M", self.config.overlay_mib),
+                "init_on_free=1".into(),
+            ],
+            boot_timeout: self.config.boot_timeout,
+        }
+    }
+
+    /// The key a template of `pack` is stored under.
+    pub fn template_key(&self, pack: &str) -> Option<String> {
+        let artefact = self.manifest.pack(pack).ok()?;
+        let spec = self.boot_spec("", Path::new(""), artefact);
+        Some(Templates::key(
+            &spec,
+            self.backend.name(),
+            &self.backend.version(),
+        ))
+    }
+
+    /// The usable template of `pack`, if there is one.
+    pub fn template_for(&self, pack: &str) -> Option<SnapshotFiles> {
+        self.templates
+            .as_ref()?
+            .get(pack, &self.template_key(pack)?)
+    }
+
+    /// How a create is served when no pool has a VM of `pack` ready.
+    pub fn boot_path_without_pool(&self, pack: &str) -> BootPath {
+        if self.template_for(pack).is_some() {
+            BootPath::SnapshotRestore
+        } else {
+            BootPath::ColdBoot
+        }
+    }
+
+    /// Boots a VM of `pack` in `dir` and gives it identity `id`: the path of
+    /// every VM that will run code.
+    pub async fn boot(&self, id: &str, dir: &Path, pack: &str) -> Result<Guest, SandboxError> {
+        let artefact = self.pack(pack)?;
+        let spec = self.boot_spec(id, dir, artefact);
+        let guest = self.restore_or_cold_boot(&spec, pack).await?;
+        // The identity goes in before anyone runs code: its id is final, its
+        // clock runs on from here, its entropy is its own.
+        if let Err(e) = guest.agent.set_identity(id).await {
+            guest.stop(id).await;
+            return Err(BootError::Agent(e).into());
+        }
+        Ok(guest)
+    }
+
+    /// [`Launcher::boot`] in a fresh directory, removed again when the
+    /// boot fails or `stop` cancels it.
+    pub async fn boot_in_new_dir(
+        &self,
+        pack: &str,
+        stop: &CancellationToken,
+    ) -> Result<Booted, SandboxError> {
+        let (id, dir) = self.new_sandbox_dir()?;
+        let result = tokio::select! {
+            result = self.boot(&id, &dir, pack) => result,
+            () = stop.cancelled() => Err(SandboxError::ShuttingDown),
+        };
+        match result {
+            Ok(guest) => Ok(Booted { id, dir, guest }),
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    async fn restore_or_cold_boot(&self, spec: &BootSpec, pack: &str) -> Result<Guest, BootError> {
+        if let Some(files) = self.template_for(pack) {
+            match self.restore(spec, &files).await {
+                Ok(guest) => return Ok(guest),
+                Err(e) => {
+                    tracing::warn!(pack, sandbox = %spec.sandbox_id, error = %crate::error_chain::render(&e), "restore from the template failed; falling back to a cold boot");
+                    if let Some(templates) = &self.templates {
+                        templates.discard(pack, &files);
+                    }
+                    clear_dir(&spec.sandbox_dir);
+                }
+            }
+        }
+        let guest = self.cold_boot(spec).await?;
+        if self.templates.is_some() && self.template_for(pack).is_none() {
+            let _ = self.template_requests.send(pack.to_owned());
+        }
+        Ok(guest)
+    }
+
+    async fn restore(&self, spec: &BootSpec, files: &SnapshotFiles) -> Result<Guest, BootError> {
+        let vm = self.backend.restore(spec, files).await?;
+        open_session(spec, vm, BootPath::SnapshotRestore).await
+    }
+
+    /// Boots a VM from the kernel and opens its session (no identity).
+    pub async fn cold_boot(&self, spec: &BootSpec) -> Result<Guest, BootError> {
+        let vm = self.backend.start(spec).await?;
+        open_session(spec, vm, BootPath::ColdBoot).await
+    }
+}
+
+/// Opens the agent session of a fresh VM within the boot timeout; stops the
+/// VM when that fails.
+async fn open_session(
+    spec: &BootSpec,
+    vm: Box<dyn Vm>,
+    boot_path: BootPath,
+) -> Result<Guest, BootError> {
+    let bound = spec.boot_timeout;
+    let started = Instant::now();
+    let result = tokio::time::timeout(bound, connect_agent(vm.as_ref())).await;
+    let error = match result {
+        Ok(Ok(agent)) => {
+            tracing::debug!(sandbox = %spec.sandbox_id, %boot_path, elapsed_ms = started.elapsed().as_millis() as u64, "agent session open");
+            return Ok(Guest {
+                vm,
+                agent,
+                boot_path,
+            });
+        }
+        Ok(Err(e)) => e,
+        Err(_) => BootError::AgentTimeout {
+            bound,
+            last_console_line: last_console_line(&spec.sandbox_dir),
+        },
+    };
+    vm.stop().await.ok();
+    Err(error)
+}
+
+async fn connect_agent(vm: &dyn Vm) -> Result<AgentClient, BootError> {
+    // The agent's socket may refuse connections for a moment while the VMM
+    // sets it up; a connected stream then waits for the guest to open its end.
+    loop {
+        match vm.connect_agent().await {
+            Ok(stream) => {
+                return AgentClient::handshake(stream)
+                    .await
+                    .map(|(client, _hello)| client)
+                    .map_err(BootError::Agent);
+            }
+            Err(VmmError::AgentConnect(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
+            Err(other) => return Err(other.into()),
+        }
+    }
+}
+
+/// Empties a sandbox directory before a second attempt in it.
+fn clear_dir(dir: &Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! The registry of sandboxes and the manager's public API.
+//!
+//! Creates go to a pool first and to the launcher otherwise; every sandbox
+//! is in the registry from the moment its id exists until its delete. The
+//! manager hands out domain types only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+
+use crate::image::Manifest;
+use crate::vmm::VmBackend;
+
+use super::background::Background;
+use super::error::{BootError, Interrupted, SandboxError};
+use super::exec::{exec_timeout, run};
+use super::launcher::Launcher;
+use super::model::{BootPath, DaemonInfo, ExecOutcome, ExecParams, SandboxSummary};
+use super::pool::{Pooled, Pools};
+use super::recovery::{self, WorkDirError, WorkDirLock};
+use super::sandbox::Sandbox;
+use super::ManagerConfig;
+
+/// A pooled VM that answered `Health` this recently is handed out unasked.
+const HEALTH_FRESH: Duration = Duration::from_secs(2);
+/// How long a pooled sandbox gets to answer `Health` before hand-out.
+const HEALTH_BOUND: Duration = Duration::from_secs(2);
+
+/// Owns all sandboxes of one daemon.
+pub struct Manager {
+    launcher: Arc<Launcher>,
+    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    pools: Arc<Pools>,
+    background: Background,
+    template_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    template_requests: tokio::sync::mpsc::UnboundedSender<String>,
+    _lock: WorkDirLock,
+}
+
+impl Manager {
+    /// Takes the work dir (refusing one held by another daemon), clears what
+    /// a crashed daemon left in it, and returns a manager ready to serve.
+    /// Call [`Manager::start_background`] once to begin filling the pools.
+    pub fn new(
+        backend: Arc<dyn VmBackend>,
+        manifest: Manifest,
+        config: ManagerConfig,
+    ) -> Result<Self, WorkDirError> {
+        let lock = WorkDirLock::acquire(&config.work_dir)?;
+        let cleared = recovery::clear_leftovers(&config.work_dir);
+        if cleared.processes > 0 || cleared.dirs > 0 {
+            tracing::warn!(
+                processes = cleared.processes,
+                dirs = cleared.dirs,
+                "cleared what a previous daemon left behind"
+            );
+        }
+        let pools = Arc::new(Pools::new(&manifest.pack_names(), &config));
+        let (template_requests, template_queue) = tokio::sync::mpsc::unbounded_channel();
+        let launcher = Launcher::new(backend, manifest, config, template_requests.clone());
+        Ok(Manager {
+            launcher: Arc::new(launcher),
+            sandboxes: Mutex::new(HashMap::new()),
+            pools,
+            background: Background::new(),
+            template_queue: Mutex::new(Some(template_queue)),
+            template_requests,
+            _lock: lock,
+        })
+    }
+
+    /// Starts the background work: template builds (all packs first when
+    /// asked to warm at start), then one pool filler per pack. Only the
+    /// first call does anything.
+    pub fn start_background(&self) {
+        if let Some(queue) = self.template_queue.lock().take() {
+            self.background.start(
+                self.launcher.clone(),
+                self.pools.clone(),
+                queue,
+                &self.template_requests,
+            );
+        }
+    }
+
+    pub fn backend(&self) -> &dyn VmBackend {
+        self.launcher.backend.as_ref()
+    }
+
+    pub fn config(&self) -> &ManagerConfig {
+        &self.launcher.config
+    }
+
+    /// Creates a sandbox of `pack` and returns its id once its agent answers.
+    pub async fn create(&self, pack: &str) -> Result<String, SandboxError> {
+        if self.background.token.is_cancelled() {
+            return Err(SandboxError::ShuttingDown);
+        }
+        self.launcher.pack(pack)?;
+        while let Some(pooled) = self.pools.take(pack) {
+            match self.adopt(pooled, pack).await {
+                Ok(id) => return Ok(id),
+                Err(e) => {
+                    tracing::warn!(pack, error = %crate::error_chain::render(&e), "pooled sandbox unusable; trying the next")
+                }
+            }
+        }
+        self.boot_new(pack).await
+    }
+
+    /// Hands out a pooled VM if it is healthy.
+    async fn adopt(&self, pooled: Pooled, pack: &str) -> Result<String, SandboxError> {
+        // The filler checks `Health` every second; only a VM not heard from
+        // recently is asked again before hand-out.
+        let healthy = pooled.answered_within(HEALTH_FRESH)
+            || tokio::time::timeout(HEALTH_BOUND, pooled.booted.guest.agent.healthy())
+                .await
+                .unwrap_or(false);
+        if !healthy {
+            pooled.booted.discard().await;
+            return Err(BootError::Unhealthy.into());
+        }
+        let mut booted = pooled.booted;
+        booted.guest.boot_path = BootPath::WarmPool;
+        let id = booted.id.clone();
+        let sandbox = Sandbox::running(booted.id, pack, booted.dir, booted.guest);
+        self.insert(Arc::new(sandbox));
+        tracing::info!(sandbox = %id, pack, "sandbox handed out from the pool");
+        Ok(id)
+    }
+
+    /// Registers a booting sandbox, boots its VM, and unwinds on failure.
+    async fn boot_new(&self, pack: &str) -> Result<String, SandboxError> {
+        let (id, dir) = self.launcher.new_sandbox_dir()?;
+        let sandbox = Arc::new(Sandbox::booting(id.clone(), pack, dir.clone()));
+        self.insert(sandbox.clone());
+        let started = Instant::now();
+        let booted = tokio::select! {
+            result = self.launcher.boot(&id, &dir, pack) => result,
+            () = sandbox.deleted.cancelled() => Err(SandboxError::Deleted(Interrupted::Boot)),
+        };
+        let result = match booted {
+            Ok(guest) => {
+                let boot_path = guest.boot_path;
+                match sandbox.finish_boot(guest) {
+                    Ok(()) => {
+                        tracing::info!(sandbox = %id, pack, %boot_path, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox ready");
+                        return Ok(id);
+                    }
+                    // A delete raced the end of the boot.
+                    Err(guest) => {
+                        guest.stop(&id).await;
+                        Err(SandboxError::Deleted(Interrupted::Boot))
+                    }
+                }
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = &result {
+            tracing::warn!(sandbox = %id, error = %crate::error_chain::render(e), "create failed; unwinding");
+        }
+        self.sandboxes.lock().remove(&id);
+        sandbox.teardown().await;
+        result
+    }
+
+    /// Runs `params.code` in sandbox `id` with the pack's interpreter.
+    pub async fn exec(&self, id: &str, params: ExecParams) -> Result<ExecOutcome, SandboxError> {
+        let sandbox = self.lookup(id)?;
+        let guest = sandbox.guest()?;
+        let timeout = exec_timeout(params.timeout_ms)?;
+        let pack = self.launcher.pack(&sandbox.pack)?;
+        run(&guest, pack, params, timeout, &sandbox.deleted).await
+    }
+
+    /// Stops and removes sandbox `id`.
+    pub async fn delete(&self, id: &str) -> Result<(), SandboxError> {
+        let sandbox = self
+            .sandboxes
+            .lock()
+            .remove(id)
+            .ok_or(SandboxError::NotFound)?;
+        sandbox.teardown().await;
+        tracing::info!(sandbox = %id, "sandbox deleted");
+        Ok(())
+    }
+
+    /// Every sandbox, oldest first.
+    pub fn list(&self) -> Vec<SandboxSummary> {
+        let backend = self.launcher.backend.name();
+        let mut all: Vec<_> = self
+            .sandboxes
+            .lock()
+            .values()
+            .map(|s| s.summary(backend, false))
+            .collect();
+        all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+        all
+    }
+
+    /// One sandbox, with the tail of its console.
+    pub fn get(&self, id: &str) -> Result<SandboxSummary, SandboxError> {
+        Ok(self.lookup(id)?.summary(self.launcher.backend.name(), true))
+    }
+
+    /// The daemon's settings and readiness.
+    pub fn info(&self) -> DaemonInfo {
+        let launcher = &self.launcher;
+        let next_boot_path = if self.pools.enabled() {
+            BootPath::WarmPool
+        } else {
+            launcher.boot_path_without_pool(emberd_api::DEFAULT_LANGUAGE_PACK)
+        };
+        DaemonInfo {
+            guest_memory_mib: launcher.config.memory_mib,
+            guest_vcpus: launcher.config.vcpus,
+            next_boot_path,
+            packs: launcher.manifest.pack_names(),
+            work_dir: launcher.config.work_dir.clone(),
+            backend: launcher.backend.name(),
+            accel: launcher.backend.accel(),
+            pool_ready: self.pools.enabled().then(|| self.pools.ready_counts()),
+        }
+    }
+
+    /// Refuses new sandboxes and stops every VM, pooled ones included.
+    /// Called once at shutdown.
+    pub async fn shutdown(&self) {
+        self.background.stop().await;
+        let ids: Vec<String> = self.sandboxes.lock().keys().cloned().collect();
+        let pooled = self.pools.drain();
+        let count = ids.len() + pooled.len();
+        let deletes = futures::future::join_all(ids.iter().map(|id| self.delete(id)));
+        let discards = futures::future::join_all(pooled.into_iter().map(|b| b.discard()));
+        tokio::join!(deletes, discards);
+        tracing::info!(stopped = count, "all sandboxes stopped");
+    }
+
+    fn lookup(&self, id: &str) -> Result<Arc<Sandbox>, SandboxError> {
+        self.sandboxes
+            .lock()
+            .get(id)
+            .cloned()
+            .ok_or(SandboxError::NotFound)
+    }
+
+    fn insert(&self, sandbox: Arc<Sandbox>) {
+        self.sandboxes.lock().insert(sandbox.id.clone(), sandbox);
+    }
+}
+
+impl Drop for Manager {
+    /// A manager dropped without [`Manager::shutdown`] still ends its
+    /// background tasks; their VMs die with their handles.
+    fn drop(&mut self) {
+        self.background.token.cancel();
+    }
+}

@@ -1,0 +1,170 @@
+//! Building a pack's template: cold-boot a VM, warm it up, quiesce it,
+//! close the agent session, pause and snapshot it, publish the files.
+//!
+//! The agent connection is closed before the pause, so the image holds an
+//! agent waiting for its next connection, which is what a restored clone
+//! gets.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::guest::{AgentClient, RunSpec};
+use crate::vmm::{SnapshotFiles, Vm};
+
+use super::super::error::{BootError, SandboxError};
+use super::super::exec::DEFAULT_EXEC_TIMEOUT;
+use super::super::launcher::Launcher;
+use super::super::sandbox::Guest;
+use super::store::Templates;
+
+/// How long a template build waits for the guest's pre-started interpreter.
+const WARM_INTERPRETER_BOUND: Duration = Duration::from_secs(30);
+/// Time for the agent to see the host hang up before the VM is paused.
+const QUIESCE_SETTLE: Duration = Duration::from_millis(300);
+/// Cap on the warm-up's output (only its stderr is ever shown).
+const WARMUP_OUTPUT_LIMIT: u64 = 64 * 1024;
+
+/// Builds the template of `pack` unless one exists or a build is under way
+/// (or failed before), and logs the result.
+pub(in crate::sandbox) async fn build_logged(
+    launcher: &Launcher,
+    pack: &str,
+    shutting_down: &CancellationToken,
+) {
+    let Some(templates) = &launcher.templates else {
+        return;
+    };
+    if launcher.template_for(pack).is_some() || !templates.claim_build(pack) {
+        return;
+    }
+    let started = Instant::now();
+    let result = tokio::select! {
+        result = build(launcher, templates, pack) => result,
+        () = shutting_down.cancelled() => Err(SandboxError::ShuttingDown),
+    };
+    templates.finish_build(pack, result.is_ok());
+    match result {
+        Ok(files) => tracing::info!(
+            pack,
+            template = %files.dir.display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "template snapshot ready"
+        ),
+        Err(e) => tracing::warn!(
+            pack,
+            error = %crate::error_chain::render(&e),
+            "template snapshot failed; creates cold-boot"
+        ),
+    }
+}
+
+async fn build(
+    launcher: &Launcher,
+    templates: &Templates,
+    pack: &str,
+) -> Result<SnapshotFiles, SandboxError> {
+    let artefact = launcher.pack(pack)?;
+    let key = launcher
+        .template_key(pack)
+        .ok_or_else(|| SandboxError::UnknownPack(pack.into()))?;
+    let (id, dir) = launcher.new_sandbox_dir()?;
+    let spec = launcher.boot_spec(&id, &dir, artefact);
+    let result = async {
+        let guest = launcher.cold_boot(&spec).await?;
+        if let Some(language) = &artefact.warm_language {
+            wait_until_warm(&guest.agent, language).await;
+        }
+        let warmup = RunSpec {
+            interpreter: artefact.interpreter.clone(),
+            code: artefact.warmup.clone().into_bytes(),
+            file_suffix: artefact.file_suffix.clone(),
+            timeout: Some(DEFAULT_EXEC_TIMEOUT),
+            output_limit_bytes: WARMUP_OUTPUT_LIMIT,
+            warm_language: artefact.warm_language.clone(),
+            ..RunSpec::default()
+        };
+        let prepared = warm_up_and_quiesce(&guest.agent, warmup).await;
+        let Guest { vm, agent, .. } = guest;
+        // Close the session before the pause, so the image holds an agent
+        // waiting for its next connection.
+        drop(agent);
+        let result = match prepared {
+            Ok(()) => {
+                tokio::time::sleep(QUIESCE_SETTLE).await;
+                snapshot_into(vm.as_ref(), templates, pack, &key).await
+            }
+            Err(e) => Err(e),
+        };
+        vm.stop().await.ok();
+        result
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+async fn warm_up_and_quiesce(agent: &AgentClient, warmup: RunSpec) -> Result<(), SandboxError> {
+    let outcome = agent.run(warmup).await.map_err(SandboxError::Exec)?;
+    if outcome.exit_code != 0 {
+        return Err(BootError::Warmup {
+            exit_code: outcome.exit_code,
+            stderr: String::from_utf8_lossy(&outcome.stderr).into_owned(),
+        }
+        .into());
+    }
+    agent.quiesce().await.map_err(SandboxError::Exec)
+}
+
+async fn snapshot_into(
+    vm: &dyn Vm,
+    templates: &Templates,
+    pack: &str,
+    key: &str,
+) -> Result<SnapshotFiles, SandboxError> {
+    let staging = templates
+        .staging_dir(pack, key)
+        .map_err(|source| BootError::TemplateStore {
+            path: templates.root().to_owned(),
+            source,
+        })?;
+    let result = async {
+        vm.pause().await.map_err(BootError::from)?;
+        vm.snapshot(&SnapshotFiles {
+            dir: staging.clone(),
+        })
+        .await
+        .map_err(BootError::from)?;
+        templates
+            .publish(pack, key, &staging)
+            .map_err(|source| BootError::TemplateStore {
+                path: staging.clone(),
+                source,
+            })
+    }
+    .await;
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    Ok(result?)
+}
+
+/// Waits (bounded) until the agent's pre-started interpreter for `language`
+/// is ready, so that a template holds it warm. Without one, execs still work.
+async fn wait_until_warm(agent: &AgentClient, language: &str) {
+    let deadline = Instant::now() + WARM_INTERPRETER_BOUND;
+    while Instant::now() < deadline {
+        if agent
+            .warm_interpreters()
+            .await
+            .is_some_and(|warm| warm.iter().any(|w| w == language))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tracing::warn!(
+        language,
+        "the warm interpreter did not come up; the template runs one-shot"
+    );
+}
