@@ -1,12 +1,13 @@
-//! The client against a fake daemon on a real TCP listener: every route, and the
-//! mapping of error answers and refused connections to `ClientError`.
+//! The client against the real daemon router over the fake VM backend, on
+//! a real TCP listener: every route, and the mapping of error answers and
+//! refused connections to `ClientError`.
 
 mod support;
 
-use emberd_api::ExecRequest;
+use emberd_api::{ExecRequest, SandboxState};
 use emberd_client::{Client, ClientError};
 use reqwest::StatusCode;
-use support::fake_daemon::FakeDaemon;
+use support::daemon::Daemon;
 
 fn exec_request(code: &str) -> ExecRequest {
     ExecRequest {
@@ -17,60 +18,73 @@ fn exec_request(code: &str) -> ExecRequest {
 
 #[tokio::test]
 async fn every_route_round_trips() {
-    let daemon = FakeDaemon::start().await;
+    let daemon = Daemon::start().await;
     let client = Client::new(&daemon.addr.to_string()).unwrap();
 
     client.healthz().await.unwrap();
     let info = client.info().await.unwrap();
-    assert_eq!(info.packs, vec!["python".to_string()]);
+    assert_eq!(info.packs, ["python", "shell"]);
     assert_eq!(info.boot_path, "cold-boot");
+    assert_eq!(info.backend.as_deref(), Some("fake"));
+    assert_eq!(info.pool_ready, None);
 
     let id = client.create_sandbox(None).await.unwrap();
     assert!(id.starts_with("sb_"), "{id}");
     let listed = client.list_sandboxes().await.unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].id, id);
+    assert_eq!(listed[0].pack, "python");
+    assert_eq!(listed[0].state, SandboxState::Running);
+    assert_eq!(listed[0].console_tail, None);
     let inspected = client.get_sandbox(&id).await.unwrap();
-    assert!(inspected.console_tail.unwrap().contains("ready"));
+    let console = inspected.console_tail.unwrap();
+    assert!(console.contains("emberd-init: ready"), "{console}");
+    let vm = daemon.backend.vm(inspected.vmm_pid.unwrap()).unwrap();
+    assert_eq!(vm.identity().as_deref(), Some(id.as_str()));
 
-    let result = client.exec(&id, &exec_request("print(6*7)")).await.unwrap();
+    let result = client.exec(&id, &exec_request("echo:42")).await.unwrap();
     assert_eq!(result.stdout, "42\n");
     assert_eq!(result.exit_code, 0);
+    assert!(result.duration_us.is_some());
 
     client.delete_sandbox(&id).await.unwrap();
     assert!(client.list_sandboxes().await.unwrap().is_empty());
+    assert!(!vm.is_live());
+    daemon.stop().await;
 }
 
 #[tokio::test]
 async fn exec_keeps_stdin_exit_code_and_timeout() {
-    let daemon = FakeDaemon::start().await;
+    let daemon = Daemon::start().await;
     let client = Client::new(&daemon.url()).unwrap();
-    let id = client.create_sandbox(Some("python")).await.unwrap();
+    let id = client.create_sandbox(Some("shell")).await.unwrap();
 
     let echoed = client
         .exec(
             &id,
             &ExecRequest {
-                code: "import sys; print(sys.stdin.read().upper())".into(),
+                code: "cat".into(),
                 stdin: Some("abc".into()),
                 timeout_ms: None,
             },
         )
         .await
         .unwrap();
-    assert_eq!(echoed.stdout, "ABC\n");
+    assert_eq!(echoed.stdout, "abc");
 
     let failed = client
-        .exec(&id, &exec_request("import sys; sys.exit(3)"))
+        .exec(&id, &exec_request("stderr:no\nexit:3"))
         .await
         .unwrap();
     assert_eq!(failed.exit_code, 3);
+    assert_eq!(failed.stderr, "no\n");
+    assert_eq!(failed.error, None);
 
     let timed_out = client
         .exec(
             &id,
             &ExecRequest {
-                code: "import time; time.sleep(10)".into(),
+                code: "echo:partial\nblock".into(),
                 stdin: None,
                 timeout_ms: Some(300),
             },
@@ -79,11 +93,13 @@ async fn exec_keeps_stdin_exit_code_and_timeout() {
         .unwrap();
     assert_eq!(timed_out.exit_code, -1);
     assert_eq!(timed_out.error.as_deref(), Some("execution timed out"));
+    assert_eq!(timed_out.stdout, "partial\n");
+    daemon.stop().await;
 }
 
 #[tokio::test]
 async fn error_answers_keep_status_and_message() {
-    let daemon = FakeDaemon::start().await;
+    let daemon = Daemon::start().await;
     let client = Client::new(&daemon.url()).unwrap();
 
     let missing = client.get_sandbox("sb_000000000000").await.unwrap_err();
@@ -94,7 +110,7 @@ async fn error_answers_keep_status_and_message() {
     let deleted = client.delete_sandbox("sb_nope").await.unwrap_err();
     assert_eq!(deleted.to_string(), "sandbox not found");
     let exec = client
-        .exec("sb_nope", &exec_request("1"))
+        .exec("sb_nope", &exec_request("echo:x"))
         .await
         .unwrap_err();
     assert!(exec.is_not_found());
@@ -103,12 +119,34 @@ async fn error_answers_keep_status_and_message() {
     assert_eq!(unknown.status(), Some(StatusCode::BAD_REQUEST));
     assert_eq!(unknown.to_string(), r#"unknown language pack: "ruby""#);
 
-    let boot = client.create_sandbox(Some("broken")).await.unwrap_err();
+    let id = client.create_sandbox(None).await.unwrap();
+    let too_long = client
+        .exec(
+            &id,
+            &ExecRequest {
+                code: "echo:x".into(),
+                stdin: None,
+                timeout_ms: Some(3_600_001),
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(too_long.status(), Some(StatusCode::BAD_REQUEST));
+    assert_eq!(
+        too_long.to_string(),
+        "invalid request: timeout_ms must be at most 3600000"
+    );
+
+    daemon.backend.fail_boots(true);
+    let boot = client.create_sandbox(Some("python")).await.unwrap_err();
     assert_eq!(boot.status(), Some(StatusCode::INTERNAL_SERVER_ERROR));
-    assert_eq!(boot.to_string(), "the VM failed to boot");
+    let message = boot.to_string();
+    assert!(message.starts_with("sandbox failed to boot"), "{message}");
+    assert!(message.contains("told to fail boots"), "{message}");
 
     let bad_id = client.get_sandbox("..").await.unwrap_err();
     assert!(matches!(bad_id, ClientError::InvalidId(_)), "{bad_id:?}");
+    daemon.stop().await;
 }
 
 #[tokio::test]

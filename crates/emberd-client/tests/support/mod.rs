@@ -1,1 +1,1 @@
-pub mod fake_daemon;
+pub mod daemon;

@@ -5,6 +5,8 @@
 //! stop, wait). The sandbox manager only ever talks to these traits; the
 //! QEMU and Firecracker modules implement them. Nothing here knows HTTP.
 
+#[cfg(any(test, feature = "fake-backend"))]
+pub mod fake;
 pub mod firecracker;
 pub mod kvm;
 pub mod process;
