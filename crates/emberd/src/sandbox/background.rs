@@ -59,9 +59,11 @@ impl Background {
         let stop = self.token.clone();
         let builder = tokio::spawn(async move {
             loop {
+                // A shutdown wins over a queued build.
                 let pack = tokio::select! {
-                    pack = queue.recv() => pack,
+                    biased;
                     () = stop.cancelled() => None,
+                    pack = queue.recv() => pack,
                 };
                 let Some(pack) = pack else { return };
                 template::build_logged(&launcher, &pack, &stop).await;

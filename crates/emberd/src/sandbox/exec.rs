@@ -10,7 +10,7 @@ use crate::image::PackArtefact;
 
 use super::error::{Interrupted, SandboxError};
 use super::model::{ExecOutcome, ExecParams, ExitStatus};
-use super::sandbox::Guest;
+use super::record::Guest;
 
 /// Timeout of an exec that names none.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);

@@ -20,7 +20,7 @@ use crate::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend, VmmError};
 use super::error::{BootError, SandboxError};
 use super::ids::{create_private_dir, new_sandbox_id};
 use super::model::BootPath;
-use super::sandbox::{last_console_line, Guest};
+use super::record::{last_console_line, Guest};
 use super::template::Templates;
 use super::ManagerConfig;
 

@@ -19,8 +19,8 @@ use super::exec::{exec_timeout, run};
 use super::launcher::Launcher;
 use super::model::{BootPath, DaemonInfo, ExecOutcome, ExecParams, SandboxSummary};
 use super::pool::{Pooled, Pools};
+use super::record::Sandbox;
 use super::recovery::{self, WorkDirError, WorkDirLock};
-use super::sandbox::Sandbox;
 use super::ManagerConfig;
 
 /// A pooled VM that answered `Health` this recently is handed out unasked.
@@ -113,11 +113,14 @@ impl Manager {
     /// Hands out a pooled VM if it is healthy.
     async fn adopt(&self, pooled: Pooled, pack: &str) -> Result<String, SandboxError> {
         // The filler checks `Health` every second; only a VM not heard from
-        // recently is asked again before hand-out.
-        let healthy = pooled.answered_within(HEALTH_FRESH)
-            || tokio::time::timeout(HEALTH_BOUND, pooled.booted.guest.agent.healthy())
-                .await
-                .unwrap_or(false);
+        // recently is asked again before hand-out. One that has died since
+        // is never handed out.
+        let guest = &pooled.booted.guest;
+        let healthy = !guest.vm.has_exited()
+            && (pooled.answered_within(HEALTH_FRESH)
+                || tokio::time::timeout(HEALTH_BOUND, guest.agent.healthy())
+                    .await
+                    .unwrap_or(false));
         if !healthy {
             pooled.booted.discard().await;
             return Err(BootError::Unhealthy.into());

@@ -6,7 +6,7 @@
 //! VMM except through the [`VmBackend`](crate::vmm::VmBackend) trait.
 //!
 //! - [`manager`]: the registry and the public [`Manager`] API;
-//! - `sandbox`: one sandbox's state machine (booting → running → stopping);
+//! - `record`: one sandbox's state machine (booting → running → stopping);
 //! - `launcher`: the one boot path (restore or cold boot, agent session,
 //!   identity) that creates, pools and template builds all go through;
 //! - `exec`: one exec, from request to outcome;
@@ -23,8 +23,8 @@ mod launcher;
 mod manager;
 mod model;
 mod pool;
+mod record;
 mod recovery;
-mod sandbox;
 mod template;
 
 use std::path::PathBuf;

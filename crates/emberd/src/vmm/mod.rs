@@ -129,6 +129,8 @@ pub trait VmBackend: Send + Sync + 'static {
 pub trait Vm: Send + Sync + 'static {
     /// PID of the VMM process on the host.
     fn pid(&self) -> Option<u32>;
+    /// True once the VMM process is known to have ended (without waiting).
+    fn has_exited(&self) -> bool;
     /// Dials a fresh byte stream to the guest agent. May be called again
     /// after the previous stream broke (for example after a restore).
     async fn connect_agent(&self) -> Result<AgentStream, VmmError>;

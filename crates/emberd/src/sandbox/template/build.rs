@@ -15,7 +15,7 @@ use crate::vmm::{SnapshotFiles, Vm};
 use super::super::error::{BootError, SandboxError};
 use super::super::exec::DEFAULT_EXEC_TIMEOUT;
 use super::super::launcher::Launcher;
-use super::super::sandbox::Guest;
+use super::super::record::Guest;
 use super::store::Templates;
 
 /// How long a template build waits for the guest's pre-started interpreter.
@@ -69,8 +69,11 @@ async fn build(
         .template_key(pack)
         .ok_or_else(|| SandboxError::UnknownPack(pack.into()))?;
     let (id, dir) = launcher.new_sandbox_dir()?;
+    // Removes the directory however the build ends, a shutdown dropping
+    // this future included; the VM dies with its handle.
+    let _dir = RemoveOnDrop(dir.clone());
     let spec = launcher.boot_spec(&id, &dir, artefact);
-    let result = async {
+    async {
         let guest = launcher.cold_boot(&spec).await?;
         if let Some(language) = &artefact.warm_language {
             wait_until_warm(&guest.agent, language).await;
@@ -99,9 +102,16 @@ async fn build(
         vm.stop().await.ok();
         result
     }
-    .await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    .await
+}
+
+/// A build's sandbox directory, removed when the build ends.
+struct RemoveOnDrop(std::path::PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 async fn warm_up_and_quiesce(agent: &AgentClient, warmup: RunSpec) -> Result<(), SandboxError> {

@@ -121,6 +121,10 @@ impl Vm for FakeVm {
         Some(self.guest.pid)
     }
 
+    fn has_exited(&self) -> bool {
+        self.guest.life() != Life::Running
+    }
+
     async fn connect_agent(&self) -> Result<AgentStream, VmmError> {
         if self.guest.life() != Life::Running {
             return Err(VmmError::ExitedEarly(format!(

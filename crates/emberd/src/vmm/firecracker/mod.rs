@@ -333,6 +333,10 @@ impl Vm for FirecrackerVm {
         Some(self.process.pid())
     }
 
+    fn has_exited(&self) -> bool {
+        self.process.exited().is_some()
+    }
+
     async fn connect_agent(&self) -> Result<AgentStream, VmmError> {
         if let Some(exit) = self.process.exited() {
             return Err(self.early_exit(&exit));

@@ -348,6 +348,10 @@ impl Vm for QemuVm {
         Some(self.process.pid())
     }
 
+    fn has_exited(&self) -> bool {
+        self.process.exited().is_some()
+    }
+
     async fn connect_agent(&self) -> Result<AgentStream, VmmError> {
         if let Some(exit) = self.exited() {
             return Err(self.early_exit_error(&exit));
