@@ -1,7 +1,7 @@
 //! Wire types of emberd's public HTTP API.
 //!
 //! These types are the contract with clients of the original emberd API
-//! (DESIGN.md §6): field names and shapes here must not change. Request types
+//! (see `docs/api.md`): field names and shapes here must not change. Request types
 //! reject unknown fields so that typos are reported, not ignored.
 
 use serde::{Deserialize, Serialize};

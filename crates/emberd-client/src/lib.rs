@@ -1,4 +1,4 @@
-//! Rust client of the emberd HTTP API (DESIGN.md §6).
+//! Rust client of the emberd HTTP API (see `docs/api.md`).
 //!
 //! [`Client`] has one typed async method per route. Every failure is a
 //! [`ClientError`]: an error answer from the daemon keeps its HTTP status and the
