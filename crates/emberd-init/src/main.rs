@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use emberd_proto::kernel_args::KernelArg;
 
 use crate::agent::{AgentService, Mode};
 use crate::exec::ExecEnv;
@@ -101,9 +102,11 @@ fn boot_guest() -> ! {
     );
     std::env::set_var("HOME", "/root");
     std::env::set_var("LANG", "C.UTF-8");
-    let _ = nix::unistd::sethostname(
-        pid1::cmdline_value("hostname").unwrap_or_else(|| "emberd".into()),
-    );
+    let hostname = pid1::kernel_args().into_iter().find_map(|arg| match arg {
+        KernelArg::Hostname(name) => Some(name),
+        _ => None,
+    });
+    let _ = nix::unistd::sethostname(hostname.unwrap_or_else(|| "emberd".into()));
     eprintln!(
         "emberd-init: booted in {} ms ({modules} modules)",
         started.elapsed().as_millis()
