@@ -13,8 +13,10 @@ mod forkserver;
 mod identity;
 mod node_spare;
 mod pid1;
+mod process_env;
 mod reaper;
 mod transport;
+mod warm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,10 +98,7 @@ fn boot_guest() -> ! {
     if let Err(e) = pid1::switch_to_pack_root() {
         pid1::fatal(&error_chain(&e));
     }
-    std::env::set_var(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    );
+    std::env::set_var("PATH", process_env::PATH);
     std::env::set_var("HOME", "/root");
     std::env::set_var("LANG", "C.UTF-8");
     let hostname = pid1::kernel_args().into_iter().find_map(|arg| match arg {
