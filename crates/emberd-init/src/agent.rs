@@ -2,7 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use emberd_proto::v1::agent_server::Agent;
@@ -34,7 +34,6 @@ pub struct AgentService {
     started: Instant,
     running: Arc<AtomicU32>,
     quiescing: AtomicBool,
-    sandbox_id: Mutex<String>,
 }
 
 impl AgentService {
@@ -46,7 +45,6 @@ impl AgentService {
             started: Instant::now(),
             running: Arc::new(AtomicU32::new(0)),
             quiescing: AtomicBool::new(false),
-            sandbox_id: Mutex::new(String::new()),
         }
     }
 
@@ -169,7 +167,6 @@ impl Agent for AgentService {
         request: Request<Identity>,
     ) -> Result<Response<SetIdentityResponse>, Status> {
         let identity = request.into_inner();
-        *self.sandbox_id.lock().expect("identity lock") = identity.sandbox_id.clone();
         if self.mode == Mode::Guest {
             crate::identity::apply(&identity).map_err(|e| Status::internal(e.to_string()))?;
         }

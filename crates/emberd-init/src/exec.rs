@@ -6,7 +6,6 @@
 //! that goes away, or the main process exiting SIGKILLs the whole process
 //! group. Exactly one `exit` message ends the output stream.
 
-use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -25,8 +24,11 @@ use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
-use crate::forkserver::WarmChild;
+use crate::forkserver::ForkServer;
+use crate::node_spare::NodeSpares;
+use crate::process_env::default_env;
 use crate::reaper::{Exit, Reaper};
+use crate::warm::WarmChild;
 
 /// Output forwarded per stream when the host asks for no particular cap.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
@@ -52,9 +54,9 @@ pub struct ExecEnv {
     /// Prefix applied to a requested cwd (host mode: the served root).
     pub root: Option<PathBuf>,
     /// The pre-started Python, when there is one.
-    pub python: Option<Arc<crate::forkserver::ForkServer>>,
+    pub python: Option<Arc<ForkServer>>,
     /// The spare Node, when there is node.
-    pub node: Option<Arc<crate::node_spare::NodeSpares>>,
+    pub node: Option<Arc<NodeSpares>>,
 }
 
 /// Validates the start message and launches the exec; output flows into `out`.
@@ -245,42 +247,6 @@ async fn warm_child(
             eprintln!("emberd-init: warm {language} unavailable ({e}); running one-shot")
         })
         .ok()
-}
-
-/// What a pre-started interpreter needs: the interpreter `name` from
-/// `/usr/bin` or `/usr/local/bin`, and its `script` written to `dir/file_name`.
-/// `None` (with a log line if the write failed) when either is missing.
-pub fn interpreter_and_script(
-    name: &str,
-    dir: &Path,
-    file_name: &str,
-    script: &str,
-) -> Option<(PathBuf, PathBuf)> {
-    let interpreter = ["/usr/bin", "/usr/local/bin"]
-        .into_iter()
-        .map(|bin| Path::new(bin).join(name))
-        .find(|p| p.is_file())?;
-    let path = dir.join(file_name);
-    if let Err(e) = std::fs::write(&path, script) {
-        eprintln!("emberd-init: cannot write {}: {e}", path.display());
-        return None;
-    }
-    Some((interpreter, path))
-}
-
-pub fn default_env() -> HashMap<String, String> {
-    [
-        (
-            "PATH",
-            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        ),
-        ("HOME", "/root"),
-        ("LANG", "C.UTF-8"),
-        ("PYTHONDONTWRITEBYTECODE", "1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
 }
 
 fn write_code_file(dir: &Path, code: &[u8], suffix: &str) -> std::io::Result<PathBuf> {

@@ -23,7 +23,9 @@ use serde::Deserialize;
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::oneshot;
 
+use crate::process_env::default_env;
 use crate::reaper::{Exit, Reaper};
+use crate::warm::{interpreter_and_script, request_line, WarmChild};
 
 const SCRIPT: &str = include_str!("forkserver.py");
 const STARTUP_BOUND: Duration = Duration::from_secs(30);
@@ -33,15 +35,6 @@ const STARTUP_BOUND: Duration = Duration::from_secs(30);
 pub struct ForkServer {
     socket: PathBuf,
     alive: Arc<AtomicBool>,
-}
-
-/// A child forked for one exec: its pid, its end, and the agent's pipe ends.
-pub struct WarmChild {
-    pub pid: i32,
-    pub exit: oneshot::Receiver<Exit>,
-    pub stdin: OwnedFd,
-    pub stdout: OwnedFd,
-    pub stderr: OwnedFd,
 }
 
 #[derive(Deserialize)]
@@ -57,7 +50,7 @@ impl ForkServer {
     /// Returns `None` when there is no python3.
     pub fn start(reaper: &Reaper, dir: &Path) -> Option<Arc<ForkServer>> {
         let (python, script) =
-            crate::exec::interpreter_and_script("python3", dir, "emberd-forkserver.py", SCRIPT)?;
+            interpreter_and_script("python3", dir, "emberd-forkserver.py", SCRIPT)?;
         let socket = dir.join("emberd-python.sock");
         let mut command = Command::new(python);
         command
@@ -65,7 +58,7 @@ impl ForkServer {
             .arg(&script)
             .arg(&socket)
             .env_clear()
-            .envs(crate::exec::default_env())
+            .envs(default_env())
             .current_dir("/")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -210,22 +203,6 @@ fn handoff(
         },
         stream,
     ))
-}
-
-/// What a pre-started interpreter is told about its exec: one JSON line
-/// `{"path", "cwd", "env"}` (the code file, working directory, environment).
-pub fn request_line(
-    path: &Path,
-    cwd: &Path,
-    env: &HashMap<String, String>,
-) -> std::io::Result<Vec<u8>> {
-    let mut line = serde_json::to_vec(&serde_json::json!({
-        "path": path,
-        "cwd": cwd,
-        "env": env,
-    }))?;
-    line.push(b'\n');
-    Ok(line)
 }
 
 /// A pipe with close-on-exec ends: (read, write).

@@ -13,14 +13,17 @@ mod forkserver;
 mod identity;
 mod node_spare;
 mod pid1;
+mod process_env;
 mod reaper;
 mod transport;
+mod warm;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use emberd_proto::kernel_args::KernelArg;
 
 use crate::agent::{AgentService, Mode};
 use crate::exec::ExecEnv;
@@ -95,15 +98,14 @@ fn boot_guest() -> ! {
     if let Err(e) = pid1::switch_to_pack_root() {
         pid1::fatal(&error_chain(&e));
     }
-    std::env::set_var(
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    );
+    std::env::set_var("PATH", process_env::PATH);
     std::env::set_var("HOME", "/root");
     std::env::set_var("LANG", "C.UTF-8");
-    let _ = nix::unistd::sethostname(
-        pid1::cmdline_value("hostname").unwrap_or_else(|| "emberd".into()),
-    );
+    let hostname = pid1::kernel_args().into_iter().find_map(|arg| match arg {
+        KernelArg::Hostname(name) => Some(name),
+        _ => None,
+    });
+    let _ = nix::unistd::sethostname(hostname.unwrap_or_else(|| "emberd".into()));
     eprintln!(
         "emberd-init: booted in {} ms ({modules} modules)",
         started.elapsed().as_millis()

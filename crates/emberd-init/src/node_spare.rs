@@ -27,8 +27,9 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
-use crate::forkserver::WarmChild;
+use crate::process_env::default_env;
 use crate::reaper::{Exit, Reaper};
+use crate::warm::{interpreter_and_script, request_line, WarmChild};
 
 const SCRIPT: &str = include_str!("node_spare.js");
 /// The descriptor on which the spare talks to the agent.
@@ -65,8 +66,7 @@ impl NodeSpares {
     /// Writes the spare's script into `dir` and starts the first spare.
     /// Returns `None` when there is no node.
     pub fn start(reaper: &Reaper, dir: &Path) -> Option<Arc<NodeSpares>> {
-        let (node, script) =
-            crate::exec::interpreter_and_script("node", dir, "emberd-node-spare.js", SCRIPT)?;
+        let (node, script) = interpreter_and_script("node", dir, "emberd-node-spare.js", SCRIPT)?;
         let spares = Arc::new(NodeSpares {
             node,
             script,
@@ -138,7 +138,7 @@ impl NodeSpares {
             .slot()
             .take()
             .ok_or_else(|| std::io::Error::other("no spare node"))?;
-        let request = crate::forkserver::request_line(path, cwd, env)?;
+        let request = request_line(path, cwd, env)?;
         // A spare still starting is taken too: it is further along than a
         // fresh process would be.
         let handed = async {
@@ -167,7 +167,7 @@ impl NodeSpares {
         command
             .arg(&self.script)
             .env_clear()
-            .envs(crate::exec::default_env())
+            .envs(default_env())
             .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

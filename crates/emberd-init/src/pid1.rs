@@ -4,8 +4,8 @@
 //! 2. load the kernel modules carried in the initramfs, in the order the
 //!    image builder wrote to `/lib/modules/order` (built-in ones are skipped);
 //! 3. root: the pack's squashfs (first virtio-blk disk) read-only under a
-//!    tmpfs upper layer (`emberd.overlay_size=`, default 256M), overlay,
-//!    move the mounts, switch root.
+//!    tmpfs upper layer (sized by the `OverlaySize` kernel argument, default
+//!    256 MiB), overlay, move the mounts, switch root.
 //!
 //! Any failure is fatal: the caller logs it, syncs and reboots, which ends
 //! the VM (the VMMs run with "reboot means exit").
@@ -13,12 +13,15 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use emberd_proto::kernel_args::KernelArg;
 use nix::mount::{mount, MsFlags};
 use nix::unistd::{chdir, chroot};
 
 const MODULE_DIR: &str = "/lib/modules";
 const ROOT_DISK: &str = "/dev/vda";
 const DISK_WAIT: Duration = Duration::from_secs(10);
+/// Size of the tmpfs upper layer when the host names none.
+const DEFAULT_OVERLAY_MIB: u32 = 256;
 
 /// Errors of the boot phases.
 #[derive(Debug, thiserror::Error)]
@@ -127,13 +130,10 @@ pub fn load_modules() -> usize {
     loaded
 }
 
-/// `emberd.<key>=<value>` from the kernel command line.
-pub fn cmdline_value(key: &str) -> Option<String> {
-    let cmdline = std::fs::read_to_string("/proc/cmdline").ok()?;
-    let prefix = format!("emberd.{key}=");
-    cmdline
-        .split_whitespace()
-        .find_map(|arg| arg.strip_prefix(&prefix).map(str::to_owned))
+/// The arguments for the agent on this kernel's command line, in order.
+pub fn kernel_args() -> Vec<KernelArg> {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    KernelArg::all_in(&cmdline).collect()
 }
 
 /// Phase 3.
@@ -145,9 +145,13 @@ pub fn switch_to_pack_root() -> Result<(), BootError> {
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let size = cmdline_value("overlay_size")
-        .filter(|s| s.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .unwrap_or_else(|| "256M".into());
+    let overlay_mib = kernel_args()
+        .into_iter()
+        .find_map(|arg| match arg {
+            KernelArg::OverlaySize { mib } => Some(mib),
+            _ => None,
+        })
+        .unwrap_or(DEFAULT_OVERLAY_MIB);
     mount_fs(
         ROOT_DISK,
         "/mnt/lower",
@@ -160,7 +164,7 @@ pub fn switch_to_pack_root() -> Result<(), BootError> {
         "/mnt/rw",
         "tmpfs",
         MsFlags::empty(),
-        Some(&format!("size={size},mode=0755")),
+        Some(&format!("size={overlay_mib}M,mode=0755")),
     )?;
     mkdir("/mnt/rw/upper")?;
     mkdir("/mnt/rw/work")?;

@@ -1,5 +1,6 @@
-//! Where the agent listens: a Unix socket (host mode), vsock port 1024
-//! (Firecracker) and the virtio-serial port `org.emberd.agent` (QEMU).
+//! Where the agent listens: a Unix socket (host mode), vsock port
+//! [`AGENT_VSOCK_PORT`] (Firecracker) and the virtio-serial port named
+//! [`AGENT_SERIAL_PORT`] (QEMU).
 //!
 //! Every connection carries one gRPC session (`emberd_proto::serve_over`).
 //! Sockets accept any number of sessions. The virtio-serial port is one
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use emberd_proto::boundary::{AGENT_SERIAL_PORT, AGENT_VSOCK_PORT, MAX_MESSAGE_BYTES};
 use nix::sys::socket::{
     accept4, bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, VsockAddr,
 };
@@ -24,11 +26,6 @@ use tokio::net::UnixListener;
 
 use crate::agent::AgentService;
 
-/// The vsock port the agent listens on.
-pub const VSOCK_PORT: u32 = 1024;
-/// The virtio-serial port name the agent serves on.
-pub const PORT_NAME: &str = "org.emberd.agent";
-
 /// Builds the gRPC routes of one agent.
 pub fn routes(
     agent: &Arc<AgentService>,
@@ -36,16 +33,15 @@ pub fn routes(
 ) -> tonic::service::Routes {
     use emberd_proto::v1::agent_server::AgentServer;
     use emberd_proto::v1::files_server::FilesServer;
-    let limit = 16 * 1024 * 1024;
     tonic::service::Routes::new(
         AgentServer::from_arc(agent.clone())
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
     .add_service(
         FilesServer::new(files.clone())
-            .max_decoding_message_size(limit)
-            .max_encoding_message_size(limit),
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
     )
 }
 
@@ -141,7 +137,7 @@ pub async fn serve_unix(
     }
 }
 
-/// Serves sessions on vsock port [`VSOCK_PORT`] forever.
+/// Serves sessions on vsock port [`AGENT_VSOCK_PORT`] forever.
 pub async fn serve_vsock(
     agent: Arc<AgentService>,
     routes: tonic::service::Routes,
@@ -154,11 +150,11 @@ pub async fn serve_vsock(
     )?;
     bind(
         listener.as_raw_fd(),
-        &VsockAddr::new(libc::VMADDR_CID_ANY, VSOCK_PORT),
+        &VsockAddr::new(libc::VMADDR_CID_ANY, AGENT_VSOCK_PORT),
     )?;
     listen(&listener, Backlog::new(16)?)?;
     let listener = register(listener)?;
-    eprintln!("emberd-init: listening on vsock port {VSOCK_PORT}");
+    eprintln!("emberd-init: listening on vsock port {AGENT_VSOCK_PORT}");
     loop {
         let mut guard = listener.readable().await?;
         let accepted = guard.try_io(|fd| {
@@ -187,12 +183,12 @@ pub async fn serve_vsock(
     }
 }
 
-/// The device node of the virtio-serial port named [`PORT_NAME`], if any.
+/// The device node of the virtio-serial port named [`AGENT_SERIAL_PORT`], if any.
 pub fn find_serial_port() -> Option<PathBuf> {
     let entries = std::fs::read_dir("/sys/class/virtio-ports").ok()?;
     for entry in entries.flatten() {
         let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
-        if name.trim() == PORT_NAME {
+        if name.trim() == AGENT_SERIAL_PORT {
             return Some(Path::new("/dev").join(entry.file_name()));
         }
     }
@@ -205,7 +201,10 @@ pub async fn serve_serial(
     agent: Arc<AgentService>,
     routes: tonic::service::Routes,
 ) -> io::Result<()> {
-    eprintln!("emberd-init: serving on {} ({PORT_NAME})", device.display());
+    eprintln!(
+        "emberd-init: serving on {} ({AGENT_SERIAL_PORT})",
+        device.display()
+    );
     loop {
         let file = std::fs::File::options()
             .read(true)

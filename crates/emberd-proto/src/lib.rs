@@ -4,7 +4,9 @@
 //! generation exchanged in `Hello`, and the two ends of the transport: a
 //! gRPC client [`Channel`](tonic::transport::Channel) over any byte stream
 //! ([`channel_over`]) and a gRPC server on one byte stream ([`serve_over`]).
-//! Neither side frames or multiplexes by hand: HTTP/2 does.
+//! Neither side frames or multiplexes by hand: HTTP/2 does. The facts both
+//! sides must agree on live in [`boundary`] (ports, names, message cap) and
+//! [`kernel_args`] (what the host puts on the guest kernel's command line).
 
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -12,6 +14,9 @@ use std::sync::{Arc, Mutex};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::transport::{Channel, Endpoint};
+
+pub mod boundary;
+pub mod kernel_args;
 
 /// Generated messages and services of `emberd.agent.v1`.
 pub mod v1 {

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use emberd_proto::boundary::AGENT_VSOCK_PORT;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
@@ -38,7 +39,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 const VERSION: &str = "1.15.1";
-const AGENT_PORT: u32 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum VmState {
@@ -666,7 +666,7 @@ async fn vsock_proxy(listener: UnixListener, agent_socket: PathBuf, no_ack: bool
             let port: Option<u32> = line
                 .strip_prefix("CONNECT ")
                 .and_then(|p| p.trim().parse().ok());
-            if port != Some(AGENT_PORT) {
+            if port != Some(AGENT_VSOCK_PORT) {
                 return;
             }
             if no_ack {

@@ -47,7 +47,9 @@ fn boot_spec(dir: &Path, id: &str) -> BootSpec {
         root_disk: manifest.pack("shell").unwrap().squashfs.clone(),
         vcpus: 1,
         memory_mib: 256,
-        extra_kernel_args: vec!["emberd.overlay_size=256M".into()],
+        extra_kernel_args: vec![
+            emberd_proto::kernel_args::KernelArg::OverlaySize { mib: 256 }.to_string(),
+        ],
         boot_timeout: Duration::from_secs(10),
     }
 }

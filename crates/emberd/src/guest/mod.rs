@@ -12,6 +12,7 @@ pub mod clock;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use emberd_proto::boundary::MAX_MESSAGE_BYTES;
 use emberd_proto::v1::{
     agent_client::AgentClient as RawAgentClient, exec_input, exec_output, ExecInput, ExecStart,
     HealthRequest, HelloRequest, Identity, QuiesceRequest,
@@ -134,8 +135,8 @@ impl AgentClient {
 
     fn raw(&self) -> RawAgentClient<Channel> {
         RawAgentClient::new(self.channel.clone())
-            .max_decoding_message_size(16 * 1024 * 1024)
-            .max_encoding_message_size(16 * 1024 * 1024)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     async fn hello(&self) -> Result<AgentHello, GuestError> {

@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use emberd_proto::boundary::AGENT_VSOCK_PORT;
 use hyper::Method;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -33,8 +34,6 @@ use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, V
 
 /// The oldest Firecracker release this backend drives.
 pub const MIN_VERSION: (u32, u32) = (1, 10);
-/// The vsock port the agent listens on.
-pub const AGENT_VSOCK_PORT: u32 = 1024;
 const API_SOCKET: &str = "fc.sock";
 const VSOCK_SOCKET: &str = "v.sock";
 const SNAPSHOT_STATE: &str = "vm.snap";

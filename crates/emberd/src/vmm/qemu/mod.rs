@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use emberd_proto::boundary::AGENT_SERIAL_PORT;
 use serde_json::json;
 use tokio::net::UnixStream;
 use tokio::process::Command;
@@ -25,8 +26,6 @@ use super::kvm::{hardware_kvm, KvmStatus};
 use super::process::{describe_exit, version_line, VmProcess};
 use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
 
-/// Name of the virtio-serial port the agent serves on.
-pub const AGENT_PORT_NAME: &str = "org.emberd.agent";
 /// File of a snapshot directory holding the migration stream.
 const MIGRATION_FILE: &str = "vm.migration";
 
@@ -173,7 +172,7 @@ impl QemuBackend {
             ])
             .args([
                 "-device",
-                &format!("virtserialport,chardev=agent,name={AGENT_PORT_NAME}"),
+                &format!("virtserialport,chardev=agent,name={AGENT_SERIAL_PORT}"),
             ])
             .args([
                 "-qmp",

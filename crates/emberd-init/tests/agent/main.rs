@@ -1,0 +1,9 @@
+//! The agent as a host process on a Unix socket: exec, files and protocol
+//! semantics without a VM, with the real `python3` and `node`.
+
+mod exec;
+mod files;
+mod interpreters;
+mod node_spare;
+mod protocol;
+mod support;

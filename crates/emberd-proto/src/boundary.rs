@@ -1,0 +1,13 @@
+//! Where host and agent meet: the facts both sides must agree on to find
+//! each other and talk. The daemon, the agent and the fake Firecracker take
+//! them from here and nowhere else; the protocol generation, which says
+//! whether they can talk at all, is [`crate::PROTOCOL_GENERATION`].
+
+/// The vsock port the agent listens on (Firecracker's hybrid vsock `CONNECT` names it).
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// The name of the virtio-serial port the agent serves on (QEMU).
+pub const AGENT_SERIAL_PORT: &str = "org.emberd.agent";
+
+/// The largest gRPC message either side sends or accepts.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
