@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use emberd_proto::kernel_args::KernelArg;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
@@ -100,7 +101,10 @@ impl Launcher {
             memory_mib: self.config.memory_mib,
             // init_on_free: memory the guest frees is zeroed, so snapshots skip it.
             extra_kernel_args: vec![
-                format!("emberd.overlay_size={}M", self.config.overlay_mib),
+                KernelArg::OverlaySize {
+                    mib: self.config.overlay_mib,
+                }
+                .to_string(),
                 "init_on_free=1".into(),
             ],
             boot_timeout: self.config.boot_timeout,

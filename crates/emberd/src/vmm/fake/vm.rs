@@ -23,7 +23,7 @@ use crate::vmm::{AgentStream, BootSpec, SnapshotFiles, Vm, VmExit, VmmError};
 /// Bytes in flight in each direction of an agent stream.
 const STREAM_BUFFER: usize = 1024 * 1024;
 /// The real agent's gRPC message cap.
-const MESSAGE_LIMIT: usize = 16 * 1024 * 1024;
+const MESSAGE_LIMIT: usize = emberd_proto::boundary::MAX_MESSAGE_BYTES;
 const SIGKILL: i32 = 9;
 
 /// Where a fake VM is in its life.
