@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod doctor;
 pub mod guest;
+pub mod host_tools;
 pub mod image;
 pub mod sandbox;
 pub mod serve;

@@ -358,7 +358,7 @@ fn store_blob(data_dir: &Path, file: &Path, ext: &str) -> Result<PathBuf, ImageE
 }
 
 fn require_tool(tool: &str, package: &str) -> Result<(), ImageError> {
-    if crate::vmm::qemu::find_in_path(Path::new(tool)).is_none() {
+    if crate::host_tools::find_in_path(Path::new(tool)).is_none() {
         return Err(ImageError::MissingTool {
             tool: tool.into(),
             package: package.into(),
