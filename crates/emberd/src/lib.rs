@@ -11,6 +11,7 @@ pub mod config;
 pub mod doctor;
 pub mod error_chain;
 pub mod guest;
+pub mod host_tools;
 pub mod image;
 pub mod sandbox;
 pub mod serve;

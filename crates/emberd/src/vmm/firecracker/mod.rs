@@ -31,6 +31,7 @@ use tokio::process::Command;
 pub use self::api::FirecrackerApi;
 use super::process::{describe_exit, version_line, VmProcess};
 use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
+use crate::host_tools::find_in_path;
 
 /// The oldest Firecracker release this backend drives.
 pub const MIN_VERSION: (u32, u32) = (1, 10);
@@ -422,12 +423,12 @@ async fn read_ack(stream: &mut UnixStream) -> std::io::Result<String> {
 fn find_binary(given: Option<&Path>) -> Result<PathBuf, FirecrackerSetupError> {
     let mut looked = Vec::new();
     if let Some(given) = given {
-        if let Some(found) = super::qemu::find_in_path(given) {
+        if let Some(found) = find_in_path(given) {
             return Ok(found);
         }
         looked.push(given.display().to_string());
     } else {
-        if let Some(found) = super::qemu::find_in_path(Path::new("firecracker")) {
+        if let Some(found) = find_in_path(Path::new("firecracker")) {
             return Ok(found);
         }
         looked.push("PATH".into());

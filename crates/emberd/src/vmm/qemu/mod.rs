@@ -25,6 +25,7 @@ use self::qmp::{Qmp, QmpError};
 use super::kvm::{hardware_kvm, KvmStatus};
 use super::process::{describe_exit, version_line, VmProcess};
 use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
+use crate::host_tools::find_in_path;
 
 /// File of a snapshot directory holding the migration stream.
 const MIGRATION_FILE: &str = "vm.migration";
@@ -441,17 +442,6 @@ fn host_tsc_khz() -> Option<u64> {
 /// Quotes a path for the `exec:` migration URIs, which QEMU runs with `/bin/sh -c`.
 fn shell_quote(path: &Path) -> String {
     format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
-}
-
-/// Resolves a bare program name through PATH; a path with a slash is taken as is.
-pub fn find_in_path(program: &Path) -> Option<PathBuf> {
-    if program.components().count() > 1 {
-        return program.is_file().then(|| program.to_owned());
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(program))
-        .find(|candidate| candidate.is_file())
 }
 
 #[cfg(test)]

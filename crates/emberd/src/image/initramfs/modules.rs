@@ -6,9 +6,13 @@
 //! section: NUL-separated `key=value` strings, of which `depends=` names
 //! the modules it needs. Modules listed in `modules.builtin` are part of the
 //! kernel and skipped.
+//!
+//! The chosen modules are cached decompressed, with an `order` file, for
+//! the initramfs to pack.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// The modules a sandbox needs: virtio-mmio devices, the pack disk, the
 /// agent channels and the root file system.
@@ -32,8 +36,70 @@ pub enum ModuleError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot write {path}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("kernel modules depend on each other in a cycle through {0}")]
     Cycle(String),
+}
+
+/// Writes the [`GUEST_MODULES`] of the tree at `modules_root` (none for a
+/// kernel without modules) and their dependencies into `out`, decompressed,
+/// with `out/order` listing them in load order.
+pub fn cache_guest_modules(modules_root: Option<&Path>, out: &Path) -> Result<(), ModuleError> {
+    let write_error = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ModuleError::Write { path, source }
+    };
+    let _ = std::fs::remove_dir_all(out);
+    std::fs::create_dir_all(out).map_err(write_error(out))?;
+    let mut order = String::new();
+    if let Some(modules_root) = modules_root {
+        let tree = ModuleTree::scan(modules_root)?;
+        for path in tree.load_order(GUEST_MODULES, read_module)? {
+            let name = format!(
+                "{}.ko",
+                module_name(
+                    path.file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or_default()
+                )
+            );
+            let bytes = read_module(&path).map_err(|source| ModuleError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let target = out.join(&name);
+            std::fs::write(&target, bytes).map_err(write_error(&target))?;
+            order.push_str(&name);
+            order.push('\n');
+        }
+    }
+    let order_path = out.join("order");
+    std::fs::write(&order_path, order).map_err(write_error(&order_path))
+}
+
+/// Reads a module, decompressing `.ko.xz`.
+fn read_module(path: &Path) -> std::io::Result<Vec<u8>> {
+    if path.extension().is_some_and(|e| e == "xz") {
+        let output = Command::new("xz")
+            .args(["-dc"])
+            .arg(path)
+            .stdin(Stdio::null())
+            .output()?;
+        if !output.status.success() {
+            return Err(std::io::Error::other(format!(
+                "xz -dc {} failed",
+                path.display()
+            )));
+        }
+        Ok(output.stdout)
+    } else {
+        std::fs::read(path)
+    }
 }
 
 /// A module's canonical name: `virtio-blk.ko.xz` → `virtio_blk`.
@@ -215,6 +281,38 @@ mod tests {
             .load_order(&["overlay"], |p| std::fs::read(p))
             .unwrap_err();
         assert!(matches!(err, ModuleError::Missing { .. }), "{err}");
+    }
+
+    #[test]
+    fn the_guest_modules_are_cached_decompressed_in_load_order() {
+        let tree = tempfile::tempdir().unwrap();
+        for name in GUEST_MODULES {
+            fake_module(tree.path(), &format!("kernel/{name}.ko"), "");
+        }
+        // virtio_mmio needs overlay, which ships compressed.
+        fake_module(tree.path(), "kernel/virtio_mmio.ko", "overlay");
+        let overlay = tree.path().join("kernel/overlay.ko");
+        let plain = std::fs::read(&overlay).unwrap();
+        let status = Command::new("xz")
+            .arg(&overlay)
+            .status()
+            .expect("xz is installed (scripts/install-deps.sh)");
+        assert!(status.success() && !overlay.exists());
+
+        let out = tempfile::tempdir().unwrap();
+        let out = out.path().join("modules");
+        cache_guest_modules(Some(tree.path()), &out).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(out.join("order")).unwrap(),
+            "overlay.ko\nvirtio_mmio.ko\nvirtio_blk.ko\nvirtio_console.ko\n\
+             vmw_vsock_virtio_transport.ko\nsquashfs.ko\n"
+        );
+        assert_eq!(std::fs::read(out.join("overlay.ko")).unwrap(), plain);
+
+        // A kernel without modules leaves an empty order and nothing else.
+        cache_guest_modules(None, &out).unwrap();
+        assert_eq!(std::fs::read_to_string(out.join("order")).unwrap(), "");
+        assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
     }
 
     #[test]
