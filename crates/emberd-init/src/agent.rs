@@ -10,6 +10,7 @@ use emberd_proto::v1::{
     exec_input, ExecInput, ExecOutput, HealthRequest, HealthResponse, HelloRequest, HelloResponse,
     Identity, QuiesceRequest, QuiesceResponse, SetIdentityResponse,
 };
+use emberd_proto::warm::WarmLanguage;
 use emberd_proto::PROTOCOL_GENERATION;
 use futures::Stream;
 use tokio::sync::mpsc;
@@ -53,10 +54,10 @@ impl AgentService {
         let env = &self.exec_env;
         let python = env.python.as_ref().is_some_and(|p| p.ready());
         let node = env.node.as_ref().is_some_and(|n| n.ready());
-        [(python, "python"), (node, "node")]
+        [(python, WarmLanguage::Python), (node, WarmLanguage::Node)]
             .into_iter()
             .filter(|(ready, _)| *ready)
-            .map(|(_, language)| language.to_owned())
+            .map(|(_, language)| language.as_str().to_owned())
             .collect()
     }
 

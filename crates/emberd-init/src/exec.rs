@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use emberd_proto::v1::{
     exec_input, exec_output, ExecExit, ExecInput, ExecOutput, ExecStart, ExecStarted,
 };
+use emberd_proto::warm::WarmLanguage;
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -89,7 +90,7 @@ pub async fn run(
         .await;
     // The next spare starts in a task queued behind the connection's, so
     // the answer is written before the agent forks a new node.
-    if start.warm_language == "node" {
+    if WarmLanguage::from_wire(&start.warm_language) == Some(WarmLanguage::Node) {
         if let Some(node) = env.node.clone() {
             tokio::spawn(async move { node.replenish() });
         }
@@ -220,10 +221,10 @@ async fn warm_child(
 ) -> Option<WarmChild> {
     // Variables an interpreter reads as it starts, which the pre-started one
     // has done already.
-    let startup_prefixes: &[&str] = match start.warm_language.as_str() {
-        "python" => &["PYTHON"],
-        "node" => &["NODE_", "UV_"],
-        _ => return None,
+    let language = WarmLanguage::from_wire(&start.warm_language)?;
+    let startup_prefixes: &[&str] = match language {
+        WarmLanguage::Python => &["PYTHON"],
+        WarmLanguage::Node => &["NODE_", "UV_"],
     };
     if start
         .env
@@ -234,13 +235,15 @@ async fn warm_child(
     }
     let mut vars = default_env();
     vars.extend(start.env.clone());
-    let (language, launched) = if start.warm_language == "python" {
-        let python = env.python.as_ref().filter(|p| p.ready())?;
-        let launched = python.launch(file.to_owned(), cwd.to_owned(), vars);
-        ("Python", launched.await)
-    } else {
-        let node = env.node.as_ref().filter(|n| n.has_spare())?;
-        ("Node", node.launch(file, cwd, &vars).await)
+    let launched = match language {
+        WarmLanguage::Python => {
+            let python = env.python.as_ref().filter(|p| p.ready())?;
+            python.launch(file.to_owned(), cwd.to_owned(), vars).await
+        }
+        WarmLanguage::Node => {
+            let node = env.node.as_ref().filter(|n| n.has_spare())?;
+            node.launch(file, cwd, &vars).await
+        }
     };
     launched
         .inspect_err(|e| {

@@ -17,6 +17,7 @@ use tonic::transport::{Channel, Endpoint};
 
 pub mod boundary;
 pub mod kernel_args;
+pub mod warm;
 
 /// Generated messages and services of `emberd.agent.v1`.
 pub mod v1 {

@@ -4,6 +4,7 @@
 
 mod support;
 
+use emberd_proto::warm::WarmLanguage;
 use std::time::{Duration, Instant};
 
 use emberd::guest::{AgentClient, RunSpec};
@@ -91,7 +92,7 @@ async fn python_pack_boots_and_answers() {
     while !agent
         .warm_interpreters()
         .await
-        .is_some_and(|warm| warm.iter().any(|w| w == "python"))
+        .is_some_and(|warm| warm.contains(&WarmLanguage::Python))
     {
         assert!(
             Instant::now() < deadline,
@@ -113,7 +114,7 @@ async fn python_pack_boots_and_answers() {
                 file_suffix: python.file_suffix.clone(),
                 timeout: Some(Duration::from_secs(30)),
                 output_limit_bytes: 1024,
-                warm_language: Some("python".into()),
+                warm_language: Some(WarmLanguage::Python),
                 ..RunSpec::default()
             })
             .await

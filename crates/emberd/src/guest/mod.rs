@@ -17,6 +17,7 @@ use emberd_proto::v1::{
     agent_client::AgentClient as RawAgentClient, exec_input, exec_output, ExecInput, ExecStart,
     HealthRequest, HelloRequest, Identity, QuiesceRequest,
 };
+use emberd_proto::warm::WarmLanguage;
 use emberd_proto::PROTOCOL_GENERATION;
 use rand::RngCore;
 use tonic::transport::Channel;
@@ -87,7 +88,7 @@ pub struct RunSpec {
     /// Per-stream cap on collected output.
     pub output_limit_bytes: u64,
     /// Ask for the agent's pre-started interpreter of this language.
-    pub warm_language: Option<String>,
+    pub warm_language: Option<WarmLanguage>,
 }
 
 /// How a program ended, with its collected output.
@@ -163,9 +164,16 @@ impl AgentClient {
     }
 
     /// The interpreters the agent has warm, when it answers `Health`.
-    pub async fn warm_interpreters(&self) -> Option<Vec<String>> {
+    /// Names the daemon does not know are left out.
+    pub async fn warm_interpreters(&self) -> Option<Vec<WarmLanguage>> {
         let reply = self.raw().health(HealthRequest {}).await.ok()?;
-        Some(reply.into_inner().warm_interpreters)
+        let names = reply.into_inner().warm_interpreters;
+        Some(
+            names
+                .iter()
+                .filter_map(|n| WarmLanguage::from_wire(n))
+                .collect(),
+        )
     }
 
     /// True when the agent answers `Health` with ok.
@@ -216,7 +224,10 @@ impl AgentClient {
                 .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
                 .unwrap_or(0),
             output_limit_bytes: spec.output_limit_bytes,
-            warm_language: spec.warm_language.unwrap_or_default(),
+            warm_language: spec
+                .warm_language
+                .map(|l| l.as_str().to_owned())
+                .unwrap_or_default(),
             ..ExecStart::default()
         };
         let first = ExecInput {

@@ -342,7 +342,7 @@ pub fn build(args: &BuildArgs) -> Result<BuildReport, ImageError> {
                 interpreter: definition.interpreter.clone(),
                 file_suffix: definition.file_suffix.clone(),
                 warmup: definition.warmup.clone(),
-                warm_language: definition.warm_language.clone(),
+                warm_language: definition.warm_language,
             },
         );
     }

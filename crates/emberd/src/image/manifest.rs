@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use emberd_proto::warm::WarmLanguage;
 use serde::{Deserialize, Serialize};
 
 /// File name of the manifest inside the data dir.
@@ -70,7 +71,7 @@ pub struct PackArtefact {
     pub warmup: String,
     /// Language of the agent's pre-started interpreter, if the pack has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub warm_language: Option<String>,
+    pub warm_language: Option<WarmLanguage>,
 }
 
 /// Everything built, as recorded by the image builder.

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use emberd_proto::warm::WarmLanguage;
 use serde::Deserialize;
 
 use super::store::{Store, StoreError};
@@ -28,7 +29,7 @@ pub struct PackDefinition {
     #[serde(default)]
     pub warmup: String,
     #[serde(default)]
-    pub warm_language: Option<String>,
+    pub warm_language: Option<WarmLanguage>,
 }
 
 /// A definition and the text it was read from (part of the pack's input key).

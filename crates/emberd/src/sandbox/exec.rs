@@ -50,7 +50,7 @@ pub(super) async fn run(
         stdin: params.stdin.map(String::into_bytes),
         timeout: Some(timeout),
         output_limit_bytes: DEFAULT_OUTPUT_LIMIT,
-        warm_language: pack.warm_language.clone(),
+        warm_language: pack.warm_language,
     };
     let started = Instant::now();
     let outcome = tokio::select! {

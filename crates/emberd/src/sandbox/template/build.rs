@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use emberd_proto::warm::WarmLanguage;
 use tokio_util::sync::CancellationToken;
 
 use crate::guest::{AgentClient, RunSpec};
@@ -75,7 +76,7 @@ async fn build(
     let spec = launcher.boot_spec(&id, &dir, artefact);
     async {
         let guest = launcher.cold_boot(&spec).await?;
-        if let Some(language) = &artefact.warm_language {
+        if let Some(language) = artefact.warm_language {
             wait_until_warm(&guest.agent, language).await;
         }
         let warmup = RunSpec {
@@ -84,7 +85,7 @@ async fn build(
             file_suffix: artefact.file_suffix.clone(),
             timeout: Some(DEFAULT_EXEC_TIMEOUT),
             output_limit_bytes: WARMUP_OUTPUT_LIMIT,
-            warm_language: artefact.warm_language.clone(),
+            warm_language: artefact.warm_language,
             ..RunSpec::default()
         };
         let prepared = warm_up_and_quiesce(&guest.agent, warmup).await;
@@ -161,20 +162,20 @@ async fn snapshot_into(
 
 /// Waits (bounded) until the agent's pre-started interpreter for `language`
 /// is ready, so that a template holds it warm. Without one, execs still work.
-async fn wait_until_warm(agent: &AgentClient, language: &str) {
+async fn wait_until_warm(agent: &AgentClient, language: WarmLanguage) {
     let deadline = Instant::now() + WARM_INTERPRETER_BOUND;
     while Instant::now() < deadline {
         if agent
             .warm_interpreters()
             .await
-            .is_some_and(|warm| warm.iter().any(|w| w == language))
+            .is_some_and(|warm| warm.contains(&language))
         {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tracing::warn!(
-        language,
+        %language,
         "the warm interpreter did not come up; the template runs one-shot"
     );
 }
