@@ -103,7 +103,7 @@ fn make_backend(settings: &Settings) -> Result<Arc<dyn VmBackend>, ServeError> {
     let qemu = |why: &str| -> Result<Arc<dyn VmBackend>, ServeError> {
         let backend = QemuBackend::new(settings.qemu_bin.clone(), settings.accel)?;
         let accel = backend.accel_decision();
-        tracing::info!(backend = "qemu", why, version = %backend.version(), accel = accel.accel, accel_reason = %accel.reason, "backend chosen");
+        tracing::info!(backend = "qemu", why, version = %backend.version(), accel = %accel.accel, accel_reason = %accel.reason, "backend chosen");
         Ok(Arc::new(backend))
     };
     let firecracker = || -> Result<Arc<dyn VmBackend>, ServeError> {

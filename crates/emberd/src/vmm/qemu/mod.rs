@@ -23,7 +23,9 @@ use tokio::sync::Mutex;
 use self::qmp::{Qmp, QmpError};
 use super::kvm::{hardware_kvm, KvmStatus};
 use super::process::{describe_exit, version_line, VmProcess};
-use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
+use super::{
+    Accel, AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError,
+};
 
 /// Name of the virtio-serial port the agent serves on.
 pub const AGENT_PORT_NAME: &str = "org.emberd.agent";
@@ -43,7 +45,7 @@ pub enum AccelChoice {
 /// The accelerator in use and why it was chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccelDecision {
-    pub accel: &'static str,
+    pub accel: Accel,
     pub reason: String,
 }
 
@@ -52,19 +54,19 @@ impl AccelDecision {
     pub fn decide(choice: AccelChoice, kvm: &KvmStatus) -> Self {
         match (choice, kvm) {
             (AccelChoice::Tcg, _) => AccelDecision {
-                accel: "tcg",
+                accel: Accel::Tcg,
                 reason: "asked for with --accel tcg".into(),
             },
             (AccelChoice::Kvm, _) => AccelDecision {
-                accel: "kvm",
+                accel: Accel::Kvm,
                 reason: "asked for with --accel kvm".into(),
             },
             (AccelChoice::Auto, KvmStatus::Hardware { module }) => AccelDecision {
-                accel: "kvm",
+                accel: Accel::Kvm,
                 reason: format!("hardware KVM ({module}) is usable"),
             },
             (AccelChoice::Auto, other) => AccelDecision {
-                accel: "tcg",
+                accel: Accel::Tcg,
                 reason: format!("no usable hardware KVM: {}", other.explain()),
             },
         }
@@ -108,7 +110,7 @@ impl QemuBackend {
             source,
         })?;
         let accel = AccelDecision::decide(choice, &hardware_kvm());
-        let accel_kernel_args = if accel.accel == "tcg" {
+        let accel_kernel_args = if accel.accel == Accel::Tcg {
             tcg_clock_args(host_tsc_khz())
         } else {
             Vec::new()
@@ -138,8 +140,8 @@ impl QemuBackend {
         append.extend(self.accel_kernel_args.iter().cloned());
         append.extend(spec.extra_kernel_args.iter().cloned());
         let machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on";
-        cmd.args(["-M", machine, "-accel", self.accel.accel]);
-        if self.accel.accel == "kvm" {
+        cmd.args(["-M", machine, "-accel", self.accel.accel.as_str()]);
+        if self.accel.accel == Accel::Kvm {
             cmd.args(["-cpu", "host"]);
         }
         cmd.args(["-smp", &spec.vcpus.to_string()])
@@ -213,8 +215,8 @@ impl VmBackend for QemuBackend {
         "qemu"
     }
 
-    fn accel(&self) -> Option<String> {
-        Some(self.accel.accel.to_owned())
+    fn acceleration(&self) -> Option<Accel> {
+        Some(self.accel.accel)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -458,7 +460,7 @@ mod tests {
     #[test]
     fn auto_uses_tcg_on_paravirtual_kvm() {
         let decision = AccelDecision::decide(AccelChoice::Auto, &KvmStatus::Paravirtual);
-        assert_eq!(decision.accel, "tcg");
+        assert_eq!(decision.accel, Accel::Tcg);
         assert!(
             decision.reason.contains("no usable hardware KVM"),
             "{}",
@@ -471,8 +473,14 @@ mod tests {
         let kvm = KvmStatus::Hardware {
             module: "kvm_intel".into(),
         };
-        assert_eq!(AccelDecision::decide(AccelChoice::Auto, &kvm).accel, "kvm");
-        assert_eq!(AccelDecision::decide(AccelChoice::Tcg, &kvm).accel, "tcg");
+        assert_eq!(
+            AccelDecision::decide(AccelChoice::Auto, &kvm).accel,
+            Accel::Kvm
+        );
+        assert_eq!(
+            AccelDecision::decide(AccelChoice::Tcg, &kvm).accel,
+            Accel::Tcg
+        );
     }
 
     #[test]
