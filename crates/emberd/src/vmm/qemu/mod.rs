@@ -33,13 +33,47 @@ pub const AGENT_PORT_NAME: &str = "org.emberd.agent";
 const MIGRATION_FILE: &str = "vm.migration";
 
 /// Which accelerator to ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccelChoice {
     /// KVM where hardware KVM works, TCG elsewhere.
     Auto,
     Kvm,
     Tcg,
+}
+
+impl AccelChoice {
+    pub const ALL: [AccelChoice; 3] = [AccelChoice::Auto, AccelChoice::Kvm, AccelChoice::Tcg];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccelChoice::Auto => "auto",
+            AccelChoice::Kvm => "kvm",
+            AccelChoice::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for AccelChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not an [`AccelChoice`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown accelerator {0:?}: expected auto, kvm or tcg")]
+pub struct UnknownAccel(String);
+
+impl std::str::FromStr for AccelChoice {
+    type Err = UnknownAccel;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        AccelChoice::ALL
+            .into_iter()
+            .find(|choice| choice.as_str() == name)
+            .ok_or_else(|| UnknownAccel(name.to_owned()))
+    }
 }
 
 /// The accelerator in use and why it was chosen.
