@@ -1,28 +1,16 @@
 //! `emberd doctor`: what this host can run, one line per check, each with a
-//! fix when it fails. Exits non-zero when the configured backend can't run.
+//! fix when it fails, and last the backend `emberd serve` would run with the
+//! same settings. Exits non-zero when that backend can't run.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use crate::config::BackendChoice;
+use crate::backend_choice::{choose_backend, Backend, BackendDecision};
+use crate::config::{ServeArgs, Settings};
 use crate::image::Manifest;
 use crate::vmm::firecracker::FirecrackerBackend;
 use crate::vmm::kvm::{hardware_kvm, KvmStatus};
 use crate::vmm::qemu::QemuBackend;
-use crate::vmm::VmBackend;
-
-/// Flags of `emberd doctor`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct DoctorArgs {
-    /// The backend the daemon would use.
-    #[arg(long, env = "EMBERD_BACKEND", value_enum, default_value = "auto")]
-    pub backend: BackendChoice,
-    #[arg(long, env = "EMBERD_DATA_DIR", default_value_os_t = crate::config::default_data_dir())]
-    pub data_dir: PathBuf,
-    #[arg(long, env = "EMBERD_FIRECRACKER_BIN")]
-    pub firecracker_bin: Option<PathBuf>,
-    #[arg(long, env = "EMBERD_QEMU_BIN")]
-    pub qemu_bin: Option<PathBuf>,
-}
+use crate::vmm::{Accel, VmBackend};
 
 /// One check's outcome.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,11 +39,33 @@ impl Check {
     }
 }
 
-/// Runs every check, prints them, and returns the exit code.
-pub fn run(args: &DoctorArgs) -> i32 {
+/// Resolves the settings as `emberd serve` does, runs every check, prints
+/// them, and returns the exit code.
+pub fn run(args: &ServeArgs) -> i32 {
+    let settings = match args.resolve() {
+        Ok(settings) => settings,
+        Err(e) => {
+            print(&[Check::fail(
+                format!("settings: {e}"),
+                "fix the flag, the EMBERD_* variable or the config file",
+            )]);
+            return 1;
+        }
+    };
+    let (checks, ok) = checks(&settings);
+    print(&checks);
+    if ok {
+        0
+    } else {
+        1
+    }
+}
+
+/// Every check, and whether the chosen backend can run with built images.
+fn checks(settings: &Settings) -> (Vec<Check>, bool) {
     let kvm = hardware_kvm();
     let mut checks = vec![kvm_check(&kvm), kvm_permissions()];
-    let firecracker = FirecrackerBackend::new(args.firecracker_bin.clone());
+    let firecracker = FirecrackerBackend::new(settings.firecracker_bin.clone());
     checks.push(match &firecracker {
         Ok(backend) => Check::pass(format!("Firecracker: {}", backend.version())),
         Err(e) => Check::fail(
@@ -63,7 +73,7 @@ pub fn run(args: &DoctorArgs) -> i32 {
             "see docs/firecracker.md (only needed with hardware KVM)",
         ),
     });
-    let qemu = QemuBackend::new(args.qemu_bin.clone(), crate::vmm::qemu::AccelChoice::Auto);
+    let qemu = QemuBackend::new(settings.qemu_bin.clone(), settings.accel);
     checks.push(match &qemu {
         Ok(backend) => Check::pass(format!(
             "QEMU: {} (accel {}: {})",
@@ -73,48 +83,54 @@ pub fn run(args: &DoctorArgs) -> i32 {
         )),
         Err(e) => Check::fail(format!("QEMU: {e}"), "make setup"),
     });
-    checks.push(images_check(&args.data_dir));
-    checks.push(disk_check(&args.data_dir));
+    let images = images_check(&settings.data_dir);
+    let images_ok = images.ok;
+    checks.push(images);
+    checks.push(disk_check(&settings.data_dir));
     checks.push(cgroup_check());
 
-    let (backend_ok, chosen) = verdict(args.backend, firecracker.is_ok(), qemu.is_ok(), &kvm);
-    checks.push(if backend_ok {
-        Check::pass(format!("backend {chosen} can run here"))
-    } else {
-        Check::fail(
-            format!("backend {chosen} cannot run here"),
-            "fix the lines above, or choose another --backend",
-        )
-    });
-    for check in &checks {
+    let decision = choose_backend(settings.backend, firecracker.is_ok(), &kvm);
+    let accel = match decision.backend {
+        Backend::Qemu => qemu.as_ref().ok().and_then(|b| b.acceleration()),
+        Backend::Firecracker => firecracker.as_ref().ok().and_then(|b| b.acceleration()),
+    };
+    let backend = verdict(&decision, accel, qemu.is_ok());
+    let backend_ok = backend.ok;
+    checks.push(backend);
+    (checks, backend_ok && images_ok)
+}
+
+fn print(checks: &[Check]) {
+    for check in checks {
         let mark = if check.ok { "ok  " } else { "FAIL" };
         match &check.fix {
             Some(fix) => println!("{mark} {} — fix: {fix}", check.what),
             None => println!("{mark} {}", check.what),
         }
     }
-    let images_ok = checks.iter().any(|c| c.ok && c.what.starts_with("images"));
-    if backend_ok && images_ok {
-        0
-    } else {
-        1
-    }
 }
 
-/// Whether the chosen backend can run, and what `auto` resolves to; the
-/// same rule as the daemon's backend choice.
-fn verdict(
-    choice: BackendChoice,
-    firecracker_found: bool,
-    qemu_found: bool,
-    kvm: &KvmStatus,
-) -> (bool, &'static str) {
-    let firecracker_usable = firecracker_found && kvm.is_hardware();
-    match choice {
-        BackendChoice::Auto if firecracker_usable => (true, "auto → firecracker"),
-        BackendChoice::Auto => (qemu_found, "auto → qemu"),
-        BackendChoice::Qemu => (qemu_found, "qemu"),
-        BackendChoice::Firecracker => (firecracker_usable, "firecracker"),
+/// What `emberd serve` would run, and whether it can: the backend
+/// [`choose_backend`] picked, its accelerator, and why.
+fn verdict(decision: &BackendDecision, accel: Option<Accel>, qemu_usable: bool) -> Check {
+    let problem = match (&decision.obstacle, decision.backend) {
+        (Some(obstacle), _) => Some(obstacle.to_string()),
+        (None, Backend::Qemu) if !qemu_usable => Some("QEMU is not usable".to_owned()),
+        (None, _) => None,
+    };
+    match problem {
+        None => Check::pass(format!(
+            "backend {decision}{} can run here: {}",
+            accel.map(|a| format!(" with {a}")).unwrap_or_default(),
+            decision.reason
+        )),
+        Some(problem) => Check::fail(
+            format!(
+                "backend {decision} cannot run here: {problem} ({})",
+                decision.reason
+            ),
+            "fix the lines above, or choose another --backend",
+        ),
     }
 }
 
@@ -236,6 +252,7 @@ fn cgroup_verdict(mounts: &str, controllers: impl Fn(&str) -> Option<String>) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend_choice::BackendChoice;
 
     #[test]
     fn paravirtual_kvm_is_reported_with_a_fix() {
@@ -246,35 +263,51 @@ mod tests {
     }
 
     #[test]
-    fn the_backend_verdict_follows_kvm_and_the_binaries() {
-        let hardware = KvmStatus::Hardware {
-            module: "kvm_intel".into(),
-        };
+    fn the_verdict_says_what_serve_would_run_and_why() {
         let pvm = KvmStatus::Paravirtual;
+        let decision = choose_backend(BackendChoice::Auto, false, &pvm);
+        let check = verdict(&decision, Some(Accel::Tcg), true);
+        assert!(check.ok, "{check:?}");
         assert_eq!(
-            verdict(BackendChoice::Auto, true, true, &hardware),
-            (true, "auto → firecracker")
+            check.what,
+            format!(
+                "backend auto → qemu with tcg can run here: no hardware KVM for Firecracker: {}",
+                pvm.explain()
+            )
         );
-        assert_eq!(
-            verdict(BackendChoice::Auto, true, true, &pvm),
-            (true, "auto → qemu")
+
+        let check = verdict(&decision, None, false);
+        assert!(!check.ok, "{check:?}");
+        assert!(
+            check
+                .what
+                .starts_with("backend auto → qemu cannot run here: QEMU is not usable"),
+            "{check:?}"
         );
-        assert_eq!(
-            verdict(BackendChoice::Auto, true, false, &pvm),
-            (false, "auto → qemu")
+
+        let hardware = KvmStatus::Hardware {
+            module: "kvm_amd".into(),
+        };
+        let decision = choose_backend(BackendChoice::Auto, true, &hardware);
+        let check = verdict(&decision, Some(Accel::Kvm), false);
+        assert!(check.ok, "{check:?}");
+        assert!(
+            check
+                .what
+                .starts_with("backend auto → firecracker with kvm can run here"),
+            "{check:?}"
         );
-        assert_eq!(
-            verdict(BackendChoice::Firecracker, true, true, &pvm),
-            (false, "firecracker")
+
+        let decision = choose_backend(BackendChoice::Firecracker, true, &pvm);
+        let check = verdict(&decision, Some(Accel::Kvm), true);
+        assert!(!check.ok, "{check:?}");
+        assert!(
+            check
+                .what
+                .starts_with("backend firecracker cannot run here: Firecracker needs hardware KVM"),
+            "{check:?}"
         );
-        assert_eq!(
-            verdict(BackendChoice::Firecracker, false, true, &hardware),
-            (false, "firecracker")
-        );
-        assert_eq!(
-            verdict(BackendChoice::Qemu, false, true, &KvmStatus::Missing),
-            (true, "qemu")
-        );
+        assert!(check.fix.unwrap().contains("--backend"));
     }
 
     #[test]

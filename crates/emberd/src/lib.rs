@@ -5,8 +5,11 @@
 //! - [`vmm`]: the VM backend trait and its QEMU and Firecracker backends.
 //! - [`guest`]: the gRPC connection to the agent inside each sandbox.
 //! - [`image`]: building and locating kernels, initramfs and packs.
+//! - [`config`]: the settings, from flags, environment and file.
+//! - [`backend_choice`]: which backend `serve` runs and `doctor` reports.
 
 pub mod api;
+pub mod backend_choice;
 pub mod config;
 pub mod doctor;
 pub mod error_chain;

@@ -22,8 +22,9 @@ enum Command {
     /// Build or inspect guest images.
     #[command(subcommand)]
     Image(ImageCommand),
-    /// Check what this host can run, with a fix for each problem.
-    Doctor(emberd::doctor::DoctorArgs),
+    /// Check what this host can run, with a fix for each problem, and which
+    /// backend `serve` would run with these settings.
+    Doctor(emberd::config::ServeArgs),
 }
 
 #[derive(Subcommand)]

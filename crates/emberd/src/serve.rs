@@ -12,9 +12,10 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackendChoice, ConfigError, ServeArgs, Settings};
+use crate::backend_choice::{choose_backend, Backend, Reason};
+use crate::config::{ConfigError, ServeArgs, Settings};
 use crate::image::{Manifest, ManifestError};
-use crate::sandbox::{Manager, ManagerConfig, WorkDirError};
+use crate::sandbox::{Manager, WorkDirError};
 use crate::vmm::firecracker::{FirecrackerBackend, FirecrackerSetupError};
 use crate::vmm::kvm::hardware_kvm;
 use crate::vmm::qemu::{QemuBackend, QemuSetupError};
@@ -46,26 +47,11 @@ pub enum ServeError {
 /// Runs the daemon until a termination signal; returns once every VM is stopped.
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let settings = args.resolve()?;
+    tracing::debug!(?settings, "settings resolved");
     let manifest = Manifest::load(&settings.data_dir)?;
     manifest.verify()?;
     let backend = make_backend(&settings)?;
-    let manager = Arc::new(Manager::new(
-        backend,
-        manifest,
-        ManagerConfig {
-            work_dir: settings.work_dir.clone(),
-            vcpus: settings.vcpus,
-            memory_mib: settings.memory_mib,
-            boot_timeout: settings.boot_timeout,
-            overlay_mib: settings.overlay_mib,
-            pool_size: settings.pool_size,
-            pool_memory_mib: settings.pool_memory_mib,
-            snapshot_dir: settings
-                .snapshots
-                .then(|| settings.data_dir.join("snapshots")),
-            warm_templates_at_start: !settings.skip_warm,
-        },
-    )?);
+    let manager = Arc::new(Manager::new(backend, manifest, settings.manager_config())?);
     manager.start_background();
     let listener = TcpListener::bind(settings.addr)
         .await
@@ -99,39 +85,28 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     Ok(())
 }
 
+/// Makes the backend [`choose_backend`] picks, and logs the choice and why.
 fn make_backend(settings: &Settings) -> Result<Arc<dyn VmBackend>, ServeError> {
-    let qemu = |why: &str| -> Result<Arc<dyn VmBackend>, ServeError> {
-        let backend = QemuBackend::new(settings.qemu_bin.clone(), settings.accel)?;
-        let accel = backend.accel_decision();
-        tracing::info!(backend = "qemu", why, version = %backend.version(), accel = accel.accel, accel_reason = %accel.reason, "backend chosen");
-        Ok(Arc::new(backend))
-    };
-    let firecracker = || -> Result<Arc<dyn VmBackend>, ServeError> {
-        let backend = FirecrackerBackend::new(settings.firecracker_bin.clone())?;
-        tracing::info!(backend = "firecracker", version = %backend.version(), "backend chosen");
-        Ok(Arc::new(backend))
-    };
-    match settings.backend {
-        BackendChoice::Qemu => qemu("asked for with --backend qemu"),
-        BackendChoice::Firecracker => {
-            let kvm = hardware_kvm();
-            if !kvm.is_hardware() {
-                tracing::warn!(kvm = %kvm.explain(), "Firecracker needs hardware KVM; VMs will fail to start");
+    let kvm = hardware_kvm();
+    let firecracker = FirecrackerBackend::new(settings.firecracker_bin.clone());
+    let decision = choose_backend(settings.backend, firecracker.is_ok(), &kvm);
+    match decision.backend {
+        Backend::Qemu => {
+            if let (Reason::NoFirecracker, Err(e)) = (&decision.reason, &firecracker) {
+                tracing::info!(error = %e, "Firecracker is not usable");
             }
-            firecracker()
+            let backend = QemuBackend::new(settings.qemu_bin.clone(), settings.accel)?;
+            let accel = backend.accel_decision();
+            tracing::info!(backend = %decision.backend, why = %decision.reason, version = %backend.version(), accel = %accel.accel, accel_reason = %accel.reason, "backend chosen");
+            Ok(Arc::new(backend))
         }
-        BackendChoice::Auto => {
-            let kvm = hardware_kvm();
-            if !kvm.is_hardware() {
-                return qemu(&format!(
-                    "no hardware KVM for Firecracker: {}",
-                    kvm.explain()
-                ));
+        Backend::Firecracker => {
+            let backend = firecracker?;
+            if let Some(obstacle) = &decision.obstacle {
+                tracing::warn!(%obstacle, "VMs will fail to start");
             }
-            match FirecrackerBackend::new(settings.firecracker_bin.clone()) {
-                Ok(_) => firecracker(),
-                Err(e) => qemu(&format!("Firecracker is not usable: {e}")),
-            }
+            tracing::info!(backend = %decision.backend, why = %decision.reason, version = %backend.version(), "backend chosen");
+            Ok(Arc::new(backend))
         }
     }
 }

@@ -59,7 +59,7 @@ pub fn info_response(info: DaemonInfo) -> InfoResponse {
         packs: info.packs,
         work_dir: info.work_dir.display().to_string(),
         backend: Some(info.backend.to_owned()),
-        accel: info.accel,
+        accel: info.accel.map(|accel| accel.to_string()),
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         pool_ready: info.pool_ready,
     }

@@ -223,7 +223,7 @@ impl Manager {
             packs: launcher.manifest.pack_names(),
             work_dir: launcher.config.work_dir.clone(),
             backend: launcher.backend.name(),
-            accel: launcher.backend.accel(),
+            accel: launcher.backend.acceleration(),
             pool_ready: self.pools.enabled().then(|| self.pools.ready_counts()),
         }
     }

@@ -6,6 +6,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
+use crate::vmm::Accel;
+
 /// How a sandbox's VM came to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BootPath {
@@ -78,7 +80,7 @@ pub struct DaemonInfo {
     pub packs: Vec<String>,
     pub work_dir: PathBuf,
     pub backend: &'static str,
-    pub accel: Option<String>,
+    pub accel: Option<Accel>,
     /// Ready VMs per pack, when pools are on.
     pub pool_ready: Option<BTreeMap<String, usize>>,
 }

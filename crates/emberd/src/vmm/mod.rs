@@ -62,6 +62,31 @@ pub struct Capabilities {
     pub restore: bool,
 }
 
+/// The CPU accelerator a backend runs guests with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    /// Hardware virtualisation through `/dev/kvm`.
+    Kvm,
+    /// QEMU's Tiny Code Generator: emulation, no KVM needed.
+    Tcg,
+}
+
+impl Accel {
+    /// The name QEMU's `-accel` takes, and `/info` shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for Accel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// How a VM process ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmExit {
@@ -100,8 +125,8 @@ pub enum VmmError {
 pub trait VmBackend: Send + Sync + 'static {
     /// Short name: "qemu" or "firecracker".
     fn name(&self) -> &'static str;
-    /// Human-readable acceleration in use ("kvm", "tcg"), if meaningful.
-    fn accel(&self) -> Option<String> {
+    /// The accelerator guests run with, if the backend has one to report.
+    fn acceleration(&self) -> Option<Accel> {
         None
     }
     fn capabilities(&self) -> Capabilities;

@@ -191,8 +191,8 @@ impl VmBackend for FirecrackerBackend {
         "firecracker"
     }
 
-    fn accel(&self) -> Option<String> {
-        Some("kvm".into())
+    fn acceleration(&self) -> Option<super::Accel> {
+        Some(super::Accel::Kvm)
     }
 
     fn capabilities(&self) -> Capabilities {

@@ -24,14 +24,16 @@ use tokio::sync::Mutex;
 use self::qmp::{Qmp, QmpError};
 use super::kvm::{hardware_kvm, KvmStatus};
 use super::process::{describe_exit, version_line, VmProcess};
-use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
+use super::{
+    Accel, AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError,
+};
 use crate::host_tools::find_in_path;
 
 /// File of a snapshot directory holding the migration stream.
 const MIGRATION_FILE: &str = "vm.migration";
 
 /// Which accelerator to ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AccelChoice {
     /// KVM where hardware KVM works, TCG elsewhere.
@@ -40,10 +42,44 @@ pub enum AccelChoice {
     Tcg,
 }
 
+impl AccelChoice {
+    pub const ALL: [AccelChoice; 3] = [AccelChoice::Auto, AccelChoice::Kvm, AccelChoice::Tcg];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AccelChoice::Auto => "auto",
+            AccelChoice::Kvm => "kvm",
+            AccelChoice::Tcg => "tcg",
+        }
+    }
+}
+
+impl std::fmt::Display for AccelChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A name that is not an [`AccelChoice`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown accelerator {0:?}: expected auto, kvm or tcg")]
+pub struct UnknownAccel(String);
+
+impl std::str::FromStr for AccelChoice {
+    type Err = UnknownAccel;
+
+    fn from_str(name: &str) -> Result<Self, Self::Err> {
+        AccelChoice::ALL
+            .into_iter()
+            .find(|choice| choice.as_str() == name)
+            .ok_or_else(|| UnknownAccel(name.to_owned()))
+    }
+}
+
 /// The accelerator in use and why it was chosen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccelDecision {
-    pub accel: &'static str,
+    pub accel: Accel,
     pub reason: String,
 }
 
@@ -52,19 +88,19 @@ impl AccelDecision {
     pub fn decide(choice: AccelChoice, kvm: &KvmStatus) -> Self {
         match (choice, kvm) {
             (AccelChoice::Tcg, _) => AccelDecision {
-                accel: "tcg",
+                accel: Accel::Tcg,
                 reason: "asked for with --accel tcg".into(),
             },
             (AccelChoice::Kvm, _) => AccelDecision {
-                accel: "kvm",
+                accel: Accel::Kvm,
                 reason: "asked for with --accel kvm".into(),
             },
             (AccelChoice::Auto, KvmStatus::Hardware { module }) => AccelDecision {
-                accel: "kvm",
+                accel: Accel::Kvm,
                 reason: format!("hardware KVM ({module}) is usable"),
             },
             (AccelChoice::Auto, other) => AccelDecision {
-                accel: "tcg",
+                accel: Accel::Tcg,
                 reason: format!("no usable hardware KVM: {}", other.explain()),
             },
         }
@@ -108,7 +144,7 @@ impl QemuBackend {
             source,
         })?;
         let accel = AccelDecision::decide(choice, &hardware_kvm());
-        let accel_kernel_args = if accel.accel == "tcg" {
+        let accel_kernel_args = if accel.accel == Accel::Tcg {
             tcg_clock_args(host_tsc_khz())
         } else {
             Vec::new()
@@ -138,8 +174,8 @@ impl QemuBackend {
         append.extend(self.accel_kernel_args.iter().cloned());
         append.extend(spec.extra_kernel_args.iter().cloned());
         let machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on";
-        cmd.args(["-M", machine, "-accel", self.accel.accel]);
-        if self.accel.accel == "kvm" {
+        cmd.args(["-M", machine, "-accel", self.accel.accel.as_str()]);
+        if self.accel.accel == Accel::Kvm {
             cmd.args(["-cpu", "host"]);
         }
         cmd.args(["-smp", &spec.vcpus.to_string()])
@@ -213,8 +249,8 @@ impl VmBackend for QemuBackend {
         "qemu"
     }
 
-    fn accel(&self) -> Option<String> {
-        Some(self.accel.accel.to_owned())
+    fn acceleration(&self) -> Option<Accel> {
+        Some(self.accel.accel)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -451,7 +487,7 @@ mod tests {
     #[test]
     fn auto_uses_tcg_on_paravirtual_kvm() {
         let decision = AccelDecision::decide(AccelChoice::Auto, &KvmStatus::Paravirtual);
-        assert_eq!(decision.accel, "tcg");
+        assert_eq!(decision.accel, Accel::Tcg);
         assert!(
             decision.reason.contains("no usable hardware KVM"),
             "{}",
@@ -464,8 +500,14 @@ mod tests {
         let kvm = KvmStatus::Hardware {
             module: "kvm_intel".into(),
         };
-        assert_eq!(AccelDecision::decide(AccelChoice::Auto, &kvm).accel, "kvm");
-        assert_eq!(AccelDecision::decide(AccelChoice::Tcg, &kvm).accel, "tcg");
+        assert_eq!(
+            AccelDecision::decide(AccelChoice::Auto, &kvm).accel,
+            Accel::Kvm
+        );
+        assert_eq!(
+            AccelDecision::decide(AccelChoice::Tcg, &kvm).accel,
+            Accel::Tcg
+        );
     }
 
     #[test]

@@ -1,0 +1,187 @@
+//! The argument layer of the settings: the flags of `emberd serve` (and
+//! `emberd doctor`) and their `EMBERD_*` variables, as clap reads them.
+//! Nothing here resolves or checks a setting; [`super`] does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+use serde::Serialize;
+
+use super::{duration, parse_duration};
+use crate::backend_choice::BackendChoice;
+use crate::vmm::qemu::AccelChoice;
+
+/// Flags of `emberd serve` (and `emberd doctor`). Every field is optional so
+/// that the config file and the defaults can fill what is left out.
+#[derive(Debug, Clone, Default, clap::Args, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ServeArgs {
+    /// TOML file with any of these settings, by the same names.
+    #[arg(long, env = "EMBERD_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to serve the HTTP API on [default: 127.0.0.1:7777].
+    #[arg(long, env = "EMBERD_ADDR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<SocketAddr>,
+    /// VM backend [default: auto].
+    #[arg(long, env = "EMBERD_BACKEND", value_parser = backend_parser())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendChoice>,
+    /// QEMU accelerator [default: auto: KVM only where hardware KVM works].
+    #[arg(long, env = "EMBERD_ACCEL", value_parser = accel_parser())]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accel: Option<AccelChoice>,
+    /// vCPUs per sandbox [default: 1].
+    #[arg(long, env = "EMBERD_VCPUS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// Guest memory per sandbox, MiB [default: 256].
+    #[arg(long, env = "EMBERD_MEMORY_MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    /// Size of each sandbox's writable layer, MiB [default: 256].
+    #[arg(long, env = "EMBERD_OVERLAY_MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlay_mib: Option<u32>,
+    /// Per-sandbox runtime files (sockets, console logs) [default: /run/emberd as root,
+    /// else $XDG_RUNTIME_DIR/emberd or /tmp/emberd-<uid>].
+    #[arg(long, env = "EMBERD_WORK_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub work_dir: Option<PathBuf>,
+    /// Built guest images [default: ~/.local/share/emberd].
+    #[arg(long, env = "EMBERD_DATA_DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+    /// Bound on a sandbox's boot, e.g. "30s" or "30" [default: 30s].
+    #[arg(long, env = "EMBERD_BOOT_TIMEOUT", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_some"
+    )]
+    pub boot_timeout: Option<Duration>,
+    /// QEMU binary [default: qemu-system-x86_64 on PATH].
+    #[arg(long, env = "EMBERD_QEMU_BIN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qemu_bin: Option<PathBuf>,
+    /// Firecracker binary [default: firecracker on PATH or in ~/.local/bin].
+    #[arg(long, env = "EMBERD_FIRECRACKER_BIN")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub firecracker_bin: Option<PathBuf>,
+    /// Booted sandboxes kept ready per pack; 0 or -1 disables the pool [default: 2].
+    #[arg(long, env = "EMBERD_POOL_SIZE", allow_negative_numbers = true)]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_size: Option<i64>,
+    /// Most guest memory all pools together may hold, MiB [default: 2048].
+    #[arg(long, env = "EMBERD_POOL_MEMORY_MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_memory_mib: Option<u64>,
+    /// Restore sandboxes from per-pack template snapshots [default: true].
+    #[arg(long, env = "EMBERD_SNAPSHOTS", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshots: Option<bool>,
+    /// Build template snapshots lazily, after a pack's first cold boot,
+    /// instead of at startup.
+    #[arg(long, env = "EMBERD_SKIP_WARM", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skip_warm: Option<bool>,
+    /// Bound on draining HTTP requests at shutdown [default: 10s].
+    #[arg(long, env = "EMBERD_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_some"
+    )]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+/// `--backend`: the choice's names, with `auto` explained in `--help`.
+fn backend_parser() -> impl TypedValueParser<Value = BackendChoice> {
+    PossibleValuesParser::new(BackendChoice::ALL.map(|choice| {
+        match choice {
+            BackendChoice::Auto => PossibleValue::new(choice.as_str())
+                .help("Firecracker where it is installed and hardware KVM works, else QEMU"),
+            _ => PossibleValue::new(choice.as_str()),
+        }
+    }))
+    .try_map(|name| name.parse::<BackendChoice>())
+}
+
+/// `--accel`: the choice's names, with `auto` explained in `--help`.
+fn accel_parser() -> impl TypedValueParser<Value = AccelChoice> {
+    PossibleValuesParser::new(AccelChoice::ALL.map(|choice| match choice {
+        AccelChoice::Auto => {
+            PossibleValue::new(choice.as_str()).help("KVM where hardware KVM works, TCG elsewhere")
+        }
+        _ => PossibleValue::new(choice.as_str()),
+    }))
+    .try_map(|name| name.parse::<AccelChoice>())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use clap::Parser;
+
+    use super::*;
+    use crate::config::tests::write_file;
+
+    /// `emberd serve` as clap parses it.
+    #[derive(Parser)]
+    struct Serve {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    #[test]
+    fn an_environment_variable_wins_over_the_file_and_a_flag_over_both() {
+        let (_dir, file) = write_file("pool-size = 4\nvcpus = 2\n");
+        let argv = |extra: &'static [&'static str]| {
+            let mut argv = vec![
+                OsStr::new("emberd"),
+                OsStr::new("--config"),
+                file.as_os_str(),
+            ];
+            argv.extend(extra.iter().map(OsStr::new));
+            argv
+        };
+        // The only test that sets this variable; nextest runs each test in
+        // its own process.
+        std::env::set_var("EMBERD_POOL_SIZE", "0");
+        let from_env = Serve::try_parse_from(argv(&[]));
+        let from_flag = Serve::try_parse_from(argv(&["--pool-size", "3"]));
+        std::env::remove_var("EMBERD_POOL_SIZE");
+
+        let settings = from_env.unwrap().args.resolve().unwrap();
+        assert_eq!(settings.pool_size, 0);
+        assert_eq!(settings.vcpus, 2);
+        let settings = from_flag.unwrap().args.resolve().unwrap();
+        assert_eq!(settings.pool_size, 3);
+    }
+
+    #[test]
+    fn flags_parse_the_documented_syntax() {
+        let parsed = Serve::try_parse_from([
+            "emberd",
+            "--backend",
+            "qemu",
+            "--accel",
+            "tcg",
+            "--pool-size",
+            "-1",
+            "--boot-timeout",
+            "1500ms",
+            "--skip-warm",
+        ])
+        .unwrap();
+        let settings = parsed.args.resolve().unwrap();
+        assert_eq!(settings.backend, BackendChoice::Qemu);
+        assert_eq!(settings.accel, AccelChoice::Tcg);
+        assert_eq!(settings.pool_size, 0);
+        assert_eq!(settings.boot_timeout, Duration::from_millis(1500));
+        assert!(settings.skip_warm);
+        assert!(Serve::try_parse_from(["emberd", "--backend", "kvm"]).is_err());
+    }
+}

@@ -1,0 +1,432 @@
+//! Daemon settings: command-line flags, environment variables and an
+//! optional TOML file, all with the same names.
+//!
+//! Precedence: flag or `EMBERD_*` variable, then the config file, then the
+//! built-in default. [`Settings`] is the one settings type: its `Default`
+//! holds the defaults, its serde shape is the file's, and it is what the
+//! daemon runs with. [`ServeArgs`] (in `args`) is the argument layer: clap
+//! reads the flags and the variables into it, every field optional. figment
+//! layers defaults, file and arguments. Nothing here decides anything from a
+//! setting: it only resolves and checks them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+use crate::backend_choice::BackendChoice;
+use crate::sandbox::ManagerConfig;
+use crate::vmm::qemu::AccelChoice;
+
+mod args;
+
+pub use args::ServeArgs;
+
+/// Errors resolving settings.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The settings the daemon runs with, and the keys of the config file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Settings {
+    pub addr: SocketAddr,
+    pub backend: BackendChoice,
+    pub accel: AccelChoice,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub overlay_mib: u32,
+    pub work_dir: PathBuf,
+    pub data_dir: PathBuf,
+    #[serde(with = "duration")]
+    pub boot_timeout: Duration,
+    pub qemu_bin: Option<PathBuf>,
+    pub firecracker_bin: Option<PathBuf>,
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+    /// Booted sandboxes kept ready per pack; 0 disables the pool.
+    #[serde(with = "pool_size")]
+    pub pool_size: usize,
+    pub pool_memory_mib: u64,
+    pub snapshots: bool,
+    pub skip_warm: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            addr: SocketAddr::from(([127, 0, 0, 1], 7777)),
+            backend: BackendChoice::Auto,
+            accel: AccelChoice::Auto,
+            vcpus: 1,
+            memory_mib: 256,
+            overlay_mib: 256,
+            work_dir: default_work_dir(),
+            data_dir: default_data_dir(),
+            boot_timeout: Duration::from_secs(30),
+            qemu_bin: None,
+            firecracker_bin: None,
+            shutdown_timeout: Duration::from_secs(10),
+            pool_size: 2,
+            pool_memory_mib: 2048,
+            snapshots: true,
+            skip_warm: false,
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Layers the defaults, the config file (if any) and these arguments,
+    /// then checks the result.
+    pub fn resolve(&self) -> Result<Settings, ConfigError> {
+        let mut layers = Figment::from(Serialized::defaults(Settings::default()));
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            layers = layers.merge(Toml::string(&text));
+        }
+        let settings: Settings = layers
+            .merge(Serialized::defaults(self))
+            .extract()
+            .map_err(|e| invalid(&e, self.config.as_deref()))?;
+        settings.check()?;
+        Ok(settings)
+    }
+}
+
+/// Says which key is wrong, and in which file when it came from one.
+fn invalid(error: &figment::Error, file: Option<&Path>) -> ConfigError {
+    use figment::error::Kind;
+    let one_of = |names: &[&str]| {
+        let quoted: Vec<String> = names.iter().map(|name| format!("`{name}`")).collect();
+        quoted.join(", ")
+    };
+    let message = match &error.kind {
+        Kind::UnknownField(key, expected) => {
+            format!(
+                "unknown field `{key}`, expected one of {}",
+                one_of(expected)
+            )
+        }
+        Kind::UnknownVariant(value, expected) => format!(
+            "unknown value `{value}` for key `{}`, expected one of {}",
+            error.path.join("."),
+            one_of(expected)
+        ),
+        kind if error.path.is_empty() => kind.to_string(),
+        kind => format!("{kind} for key `{}`", error.path.join(".")),
+    };
+    // Flags and defaults are typed before they get here, so an unknown
+    // key, or a value with the file's provenance, is the file's.
+    let from_file = matches!(error.kind, Kind::UnknownField(..))
+        || error
+            .metadata
+            .as_ref()
+            .is_some_and(|m| m.name.starts_with(Toml::NAME));
+    match file {
+        Some(path) if from_file => ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        },
+        _ => ConfigError::Invalid(message),
+    }
+}
+
+impl Settings {
+    /// What the sandbox manager needs of these settings.
+    pub fn manager_config(&self) -> ManagerConfig {
+        ManagerConfig {
+            work_dir: self.work_dir.clone(),
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            boot_timeout: self.boot_timeout,
+            overlay_mib: self.overlay_mib,
+            pool_size: self.pool_size,
+            pool_memory_mib: self.pool_memory_mib,
+            snapshot_dir: self.snapshots.then(|| self.data_dir.join("snapshots")),
+            warm_templates_at_start: !self.skip_warm,
+        }
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=64).contains(&self.vcpus) {
+            return Err(ConfigError::Invalid(
+                "vcpus must be between 1 and 64".into(),
+            ));
+        }
+        if !(64..=65536).contains(&self.memory_mib) {
+            return Err(ConfigError::Invalid(
+                "memory-mib must be between 64 and 65536".into(),
+            ));
+        }
+        if self.overlay_mib == 0 {
+            return Err(ConfigError::Invalid("overlay-mib must be positive".into()));
+        }
+        // Unix socket paths under the work dir must fit in sun_path (108 bytes).
+        let longest = self.work_dir.join("sb_0123456789ab").join("agent.sock");
+        if longest.as_os_str().len() >= 100 {
+            return Err(ConfigError::Invalid(format!(
+                "work dir {} is too long for Unix socket paths; pick a shorter one",
+                self.work_dir.display()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `~/.local/share/emberd`.
+pub fn default_data_dir() -> PathBuf {
+    let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/root"), PathBuf::from);
+    home.join(".local/share/emberd")
+}
+
+/// `/run/emberd` as root, else `$XDG_RUNTIME_DIR/emberd`, else `/tmp/emberd-<uid>`.
+pub fn default_work_dir() -> PathBuf {
+    let uid = nix::unistd::getuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/emberd");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir).join("emberd"),
+        _ => PathBuf::from(format!("/tmp/emberd-{uid}")),
+    }
+}
+
+/// "30" (seconds), "1500ms", "2m", "30s".
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text).map_err(|e| format!("invalid duration {text:?}: {e}"))
+}
+
+/// Durations in the file: seconds (`30`) or text (`"1500ms"`, `"45s"`).
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&humantime::format_duration(*value).to_string())
+    }
+
+    /// For the argument layer, whose `None`s are skipped.
+    pub fn serialize_some<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(value) => serialize(value, serializer),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Seconds(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Seconds(s) => Ok(Duration::from_secs(s)),
+            Raw::Text(t) => super::parse_duration(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// Pool size: 0 or any negative number (the documented -1) disables the pool.
+mod pool_size {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &usize, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(*value as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<usize, D::Error> {
+        Ok(match i64::deserialize(deserializer)? {
+            n if n <= 0 => 0,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn write_file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("emberd.toml");
+        std::fs::write(&file, text).unwrap();
+        (dir, file)
+    }
+
+    #[test]
+    fn flags_win_over_the_file_and_the_file_over_defaults() {
+        let (_dir, file) =
+            write_file("vcpus = 2\nmemory-mib = 512\nboot-timeout = \"45s\"\nbackend = \"qemu\"\n");
+        let args = ServeArgs {
+            config: Some(file),
+            memory_mib: Some(384),
+            ..ServeArgs::default()
+        };
+        let settings = args.resolve().unwrap();
+        assert_eq!(settings.vcpus, 2);
+        assert_eq!(settings.memory_mib, 384);
+        assert_eq!(settings.boot_timeout, Duration::from_secs(45));
+        assert_eq!(settings.backend, BackendChoice::Qemu);
+        assert_eq!(settings.addr, "127.0.0.1:7777".parse().unwrap());
+    }
+
+    #[test]
+    fn unknown_keys_in_the_file_are_rejected() {
+        let (_dir, file) = write_file("vcpu = 2\n");
+        let err = ServeArgs {
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `vcpu`"), "{err}");
+        assert!(
+            err.to_string().contains(&file.display().to_string()),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn durations_accept_plain_seconds_and_units() {
+        assert_eq!(parse_duration("30").unwrap(), Duration::from_secs(30));
+        assert_eq!(
+            parse_duration("1500ms").unwrap(),
+            Duration::from_millis(1500)
+        );
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_rejected() {
+        let err = ServeArgs {
+            vcpus: Some(0),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("vcpus"), "{err}");
+    }
+
+    #[test]
+    fn what_nobody_sets_takes_the_default() {
+        let settings = ServeArgs::default().resolve().unwrap();
+        assert_eq!(settings, Settings::default());
+        assert_eq!(settings.pool_size, 2);
+        assert_eq!(settings.boot_timeout, Duration::from_secs(30));
+        assert_eq!(settings.shutdown_timeout, Duration::from_secs(10));
+        assert_eq!(settings.backend, BackendChoice::Auto);
+        assert_eq!(settings.accel, AccelChoice::Auto);
+        assert_eq!(settings.data_dir, default_data_dir());
+    }
+
+    #[test]
+    fn the_file_takes_every_key_in_its_own_syntax() {
+        let (_dir, file) = write_file(
+            "addr = \"0.0.0.0:8080\"\nbackend = \"firecracker\"\naccel = \"tcg\"\n\
+             boot-timeout = 30\nshutdown-timeout = \"1500ms\"\npool-size = -1\n\
+             snapshots = false\nskip-warm = true\nqemu-bin = \"/opt/qemu\"\n",
+        );
+        let settings = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(settings.addr, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(settings.backend, BackendChoice::Firecracker);
+        assert_eq!(settings.accel, AccelChoice::Tcg);
+        assert_eq!(settings.boot_timeout, Duration::from_secs(30));
+        assert_eq!(settings.shutdown_timeout, Duration::from_millis(1500));
+        assert_eq!(settings.pool_size, 0);
+        assert!(!settings.snapshots);
+        assert!(settings.skip_warm);
+        assert_eq!(settings.qemu_bin, Some(PathBuf::from("/opt/qemu")));
+    }
+
+    #[test]
+    fn a_wrong_value_in_the_file_names_its_key_and_the_file() {
+        let (_dir, file) = write_file("memory-mib = \"lots\"\n");
+        let err = ServeArgs {
+            config: Some(file.clone()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("memory-mib"), "{text}");
+        assert!(text.contains(&file.display().to_string()), "{text}");
+    }
+
+    #[test]
+    fn a_work_dir_too_long_for_socket_paths_is_rejected() {
+        let err = ServeArgs {
+            work_dir: Some(PathBuf::from("/tmp").join("w".repeat(90))),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert!(err.to_string().contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn the_manager_gets_the_resolved_settings() {
+        let settings = Settings {
+            vcpus: 2,
+            memory_mib: 512,
+            overlay_mib: 128,
+            pool_size: 3,
+            pool_memory_mib: 1024,
+            boot_timeout: Duration::from_secs(45),
+            work_dir: PathBuf::from("/run/e"),
+            data_dir: PathBuf::from("/data"),
+            snapshots: true,
+            skip_warm: true,
+            ..Settings::default()
+        };
+        let config = settings.manager_config();
+        assert_eq!(config.work_dir, PathBuf::from("/run/e"));
+        assert_eq!(
+            (config.vcpus, config.memory_mib, config.overlay_mib),
+            (2, 512, 128)
+        );
+        assert_eq!((config.pool_size, config.pool_memory_mib), (3, 1024));
+        assert_eq!(config.boot_timeout, Duration::from_secs(45));
+        assert_eq!(config.snapshot_dir, Some(PathBuf::from("/data/snapshots")));
+        assert!(!config.warm_templates_at_start);
+
+        let config = Settings {
+            snapshots: false,
+            skip_warm: false,
+            ..settings
+        }
+        .manager_config();
+        assert_eq!(config.snapshot_dir, None);
+        assert!(config.warm_templates_at_start);
+    }
+}
