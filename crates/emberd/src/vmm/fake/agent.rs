@@ -18,8 +18,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use super::guest::Guest;
 use super::script::{self, ExecContext};
-use super::vm::Guest;
 
 type OutputStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, Status>> + Send>>;
 

@@ -14,6 +14,7 @@
 //! `fake-backend` feature; it must never back a daemon users run.
 
 mod agent;
+mod guest;
 pub mod script;
 mod vm;
 
@@ -23,8 +24,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use async_trait::async_trait;
 use tokio::sync::watch;
 
+use self::guest::Guest;
+use self::vm::FakeVm;
 pub use self::vm::FakeVmHandle;
-use self::vm::{FakeVm, Guest};
 use super::{BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmmError};
 
 /// The file a fake snapshot consists of.

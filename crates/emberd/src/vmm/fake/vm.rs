@@ -1,114 +1,28 @@
-//! One fake VM: its life (running, died, stopped), its agent sessions, and
-//! the handle a test holds to watch it and to hurt it.
+//! One fake VM as the daemon holds it, and the handle a test holds to
+//! watch it and to hurt it; its shared state lives in [`super::guest`].
 //!
 //! A session is the scripted agent served on one end of an in-memory duplex
 //! stream; the other end is what [`Vm::connect_agent`] returns. When the VM
 //! dies or stops, its sessions are aborted, so the daemon's end breaks as it
 //! would when a VMM process goes away.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use emberd_proto::v1::agent_server::AgentServer;
-use tokio::sync::watch;
-use tokio::task::AbortHandle;
 
 use super::agent::ScriptedAgent;
-use super::{Shared, SNAPSHOT_FILE};
-use crate::vmm::{AgentStream, BootSpec, SnapshotFiles, Vm, VmExit, VmmError};
+use super::guest::{Guest, Life};
+use super::SNAPSHOT_FILE;
+use crate::vmm::{AgentStream, SnapshotFiles, Vm, VmExit, VmmError};
 
 /// Bytes in flight in each direction of an agent stream.
 const STREAM_BUFFER: usize = 1024 * 1024;
 /// The real agent's gRPC message cap.
 const MESSAGE_LIMIT: usize = emberd_proto::boundary::MAX_MESSAGE_BYTES;
 const SIGKILL: i32 = 9;
-
-/// Where a fake VM is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Life {
-    Running,
-    /// Died on its own ([`FakeVmHandle::kill`]); not yet stopped.
-    Died,
-    Stopped,
-    /// Dropped without a stop; real backends kill such a VM.
-    Dropped,
-}
-
-/// The state of one fake VM, shared by its [`FakeVm`], its agent sessions
-/// and the handles of the test.
-pub(super) struct Guest {
-    pub(super) pid: u32,
-    pub(super) sandbox_id: String,
-    pub(super) root_disk: PathBuf,
-    pub(super) restored: bool,
-    pub(super) backend: Arc<Shared>,
-    pub(super) booted_at: Instant,
-    life: watch::Sender<Life>,
-    paused: AtomicBool,
-    sessions: Mutex<Vec<AbortHandle>>,
-    pub(super) quiesced: AtomicBool,
-    pub(super) health_hangs: AtomicBool,
-    pub(super) health_calls: AtomicU64,
-    pub(super) identity: Mutex<Option<String>>,
-    pub(super) running_execs: Arc<AtomicUsize>,
-    pub(super) next_exec_pid: AtomicU32,
-}
-
-impl Guest {
-    pub(super) fn new(pid: u32, spec: &BootSpec, restored: bool, backend: Arc<Shared>) -> Self {
-        Guest {
-            pid,
-            sandbox_id: spec.sandbox_id.clone(),
-            root_disk: spec.root_disk.clone(),
-            restored,
-            backend,
-            booted_at: Instant::now(),
-            life: watch::Sender::new(Life::Running),
-            paused: AtomicBool::new(false),
-            sessions: Mutex::new(Vec::new()),
-            quiesced: AtomicBool::new(false),
-            health_hangs: AtomicBool::new(false),
-            health_calls: AtomicU64::new(0),
-            identity: Mutex::new(None),
-            running_execs: Arc::new(AtomicUsize::new(0)),
-            next_exec_pid: AtomicU32::new(100),
-        }
-    }
-
-    pub(super) fn life(&self) -> Life {
-        *self.life.borrow()
-    }
-
-    /// True until the VM is stopped or dropped (a VM that died counts: its
-    /// owner has yet to stop it).
-    pub(super) fn is_live(&self) -> bool {
-        matches!(self.life(), Life::Running | Life::Died)
-    }
-
-    /// Moves to `to` unless the VM already ended that way or further, and
-    /// breaks every agent session if it stops running.
-    fn end(&self, to: Life) {
-        let changed = self.life.send_if_modified(|life| {
-            let allowed = match to {
-                Life::Running => false,
-                Life::Died => *life == Life::Running,
-                Life::Stopped | Life::Dropped => matches!(*life, Life::Running | Life::Died),
-            };
-            if allowed {
-                *life = to;
-            }
-            allowed
-        });
-        if changed {
-            for session in self.sessions.lock().expect("session lock").drain(..) {
-                session.abort();
-            }
-        }
-    }
-}
 
 /// The [`Vm`] the backend hands out.
 pub(super) struct FakeVm {
