@@ -1,0 +1,113 @@
+//! The fake's "guest": the agent process and everything below it, stopped,
+//! continued and killed as a whole, and the hybrid-vsock proxy in front of
+//! the agent's socket.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use emberd_proto::boundary::AGENT_VSOCK_PORT;
+
+/// Every process below this one. The fake is a child subreaper, so what
+/// the agent's children leave behind stays below it too.
+pub(crate) fn guest_processes() -> Vec<libc::pid_t> {
+    let mut parents: Vec<(libc::pid_t, libc::pid_t)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let ppid = stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<libc::pid_t>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut found = vec![std::process::id() as libc::pid_t];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+pub(crate) fn signal_guest(signal: libc::c_int) {
+    for pid in guest_processes() {
+        // SAFETY: kill(2) takes plain integers; the pids are our descendants.
+        unsafe { libc::kill(pid, signal) };
+    }
+}
+
+/// SIGKILLs every descendant and reaps them, until none is left (bounded).
+pub(crate) fn kill_guest() {
+    for _ in 0..200 {
+        if guest_processes().is_empty() {
+            return;
+        }
+        signal_guest(libc::SIGKILL);
+        // SAFETY: waitpid with WNOHANG and a null status pointer is allowed.
+        while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {}
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Hybrid vsock: `CONNECT <port>\n` from the host, `OK <n>\n` back, then bytes both ways.
+pub(crate) async fn vsock_proxy(listener: UnixListener, agent_socket: PathBuf, no_ack: bool) {
+    let mut next_port = 1_073_741_824u32;
+    loop {
+        let Ok((mut host, _)) = listener.accept().await else {
+            return;
+        };
+        next_port += 1;
+        let agent_socket = agent_socket.clone();
+        tokio::spawn(async move {
+            let mut line = Vec::new();
+            loop {
+                match host.read_u8().await {
+                    Ok(b'\n') => break,
+                    Ok(byte) if line.len() < 64 => line.push(byte),
+                    _ => return,
+                }
+            }
+            let line = String::from_utf8_lossy(&line).into_owned();
+            let port: Option<u32> = line
+                .strip_prefix("CONNECT ")
+                .and_then(|p| p.trim().parse().ok());
+            if port != Some(AGENT_VSOCK_PORT) {
+                return;
+            }
+            if no_ack {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                return;
+            }
+            // Like a guest whose agent is not listening yet: the host sees the
+            // connection close and tries again.
+            let Ok(mut guest) = UnixStream::connect(&agent_socket).await else {
+                return;
+            };
+            if host
+                .write_all(format!("OK {next_port}\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let _ = tokio::io::copy_bidirectional(&mut host, &mut guest).await;
+        });
+    }
+}
