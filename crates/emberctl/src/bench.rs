@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
@@ -75,11 +75,11 @@ fn percentile(samples: &[f64], p: f64) -> f64 {
     sorted[rank]
 }
 
-/// A daemon started for one configuration, killed on drop.
+/// A daemon started for one configuration (on `emberd-harness`), stopped
+/// with SIGTERM on drop.
 struct Daemon {
-    child: Child,
+    process: emberd_harness::Daemon,
     client: Client,
-    work_dir: tempfile::TempDir,
 }
 
 impl Daemon {
@@ -91,56 +91,25 @@ impl Daemon {
                 .map(|dir| dir.join("emberd"))
                 .ok_or_else(|| anyhow::anyhow!("cannot locate emberd; pass --emberd"))?,
         };
-        let work_dir = tempfile::Builder::new()
-            .prefix("embench")
-            .tempdir_in("/tmp")?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let mut command = Command::new(&emberd);
-        command
-            .arg("serve")
-            .args(["--addr", &addr])
-            .arg("--work-dir")
-            .arg(work_dir.path().join("w"))
+        let mut builder = emberd_harness::Daemon::builder(emberd)
             .args(extra)
             .args(&args.daemon_args)
             .env("EMBERD_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(
-                work_dir.path().join("daemon.log"),
-            )?));
+            .ready_within(Duration::from_secs(30))
+            // Time for the daemon to stop its VMs and remove their directories.
+            .stop_grace(Duration::from_secs(30));
         if let Some(data_dir) = &args.data_dir {
-            command.arg("--data-dir").arg(data_dir);
+            builder = builder.data_dir(data_dir);
         }
-        let mut child = command
-            .spawn()
-            .map_err(|e| anyhow::anyhow!("cannot start {}: {e}", emberd.display()))?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            if let Some(status) = child.try_wait()? {
-                let log =
-                    std::fs::read_to_string(work_dir.path().join("daemon.log")).unwrap_or_default();
-                anyhow::bail!("emberd exited ({status}):\n{log}");
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "emberd did not serve within 30 s"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let client = Client::new(&addr)?.with_request_timeout(Duration::from_secs(300));
-        Ok(Daemon {
-            child,
-            client,
-            work_dir,
-        })
+        let process = builder.start()?;
+        let client = process
+            .client()?
+            .with_request_timeout(Duration::from_secs(300));
+        Ok(Daemon { process, client })
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     async fn wait_for(
@@ -167,30 +136,13 @@ impl Daemon {
         .await
     }
 
-    /// The daemon's child processes: the VMMs.
-    fn children(&self) -> Vec<String> {
-        let parent = format!("PPid:\t{}", self.pid());
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        entries
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.bytes().all(|b| b.is_ascii_digit()))
-            .filter(|pid| {
-                std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .is_ok_and(|status| status.lines().any(|l| l == parent))
-            })
-            .collect()
-    }
-
     /// Children of the daemon (VMs), fds and work-dir entries.
     fn footprint(&self) -> (usize, usize, usize) {
-        let children = self.children().len();
+        let children = self.process.children().len();
         let fds = std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .map(|d| d.count())
             .unwrap_or(0);
-        let entries = std::fs::read_dir(self.work_dir.path().join("w"))
+        let entries = std::fs::read_dir(self.process.work_dir())
             .map(|d| d.count())
             .unwrap_or(0);
         (children, fds, entries)
@@ -198,31 +150,13 @@ impl Daemon {
 
     /// PSS of the daemon's children (the VMMs), in KiB, and how many there are.
     fn vm_pss_kib(&self) -> (u64, usize) {
-        let pids = self.children();
-        let total = pids.iter().map(|pid| pss_kib(pid)).sum();
+        let pids = self.process.children();
+        let total = pids.iter().map(|pid| pss_kib(*pid)).sum();
         (total, pids.len())
     }
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        // SIGTERM: the daemon stops its VMs and removes their directories.
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn pss_kib(pid: &str) -> u64 {
+fn pss_kib(pid: u32) -> u64 {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
     rollup
         .lines()

@@ -16,6 +16,7 @@
 
 mod api;
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -64,6 +65,8 @@ pub enum FirecrackerSetupError {
 pub struct FirecrackerBackend {
     binary: PathBuf,
     version: String,
+    /// Extra environment of every VMM process (empty outside tests).
+    vmm_env: Vec<(OsString, OsString)>,
 }
 
 impl FirecrackerBackend {
@@ -78,12 +81,20 @@ impl FirecrackerBackend {
             Some(v) if v >= MIN_VERSION => Ok(FirecrackerBackend {
                 binary,
                 version: reported,
+                vmm_env: Vec::new(),
             }),
             _ => Err(FirecrackerSetupError::TooOld {
                 binary: binary.display().to_string(),
                 reported,
             }),
         }
+    }
+
+    /// Sets `key=value` in the environment of every VMM this backend
+    /// starts: how tests configure a stand-in VMM per backend.
+    pub fn with_vmm_env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.vmm_env.push((key.into(), value.into()));
+        self
     }
 
     fn spawn(&self, spec: &BootSpec) -> Result<FirecrackerVm, VmmError> {
@@ -96,6 +107,7 @@ impl FirecrackerBackend {
             .arg(dir.join(API_SOCKET))
             .arg("--id")
             .arg(instance_id(&spec.sandbox_id))
+            .envs(self.vmm_env.iter().map(|(k, v)| (k, v)))
             .current_dir(dir);
         // The guest's serial console is Firecracker's stdout.
         let process = VmProcess::spawn(command, &dir.join("console.log"))?;

@@ -458,13 +458,17 @@ fn tcg_clock_args(tsc_khz: Option<u64>) -> Vec<String> {
 /// The host's TSC frequency: sysfs where the kernel exports it, else the
 /// `cpu MHz` of /proc/cpuinfo.
 fn host_tsc_khz() -> Option<u64> {
-    if let Ok(text) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz") {
-        if let Ok(khz) = text.trim().parse() {
-            return Some(khz);
-        }
+    let sysfs = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz").ok();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok();
+    tsc_khz_from(sysfs.as_deref(), cpuinfo.as_deref())
+}
+
+/// [`host_tsc_khz`] from the two files' contents, where they could be read.
+fn tsc_khz_from(sysfs: Option<&str>, cpuinfo: Option<&str>) -> Option<u64> {
+    if let Some(khz) = sysfs.and_then(|text| text.trim().parse().ok()) {
+        return Some(khz);
     }
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok()?;
-    let mhz: f64 = cpuinfo
+    let mhz: f64 = cpuinfo?
         .lines()
         .find(|l| l.starts_with("cpu MHz"))?
         .split(':')
@@ -517,7 +521,25 @@ mod tests {
             ["tsc_early_khz=2596138", "tsc=reliable"]
         );
         assert!(tcg_clock_args(None).is_empty());
-        assert!(host_tsc_khz().is_some_and(|khz| khz > 100_000));
+    }
+
+    #[test]
+    fn the_tsc_frequency_comes_from_sysfs_else_cpuinfo_else_nowhere() {
+        let cpuinfo = "processor\t: 0\ncpu MHz\t\t: 2596.138\nflags\t\t: tsc\n";
+        assert_eq!(
+            tsc_khz_from(Some("2596000\n"), Some(cpuinfo)),
+            Some(2_596_000)
+        );
+        // Hosts without sysfs's tsc_freq_khz (most VMs) fall back to cpuinfo.
+        assert_eq!(tsc_khz_from(None, Some(cpuinfo)), Some(2_596_138));
+        assert_eq!(
+            tsc_khz_from(Some("garbage"), Some(cpuinfo)),
+            Some(2_596_138)
+        );
+        // Hosts that expose neither: no frequency, so no clock arguments.
+        assert_eq!(tsc_khz_from(None, Some("processor\t: 0\n")), None);
+        assert_eq!(tsc_khz_from(None, Some("cpu MHz\t\t: 0.000\n")), None);
+        assert_eq!(tsc_khz_from(None, None), None);
     }
 
     #[test]
