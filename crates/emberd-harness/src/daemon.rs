@@ -15,6 +15,8 @@ use crate::procs::{self, Process};
 
 /// How often start-up and exits are polled.
 const POLL: Duration = Duration::from_millis(20);
+/// How long a dropped handle waits for the VMs it killed to be gone.
+const VM_KILL_BOUND: Duration = Duration::from_secs(5);
 /// Start attempts when another process takes the free port first.
 const PORT_ATTEMPTS: usize = 3;
 /// What the daemon logs when it cannot bind its address.
@@ -377,8 +379,15 @@ impl Drop for Daemon {
                 let _ = child.wait();
             }
         }
-        for pid in self.vm_processes() {
+        let vms = self.vm_processes();
+        for &pid in &vms {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        // A SIGKILL lands asynchronously: wait (bounded) until the VMs are
+        // gone, so that nothing of this daemon outlives its handle.
+        let deadline = std::time::Instant::now() + VM_KILL_BOUND;
+        while vms.iter().any(|&pid| crate::is_alive(pid)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(POLL);
         }
     }
 }

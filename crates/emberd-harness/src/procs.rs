@@ -99,6 +99,12 @@ mod tests {
             .spawn()
             .expect("sleep");
         let pid = child.id();
+        // Between fork and exec the child still has this test's command line.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while processes_mentioning(&marker).is_empty() {
+            assert!(std::time::Instant::now() < deadline, "sleep never started");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         assert_eq!(processes_mentioning(&marker), [pid]);
         let found = Process::read(pid).unwrap();
         assert_eq!(found.ppid, std::process::id());
