@@ -11,12 +11,12 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use reqwest::Method;
 use serde_json::json;
-use support::{eventually, Daemon};
+use support::eventually;
 
 #[tokio::test]
 async fn bad_requests_get_clear_errors() {
-    let daemon = Daemon::start(&[]);
-    let api = daemon.client();
+    let daemon = support::start(&[]);
+    let api = support::api(&daemon);
 
     let (status, body) = api
         .raw(Method::POST, "/sandboxes", Some(b"{not json".to_vec()))
@@ -66,10 +66,39 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(status, 200);
 }
 
+/// Starts a child, writes its own and the child's PIDs to `/tmp/victims`,
+/// prints a line and sleeps past any timeout.
+const TIMED_OUT_CODE: &str = "import os, time
+child = os.fork()
+if child == 0:
+    os.execvp('sleep', ['sleep', '600'])
+open('/tmp/victims', 'w').write(f'{os.getpid()} {child}')
+print('before', flush=True)
+time.sleep(600)";
+
+/// Prints which of the PIDs in `/tmp/victims` still run (not zombies),
+/// after giving the kill up to 5 s to land.
+const LIVE_VICTIMS_CODE: &str = "import time
+pids = open('/tmp/victims').read().split()
+def alive():
+    found = []
+    for pid in pids:
+        try:
+            state = open(f'/proc/{pid}/stat').read().rsplit(') ', 1)[1][0]
+        except FileNotFoundError:
+            continue
+        if state != 'Z':
+            found.append(int(pid))
+    return found
+deadline = time.monotonic() + 5
+while alive() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(f'victims: {len(pids)}, alive: {alive()}')";
+
 #[tokio::test]
 async fn python_sandbox_runs_code_and_reports_exits() {
-    let daemon = Daemon::start(&[]);
-    let api = daemon.client();
+    let daemon = support::start(&[]);
+    let api = support::api(&daemon);
     let (status, body) = api.raw(Method::POST, "/sandboxes", Some(Vec::new())).await;
     assert_eq!(status, 201, "{body}");
     let id = body["id"].as_str().unwrap().to_owned();
@@ -105,12 +134,10 @@ async fn python_sandbox_runs_code_and_reports_exits() {
         .await;
     assert_eq!(out.stdout, "HELLO\n");
 
+    // The timed-out code and a child it started note their PIDs first.
     let started = Instant::now();
     let out = api
-        .exec_with(
-            &id,
-            json!({ "code": "import time\nprint('before', flush=True)\ntime.sleep(60)", "timeout_ms": 1000 }),
-        )
+        .exec_with(&id, json!({ "code": TIMED_OUT_CODE, "timeout_ms": 3000 }))
         .await;
     assert_eq!(out.exit_code, -1, "{out:?}");
     assert_eq!(out.error.as_deref(), Some("execution timed out"));
@@ -121,17 +148,17 @@ async fn python_sandbox_runs_code_and_reports_exits() {
         started.elapsed()
     );
 
-    // The sandbox still works after a timeout.
-    let out = api.exec(&id, "print('still here')").await;
-    assert_eq!(out.stdout, "still here\n");
+    // Both were killed, and the sandbox still works after a timeout.
+    let out = api.exec(&id, LIVE_VICTIMS_CODE).await;
+    assert_eq!(out.stdout, "victims: 2, alive: []\n", "{out:?}");
 
     assert_eq!(api.delete(&id).await, 204);
 }
 
 #[tokio::test]
 async fn files_persist_within_a_sandbox_and_not_across() {
-    let daemon = Daemon::start(&[]);
-    let api = daemon.client();
+    let daemon = support::start(&[]);
+    let api = support::api(&daemon);
     let (a, b) = tokio::join!(api.create("python"), api.create("python"));
 
     let out = api
@@ -159,16 +186,14 @@ async fn files_persist_within_a_sandbox_and_not_across() {
 
 #[tokio::test]
 async fn shell_and_node_packs_run() {
-    let daemon = Daemon::start(&[]);
-    let api = daemon.client();
+    let daemon = support::start(&[]);
+    let api = support::api(&daemon);
     let shell = api.create("shell").await;
     let out = api.exec(&shell, "uname -r; echo err >&2; exit 3").await;
     assert_eq!(out.exit_code, 3, "{out:?}");
-    assert!(
-        out.stdout.trim().contains('.'),
-        "uname -r printed {:?}",
-        out.stdout
-    );
+    // The guest runs the kernel the manifest names.
+    let manifest = emberd::image::Manifest::load(&support::data_dir()).expect("images built");
+    assert_eq!(out.stdout, format!("{}\n", manifest.kernel.release));
     assert_eq!(out.stderr, "err\n");
 
     let node = api.create("node").await;
@@ -181,8 +206,8 @@ async fn shell_and_node_packs_run() {
 
 #[tokio::test]
 async fn delete_removes_everything_and_a_second_delete_is_404() {
-    let daemon = Daemon::start(&[]);
-    let api = daemon.client();
+    let daemon = support::start(&[]);
+    let api = support::api(&daemon);
     let id = api.create("python").await;
 
     let (status, info) = api
@@ -216,8 +241,8 @@ async fn delete_removes_everything_and_a_second_delete_is_404() {
 
 #[tokio::test]
 async fn eight_sandboxes_at_once() {
-    let daemon = Daemon::start(&[]);
-    let api = daemon.client();
+    let daemon = support::start(&[]);
+    let api = support::api(&daemon);
     let ids = futures::future::join_all((0..8).map(|_| api.create("python"))).await;
     let outputs = futures::future::join_all(ids.iter().enumerate().map(|(i, id)| {
         let api = api.clone();
@@ -235,15 +260,31 @@ async fn eight_sandboxes_at_once() {
     assert!(daemon.sandbox_dirs().is_empty());
 }
 
+/// Marks this exec as arrived in /tmp, then waits (up to 60 s, else exits 9)
+/// until 20 have.
+const BARRIER_CODE: &str = "import os, sys, time
+open(f'/tmp/arrived-{os.getpid()}', 'w').close()
+deadline = time.monotonic() + 60
+while sum(name.startswith('arrived-') for name in os.listdir('/tmp')) < 20:
+    if time.monotonic() > deadline:
+        sys.exit(9)
+    time.sleep(0.05)";
+
 #[tokio::test]
 async fn twenty_concurrent_execs_on_one_sandbox() {
-    let daemon = Daemon::start(&[]);
-    let api = daemon.client();
+    let daemon = support::start(&[]);
+    let api = support::api(&daemon);
     let id = api.create("python").await;
+    // A barrier in the guest: each exec waits until all 20 have started, so
+    // execs run one at a time would never get past it.
     let outputs = futures::future::join_all((0..20).map(|i| {
         let api = api.clone();
         let id = id.clone();
-        async move { (i, api.exec(&id, &format!("print({i} ** 2)")).await) }
+        let code = format!("{BARRIER_CODE}\nprint({i} ** 2)");
+        async move {
+            let request = json!({ "code": code, "timeout_ms": 120_000 });
+            (i, api.exec_with(&id, request).await)
+        }
     }))
     .await;
     for (i, out) in outputs {
@@ -254,45 +295,54 @@ async fn twenty_concurrent_execs_on_one_sandbox() {
 }
 
 #[tokio::test]
-async fn delete_during_an_exec_ends_the_exec_with_an_error() {
-    let daemon = Daemon::start(&[]);
-    let api = daemon.client();
+async fn delete_during_an_exec_ends_the_exec_with_a_409() {
+    let daemon = support::start(&[]);
+    let api = support::api(&daemon);
     let id = api.create("python").await;
     let runner = {
         let api = api.clone();
         let id = id.clone();
+        let code = "import time\nopen('/tmp/running', 'w').close()\ntime.sleep(120)";
         tokio::spawn(async move {
-            api.raw(
-                Method::POST,
-                &format!("/sandboxes/{id}/exec"),
-                Some(
-                    json!({ "code": "import time; time.sleep(120)" })
-                        .to_string()
-                        .into_bytes(),
-                ),
-            )
-            .await
+            api.exec_raw(&id, &json!({ "code": code, "timeout_ms": 600_000 }))
+                .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A second exec sees the marker the first one wrote: it is running.
+    api.wait_for_output(
+        &id,
+        "import os; print(os.path.exists('/tmp/running'))",
+        "True\n",
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(!runner.is_finished());
     assert_eq!(api.delete(&id).await, 204);
     let (status, body) = tokio::time::timeout(Duration::from_secs(20), runner)
         .await
         .expect("the exec ended")
         .unwrap();
-    assert!(status == 409 || status == 404, "{status} {body}");
-    assert!(body["error"].is_string());
-    assert!(daemon.vm_processes().is_empty());
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(
+        body,
+        json!({ "error": "sandbox was deleted while the code was running" })
+    );
+    assert!(!daemon.work_dir().join(&id).exists());
+    assert!(
+        daemon.vm_processes().is_empty(),
+        "{:?}",
+        daemon.vm_processes()
+    );
 }
 
 #[tokio::test]
 async fn sigterm_stops_every_vm_and_exits_zero() {
-    let mut daemon = Daemon::start(&[]);
-    let api = daemon.client();
+    let mut daemon = support::start(&[]);
+    let api = support::api(&daemon);
     let (a, b) = tokio::join!(api.create("python"), api.create("shell"));
     assert!(!a.is_empty() && !b.is_empty());
     assert_eq!(daemon.vm_processes().len(), 2);
-    let status = daemon.signal_and_wait(Signal::SIGTERM);
+    let status = support::signal_and_wait(&mut daemon, Signal::SIGTERM);
     assert!(status.success(), "{status}:\n{}", daemon.log_text());
     assert!(
         daemon.vm_processes().is_empty(),
@@ -308,12 +358,12 @@ async fn sigterm_stops_every_vm_and_exits_zero() {
 
 #[tokio::test]
 async fn a_restart_after_sigkill_leaves_nothing_behind() {
-    let mut daemon = Daemon::start(&[]);
-    let api = daemon.client();
+    let mut daemon = support::start(&[]);
+    let api = support::api(&daemon);
     let _a = api.create("python").await;
     let _b = api.create("python").await;
     assert_eq!(daemon.vm_processes().len(), 2);
-    daemon.signal_and_wait(Signal::SIGKILL);
+    support::signal_and_wait(&mut daemon, Signal::SIGKILL);
     // PR_SET_PDEATHSIG takes the VMs down with the daemon.
     assert!(
         eventually(Duration::from_secs(10), || daemon.vm_processes().is_empty()),
@@ -321,17 +371,14 @@ async fn a_restart_after_sigkill_leaves_nothing_behind() {
         daemon.vm_processes()
     );
     assert_eq!(daemon.sandbox_dirs().len(), 2);
-    let work_dir = daemon.work_dir.clone();
-    let restarted = Daemon::start_in(&work_dir, &[]);
+    let restarted = support::start_in(daemon.work_dir(), &[]);
     assert!(
         restarted.sandbox_dirs().is_empty(),
         "{:?}",
         restarted.sandbox_dirs()
     );
     assert!(restarted.vm_processes().is_empty());
-    let id = restarted.client().create("python").await;
-    assert_eq!(
-        restarted.client().exec(&id, "print('again')").await.stdout,
-        "again\n"
-    );
+    let api = support::api(&restarted);
+    let id = api.create("python").await;
+    assert_eq!(api.exec(&id, "print('again')").await.stdout, "again\n");
 }
