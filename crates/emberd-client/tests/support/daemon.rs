@@ -5,13 +5,10 @@
 
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use emberd::image::{KernelArtefact, Manifest, PackArtefact};
 use emberd::sandbox::{Manager, ManagerConfig};
 use emberd::vmm::fake::FakeBackend;
 
@@ -23,43 +20,6 @@ pub struct Daemon {
     manager: Arc<Manager>,
     server: tokio::task::JoinHandle<()>,
     _root: tempfile::TempDir,
-}
-
-/// Fake guest images and their manifest: packs `python` and `shell`.
-fn fake_manifest(dir: &Path) -> Manifest {
-    std::fs::create_dir_all(dir).unwrap();
-    let file = |name: &str| {
-        let path = dir.join(name);
-        std::fs::write(&path, name).unwrap();
-        path
-    };
-    let pack = |name: &str, interpreter: &str, suffix: &str| PackArtefact {
-        squashfs: file(&format!("{name}.squashfs")),
-        interpreter: vec![interpreter.to_owned()],
-        file_suffix: suffix.to_owned(),
-        warmup: "echo:warm".to_owned(),
-        warm_language: None,
-    };
-    Manifest {
-        kernel: KernelArtefact {
-            bzimage: file("bzImage"),
-            vmlinux: file("vmlinux"),
-            release: "6.1.0-fake".into(),
-            source: "fake".into(),
-            requested: None,
-            input: "fake".into(),
-        },
-        initramfs: file("initramfs.cpio"),
-        packs: BTreeMap::from([
-            (
-                "python".to_owned(),
-                pack("python", "/usr/bin/python3", ".py"),
-            ),
-            ("shell".to_owned(), pack("shell", "/bin/sh", ".sh")),
-        ]),
-        inputs_key: "fake".into(),
-        keys: BTreeMap::new(),
-    }
 }
 
 impl Daemon {
@@ -80,7 +40,7 @@ impl Daemon {
             warm_templates_at_start: false,
         };
         let backend = FakeBackend::new();
-        let manifest = fake_manifest(&root.path().join("data"));
+        let manifest = emberd::image::fake_manifest(&root.path().join("data"), "echo:warm");
         let manager = Arc::new(Manager::new(Arc::new(backend.clone()), manifest, config).unwrap());
         manager.start_background();
         let app = emberd::api::app(manager.clone());

@@ -162,3 +162,50 @@ impl Manifest {
         self.packs.keys().cloned().collect()
     }
 }
+
+/// Fake guest images (any bytes do: nothing boots them) written to `dir`,
+/// and the manifest naming them: packs `python` (with a warm interpreter)
+/// and `shell`, whose template warm-up runs `warmup`. For tests on the fake
+/// backend.
+#[cfg(any(test, feature = "fake-backend"))]
+pub fn fake_manifest(dir: &Path, warmup: &str) -> Manifest {
+    std::fs::create_dir_all(dir).expect("fake image dir");
+    let file = |name: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, name).expect("fake image");
+        path
+    };
+    let pack =
+        |name: &str, interpreter: &str, suffix: &str, warm: Option<WarmLanguage>| PackArtefact {
+            squashfs: file(&format!("{name}.squashfs")),
+            interpreter: vec![interpreter.to_owned()],
+            file_suffix: suffix.to_owned(),
+            warmup: warmup.to_owned(),
+            warm_language: warm,
+        };
+    Manifest {
+        kernel: KernelArtefact {
+            bzimage: file("bzImage"),
+            vmlinux: file("vmlinux"),
+            release: "6.1.0-fake".into(),
+            source: "fake".into(),
+            requested: None,
+            input: "fake".into(),
+        },
+        initramfs: file("initramfs.cpio"),
+        packs: BTreeMap::from([
+            (
+                "python".to_owned(),
+                pack(
+                    "python",
+                    "/usr/bin/python3",
+                    ".py",
+                    Some(WarmLanguage::Python),
+                ),
+            ),
+            ("shell".to_owned(), pack("shell", "/bin/sh", ".sh", None)),
+        ]),
+        inputs_key: "fake".into(),
+        keys: BTreeMap::new(),
+    }
+}

@@ -21,4 +21,6 @@ pub mod store;
 pub mod tool;
 
 pub use build::{build, BuildArgs, BuildReport, ImageError};
+#[cfg(any(test, feature = "fake-backend"))]
+pub use manifest::fake_manifest;
 pub use manifest::{KernelArtefact, Manifest, ManifestError, PackArtefact};
