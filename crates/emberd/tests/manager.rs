@@ -243,14 +243,7 @@ async fn shutdown_during_template_build_stops_everything() {
 
 #[tokio::test]
 async fn the_pool_hands_out_a_pooled_vm_and_refills() {
-    let daemon = Daemon::with(Options {
-        pool_size: 2,
-        ..Options::default()
-    });
-    wait_until_async("the python pool is full", || async {
-        daemon.pool_ready("python").await == 2
-    })
-    .await;
+    let daemon = Daemon::with_full_python_pool(2).await;
     let pooled: HashSet<u32> = daemon
         .live_vms_of("python")
         .iter()
@@ -280,14 +273,7 @@ async fn the_pool_hands_out_a_pooled_vm_and_refills() {
 
 #[tokio::test]
 async fn a_pooled_vm_that_died_is_skipped_once_the_pool_noticed() {
-    let daemon = Daemon::with(Options {
-        pool_size: 2,
-        ..Options::default()
-    });
-    wait_until_async("the python pool is full", || async {
-        daemon.pool_ready("python").await == 2
-    })
-    .await;
+    let daemon = Daemon::with_full_python_pool(2).await;
     // The pool hands out oldest first and checks its VMs' health in that order.
     let pooled = daemon.live_vms_of("python");
     let (dead, next) = (&pooled[0], &pooled[1]);
@@ -310,14 +296,7 @@ async fn a_pooled_vm_that_died_is_skipped_once_the_pool_noticed() {
 // A pooled VM that died after its last `Health` answer is not handed out.
 #[tokio::test]
 async fn a_pooled_vm_that_just_died_is_not_handed_out() {
-    let daemon = Daemon::with(Options {
-        pool_size: 1,
-        ..Options::default()
-    });
-    wait_until_async("the python pool is full", || async {
-        daemon.pool_ready("python").await == 1
-    })
-    .await;
+    let daemon = Daemon::with_full_python_pool(1).await;
     let dead = daemon.live_vms_of("python").remove(0);
     dead.kill();
 
@@ -329,14 +308,7 @@ async fn a_pooled_vm_that_just_died_is_not_handed_out() {
 
 #[tokio::test]
 async fn a_pooled_vm_whose_health_hangs_is_skipped() {
-    let daemon = Daemon::with(Options {
-        pool_size: 2,
-        ..Options::default()
-    });
-    wait_until_async("the python pool is full", || async {
-        daemon.pool_ready("python").await == 2
-    })
-    .await;
+    let daemon = Daemon::with_full_python_pool(2).await;
     let pooled = daemon.live_vms_of("python");
     let (hung, next) = (&pooled[0], &pooled[1]);
     hung.hang_health();
