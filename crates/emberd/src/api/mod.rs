@@ -98,7 +98,7 @@ async fn exec(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ExecResponse>, ApiError> {
     // An unknown sandbox is a 404 whatever the body says.
-    manager.get(&id)?;
+    manager.check_exists(&id)?;
     let request: ExecRequest = parse_body(body, EXEC_BODY_LIMIT, false)?;
     let outcome = manager.exec(&id, wire::exec_params(request)).await?;
     Ok(Json(wire::exec_response(outcome)))

@@ -37,13 +37,12 @@ impl Background {
         launcher: Arc<Launcher>,
         pools: Arc<Pools>,
         mut queue: UnboundedReceiver<String>,
-        requests: &tokio::sync::mpsc::UnboundedSender<String>,
     ) {
         let packs = launcher.manifest.pack_names();
         let warm_first = launcher.templates.is_some() && launcher.config.warm_templates_at_start;
         if warm_first {
             for pack in &packs {
-                let _ = requests.send(pack.clone());
+                launcher.request_template(pack);
             }
         }
         let fillers = PoolFillers {

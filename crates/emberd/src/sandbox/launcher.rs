@@ -7,6 +7,7 @@
 //! that will run code, pushes the identity (id, clock, entropy). On error
 //! the VM is stopped; the directory is the caller's.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,7 +48,10 @@ pub(super) struct Launcher {
     pub config: ManagerConfig,
     /// `None` when snapshots are off or the backend cannot restore.
     pub templates: Option<Templates>,
-    /// Packs whose template should be built (after a cold boot found none).
+    /// The key each pack's template is stored under: fixed for the
+    /// launcher's life, since everything it hashes is.
+    template_keys: HashMap<String, String>,
+    /// Packs whose template should be built.
     template_requests: UnboundedSender<String>,
 }
 
@@ -62,13 +66,30 @@ impl Launcher {
             Some(dir) if backend.capabilities().restore => Some(Templates::new(dir.clone())),
             _ => None,
         };
-        Launcher {
+        let mut launcher = Launcher {
             backend,
             manifest,
             config,
             templates,
+            template_keys: HashMap::new(),
             template_requests,
-        }
+        };
+        let (backend, version) = (launcher.backend.name(), launcher.backend.version());
+        launcher.template_keys = launcher
+            .manifest
+            .packs
+            .iter()
+            .map(|(name, artefact)| {
+                let spec = launcher.boot_spec("", Path::new(""), artefact);
+                (name.clone(), Templates::key(&spec, backend, &version))
+            })
+            .collect();
+        launcher
+    }
+
+    /// Asks the background builder for the template of `pack`.
+    pub fn request_template(&self, pack: &str) {
+        let _ = self.template_requests.send(pack.to_owned());
     }
 
     pub fn pack(&self, pack: &str) -> Result<&PackArtefact, SandboxError> {
@@ -112,21 +133,13 @@ impl Launcher {
     }
 
     /// The key a template of `pack` is stored under.
-    pub fn template_key(&self, pack: &str) -> Option<String> {
-        let artefact = self.manifest.pack(pack).ok()?;
-        let spec = self.boot_spec("", Path::new(""), artefact);
-        Some(Templates::key(
-            &spec,
-            self.backend.name(),
-            &self.backend.version(),
-        ))
+    pub fn template_key(&self, pack: &str) -> Option<&str> {
+        self.template_keys.get(pack).map(String::as_str)
     }
 
     /// The usable template of `pack`, if there is one.
     pub fn template_for(&self, pack: &str) -> Option<SnapshotFiles> {
-        self.templates
-            .as_ref()?
-            .get(pack, &self.template_key(pack)?)
+        self.templates.as_ref()?.get(pack, self.template_key(pack)?)
     }
 
     /// How a create is served when no pool has a VM of `pack` ready.
@@ -189,7 +202,7 @@ impl Launcher {
         }
         let guest = self.cold_boot(spec).await?;
         if self.templates.is_some() && self.template_for(pack).is_none() {
-            let _ = self.template_requests.send(pack.to_owned());
+            self.request_template(pack);
         }
         Ok(guest)
     }

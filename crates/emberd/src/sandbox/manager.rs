@@ -35,7 +35,6 @@ pub struct Manager {
     pools: Arc<Pools>,
     background: Background,
     template_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
-    template_requests: tokio::sync::mpsc::UnboundedSender<String>,
     _lock: WorkDirLock,
 }
 
@@ -59,14 +58,13 @@ impl Manager {
         }
         let pools = Arc::new(Pools::new(&manifest.pack_names(), &config));
         let (template_requests, template_queue) = tokio::sync::mpsc::unbounded_channel();
-        let launcher = Launcher::new(backend, manifest, config, template_requests.clone());
+        let launcher = Launcher::new(backend, manifest, config, template_requests);
         Ok(Manager {
             launcher: Arc::new(launcher),
             sandboxes: Mutex::new(HashMap::new()),
             pools,
             background: Background::new(),
             template_queue: Mutex::new(Some(template_queue)),
-            template_requests,
             _lock: lock,
         })
     }
@@ -76,12 +74,8 @@ impl Manager {
     /// first call does anything.
     pub fn start_background(&self) {
         if let Some(queue) = self.template_queue.lock().take() {
-            self.background.start(
-                self.launcher.clone(),
-                self.pools.clone(),
-                queue,
-                &self.template_requests,
-            );
+            self.background
+                .start(self.launcher.clone(), self.pools.clone(), queue);
         }
     }
 
@@ -201,6 +195,11 @@ impl Manager {
             .collect();
         all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         all
+    }
+
+    /// `NotFound` unless sandbox `id` exists; reads nothing else.
+    pub fn check_exists(&self, id: &str) -> Result<(), SandboxError> {
+        self.lookup(id).map(|_| ())
     }
 
     /// One sandbox, with the tail of its console.

@@ -96,7 +96,7 @@ async fn build(
         let result = match prepared {
             Ok(()) => {
                 tokio::time::sleep(QUIESCE_SETTLE).await;
-                snapshot_into(vm.as_ref(), templates, pack, &key).await
+                snapshot_into(vm.as_ref(), templates, pack, key).await
             }
             Err(e) => Err(e),
         };
