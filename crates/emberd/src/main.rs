@@ -57,24 +57,8 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("emberd: {}", chain(&e));
+            eprintln!("emberd: {}", emberd::error_chain::render(e.as_ref()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// "outer: cause: root cause", each error once.
-fn chain(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for (i, cause) in error.chain().enumerate() {
-        let message = cause.to_string();
-        if i > 0 {
-            if text.contains(&message) {
-                continue;
-            }
-            text.push_str(": ");
-        }
-        text.push_str(&message);
-    }
-    text
 }
