@@ -62,6 +62,15 @@ pub struct Capabilities {
     pub restore: bool,
 }
 
+impl Capabilities {
+    /// Pause, resume, snapshot and restore.
+    pub const ALL: Capabilities = Capabilities {
+        pause_resume: true,
+        snapshot: true,
+        restore: true,
+    };
+}
+
 /// The CPU accelerator a backend runs guests with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Accel {

@@ -294,11 +294,7 @@ impl VmBackend for FakeBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            pause_resume: true,
-            snapshot: true,
-            restore: true,
-        }
+        Capabilities::ALL
     }
 
     fn version(&self) -> String {

@@ -208,11 +208,7 @@ impl VmBackend for FirecrackerBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            pause_resume: true,
-            snapshot: true,
-            restore: true,
-        }
+        Capabilities::ALL
     }
 
     fn version(&self) -> String {

@@ -254,11 +254,7 @@ impl VmBackend for QemuBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            pause_resume: true,
-            snapshot: true,
-            restore: true,
-        }
+        Capabilities::ALL
     }
 
     fn version(&self) -> String {
