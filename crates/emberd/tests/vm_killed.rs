@@ -49,6 +49,17 @@ async fn assert_deleted_cleanly(daemon: &Daemon, api: &Api, id: &str, vmm_pid: u
     assert_eq!(status, 404);
 }
 
+/// Deleting the daemon's last sandbox leaves no VMM and no sandbox directory.
+async fn assert_last_one_deleted_cleanly(daemon: &Daemon, api: &Api, id: &str) {
+    assert_eq!(api.delete(id).await, 204);
+    assert!(daemon.vm_processes().is_empty());
+    assert!(
+        daemon.sandbox_dirs().is_empty(),
+        "{:?}",
+        daemon.sandbox_dirs()
+    );
+}
+
 #[tokio::test]
 async fn a_vm_killed_between_execs_fails_the_next_exec_and_nothing_else() {
     let daemon = support::start(&[]);
@@ -73,13 +84,7 @@ async fn a_vm_killed_between_execs_fails_the_next_exec_and_nothing_else() {
         daemon.vm_processes()
     );
     assert_eq!(api.exec(&bystander, "print(4)").await.stdout, "4\n");
-    assert_eq!(api.delete(&bystander).await, 204);
-    assert!(daemon.vm_processes().is_empty());
-    assert!(
-        daemon.sandbox_dirs().is_empty(),
-        "{:?}",
-        daemon.sandbox_dirs()
-    );
+    assert_last_one_deleted_cleanly(&daemon, &api, &bystander).await;
 }
 
 #[tokio::test]
@@ -113,11 +118,5 @@ async fn a_vm_killed_during_an_exec_ends_the_exec_with_an_error() {
 
     assert_eq!(api.exec(&bystander, "print(5)").await.stdout, "5\n");
     assert_deleted_cleanly(&daemon, &api, &victim, vmm_pid).await;
-    assert_eq!(api.delete(&bystander).await, 204);
-    assert!(daemon.vm_processes().is_empty());
-    assert!(
-        daemon.sandbox_dirs().is_empty(),
-        "{:?}",
-        daemon.sandbox_dirs()
-    );
+    assert_last_one_deleted_cleanly(&daemon, &api, &bystander).await;
 }
