@@ -345,6 +345,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     code: "import sys\nprint(len(sys.stdin.read()))".into(),
                     stdin: Some("y".repeat(64 * 1024)),
                     timeout_ms: None,
+                    user: None,
                 },
             ),
             ("workload: exit 3", code("raise SystemExit(3)")),
@@ -360,6 +361,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 code: "import time\ntime.sleep(10)".into(),
                 stdin: None,
                 timeout_ms: Some(1000),
+                user: None,
             };
             let (elapsed, response) = timed_exec(&daemon.client, &id, &request).await?;
             anyhow::ensure!(response.exit_code == -1, "the timeout did not fire");

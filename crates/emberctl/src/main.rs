@@ -78,6 +78,9 @@ struct CodeArgs {
     /// Time limit in milliseconds.
     #[arg(long)]
     timeout_ms: Option<u64>,
+    /// Who runs the code in the guest: `sandbox` (default) or `root`.
+    #[arg(long)]
+    user: Option<String>,
 }
 
 impl CodeArgs {
@@ -93,6 +96,7 @@ impl CodeArgs {
             code,
             stdin: self.stdin,
             timeout_ms: self.timeout_ms,
+            user: self.user,
         })
     }
 }

@@ -15,6 +15,23 @@ pub const DEFAULT_LANGUAGE_PACK: &str = "python";
 pub struct CreateSandboxRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language_pack: Option<String>,
+    /// Virtual CPUs; the daemon's default when absent. At most `--max-vcpus`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// Guest memory in MiB; the daemon's default when absent. At most `--max-memory-mib`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    /// Size of the writable layer in MiB; the daemon's default when absent. At most `--max-disk-mib`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u32>,
+    /// Seconds from creation after which the sandbox is deleted; none when absent.
+    /// At most `--max-ttl-s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_s: Option<u64>,
+    /// Seconds without an exec after which the sandbox is deleted; 0 disables;
+    /// the daemon's default (30 minutes) when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u64>,
 }
 
 impl CreateSandboxRequest {
@@ -42,6 +59,9 @@ pub struct ExecRequest {
     pub stdin: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Who runs the code: "sandbox" (an unprivileged user, the default) or "root".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// `POST /sandboxes/{id}/exec` 200 body, whatever the exit code.
@@ -83,6 +103,8 @@ pub enum SandboxState {
     Booting,
     Running,
     Stopping,
+    /// The VM ended on its own (guest panic, `reboot`, VMM crash); see `exit_reason`.
+    Exited,
 }
 
 /// One entry of `GET /sandboxes` and the body of `GET /sandboxes/{id}`.
@@ -103,6 +125,21 @@ pub struct SandboxInfo {
     /// Last lines of the guest console log (only in `GET /sandboxes/{id}`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub console_tail: Option<String>,
+    /// RFC 3339 UTC time at which the TTL deletes the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+    /// RFC 3339 UTC time at which the sandbox is deleted unless it runs an exec first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_expires_at: Option<String>,
+    /// Why the VM ended, when `state` is `exited`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_mib: Option<u32>,
 }
 
 /// `GET /sandboxes` body.
@@ -125,6 +162,10 @@ pub struct InfoResponse {
     pub backend: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accel: Option<String>,
+    /// What separates guests from the host: "kvm" (hardware virtualisation)
+    /// or "tcg-emulation" (QEMU's emulator, not a security boundary; see docs/security.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub isolation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
     /// Ready VMs in each pack's warm pool (absent when pools are off).

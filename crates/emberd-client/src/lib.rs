@@ -162,6 +162,7 @@ impl Client {
     pub async fn create_sandbox(&self, language_pack: Option<&str>) -> Result<String, ClientError> {
         let body = CreateSandboxRequest {
             language_pack: language_pack.map(str::to_string),
+            ..CreateSandboxRequest::default()
         };
         let created: CreateSandboxResponse = self
             .call(Method::POST, "sandboxes", Some(&body), self.request_timeout)

@@ -66,6 +66,7 @@ async fn exec_keeps_stdin_exit_code_and_timeout() {
                 code: "cat".into(),
                 stdin: Some("abc".into()),
                 timeout_ms: None,
+                user: None,
             },
         )
         .await
@@ -87,6 +88,7 @@ async fn exec_keeps_stdin_exit_code_and_timeout() {
                 code: "echo:partial\nblock".into(),
                 stdin: None,
                 timeout_ms: Some(300),
+                user: None,
             },
         )
         .await
@@ -127,6 +129,7 @@ async fn error_answers_keep_status_and_message() {
                 code: "echo:x".into(),
                 stdin: None,
                 timeout_ms: Some(3_600_001),
+                user: None,
             },
         )
         .await

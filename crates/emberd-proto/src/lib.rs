@@ -32,10 +32,16 @@ pub const PROTOCOL_GENERATION: u32 = 1;
 /// Fingerprints (sha256 of `agent.proto`) accepted for each generation. A
 /// backward-compatible change (a new optional field, a new RPC) appends its
 /// fingerprint to the current generation; anything else bumps the generation.
-pub const SCHEMA_FINGERPRINTS: &[(u32, &str)] = &[(
-    1,
-    "150f0558475801950888bda6cb4395b1505d4afb860b12d673689a8e9995c9a4",
-)];
+pub const SCHEMA_FINGERPRINTS: &[(u32, &str)] = &[
+    (
+        1,
+        "150f0558475801950888bda6cb4395b1505d4afb860b12d673689a8e9995c9a4",
+    ),
+    (
+        1,
+        "4f2cf612fa6aec1886d330a2bdee9ef74c9647de5d49b7c5c59d54be3c955d4d",
+    ),
+];
 
 /// The text of `agent.proto`, for the schema test and for diagnostics.
 pub const AGENT_PROTO: &str = include_str!("../proto/agent.proto");

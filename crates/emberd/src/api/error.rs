@@ -33,11 +33,15 @@ impl ApiError {
             ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Sandbox(e) => match e {
-                SandboxError::UnknownPack(_) | SandboxError::TimeoutTooLong { .. } => {
-                    StatusCode::BAD_REQUEST
-                }
+                SandboxError::UnknownPack(_)
+                | SandboxError::TimeoutTooLong { .. }
+                | SandboxError::OverLimit { .. }
+                | SandboxError::Invalid(_) => StatusCode::BAD_REQUEST,
                 SandboxError::NotFound => StatusCode::NOT_FOUND,
-                SandboxError::NotRunning(_) | SandboxError::Deleted(_) => StatusCode::CONFLICT,
+                SandboxError::NotRunning(_)
+                | SandboxError::Deleted(_)
+                | SandboxError::Exited(_) => StatusCode::CONFLICT,
+                SandboxError::AtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
                 SandboxError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
                 SandboxError::Boot(_)
                 | SandboxError::SandboxDir { .. }
@@ -56,7 +60,15 @@ impl IntoResponse for ApiError {
             tracing::error!(error = %message, "request failed");
         }
         let body = ErrorBody { error: message };
-        (status, Json(body)).into_response()
+        let mut response = (status, Json(body)).into_response();
+        if let ApiError::Sandbox(SandboxError::AtCapacity { retry_after, .. }) = &self {
+            let seconds = retry_after.as_secs().max(1);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }
 
@@ -106,6 +118,29 @@ mod tests {
             StatusCode::CONFLICT
         );
         assert_eq!(
+            status(SandboxError::Exited("guest panicked".into())),
+            StatusCode::CONFLICT
+        );
+        assert_eq!(
+            status(SandboxError::OverLimit {
+                field: "vcpus",
+                value: 9,
+                max: 8
+            }),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(SandboxError::Invalid("x".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(SandboxError::AtCapacity {
+                what: "x".into(),
+                retry_after: std::time::Duration::from_secs(1)
+            }),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        assert_eq!(
             status(SandboxError::ShuttingDown),
             StatusCode::SERVICE_UNAVAILABLE
         );
@@ -117,6 +152,17 @@ mod tests {
             status(SandboxError::AgentUnresponsive(std::time::Duration::ZERO)),
             StatusCode::INTERNAL_SERVER_ERROR
         );
+    }
+
+    #[test]
+    fn capacity_answers_say_when_to_retry() {
+        let response = ApiError::Sandbox(SandboxError::AtCapacity {
+            what: "32 sandboxes (--max-sandboxes)".into(),
+            retry_after: std::time::Duration::from_secs(2),
+        })
+        .into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "2");
     }
 
     #[test]

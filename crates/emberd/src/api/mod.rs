@@ -88,7 +88,7 @@ async fn create(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<(StatusCode, Json<CreateSandboxResponse>), ApiError> {
     let request: CreateSandboxRequest = parse_body(body, CREATE_BODY_LIMIT, true)?;
-    let id = manager.create(request.pack()).await?;
+    let id = manager.create_with(wire::create_params(request)).await?;
     Ok((StatusCode::CREATED, Json(CreateSandboxResponse { id })))
 }
 
@@ -100,7 +100,7 @@ async fn exec(
     // An unknown sandbox is a 404 whatever the body says.
     manager.check_exists(&id)?;
     let request: ExecRequest = parse_body(body, EXEC_BODY_LIMIT, false)?;
-    let outcome = manager.exec(&id, wire::exec_params(request)).await?;
+    let outcome = manager.exec(&id, wire::exec_params(request)?).await?;
     Ok(Json(wire::exec_response(outcome)))
 }
 

@@ -2,16 +2,51 @@
 //! The original API's conventions live here: -1 for an exec that timed out,
 //! died of a signal or never started, with the reason in `error`.
 
-use emberd_api::{ExecRequest, ExecResponse, InfoResponse, SandboxInfo, SandboxState};
+use emberd_api::{
+    CreateSandboxRequest, ExecRequest, ExecResponse, InfoResponse, SandboxInfo, SandboxState,
+};
 
-use crate::sandbox::{self, DaemonInfo, ExecOutcome, ExecParams, ExitStatus, SandboxSummary};
+use crate::sandbox::{
+    self, CreateParams, DaemonInfo, ExecOutcome, ExecParams, ExitStatus, GuestUser, SandboxError,
+    SandboxSummary,
+};
+use crate::vmm::Accel;
 
-pub fn exec_params(request: ExecRequest) -> ExecParams {
-    ExecParams {
+pub fn create_params(request: CreateSandboxRequest) -> CreateParams {
+    CreateParams {
+        pack: request.pack().to_owned(),
+        vcpus: request.vcpus,
+        memory_mib: request.memory_mib,
+        disk_mib: request.disk_mib,
+        ttl_s: request.ttl_s,
+        idle_timeout_s: request.idle_timeout_s,
+    }
+}
+
+pub fn exec_params(request: ExecRequest) -> Result<ExecParams, SandboxError> {
+    let user = match request.user.as_deref() {
+        None => GuestUser::default(),
+        Some(name) => GuestUser::from_name(name).ok_or_else(|| {
+            SandboxError::Invalid(format!(
+                "user must be \"sandbox\" or \"root\", not {:?}",
+                truncate_chars(name, 64)
+            ))
+        })?,
+    };
+    Ok(ExecParams {
         code: request.code,
         stdin: request.stdin,
         timeout_ms: request.timeout_ms,
-    }
+        user,
+    })
+}
+
+fn truncate_chars(text: &str, max: usize) -> String {
+    text.chars().take(max).collect()
+}
+
+fn rfc3339(time: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
 }
 
 pub fn exec_response(outcome: ExecOutcome) -> ExecResponse {
@@ -42,12 +77,19 @@ pub fn sandbox_info(summary: SandboxSummary) -> SandboxInfo {
             sandbox::SandboxState::Booting => SandboxState::Booting,
             sandbox::SandboxState::Running => SandboxState::Running,
             sandbox::SandboxState::Stopping => SandboxState::Stopping,
+            sandbox::SandboxState::Exited => SandboxState::Exited,
         },
         backend: summary.backend.to_owned(),
-        created_at: humantime::format_rfc3339_seconds(summary.created_at).to_string(),
+        created_at: rfc3339(summary.created_at),
         boot_path: summary.boot_path.map(|p| p.as_str().to_owned()),
         vmm_pid: summary.vmm_pid,
         console_tail: summary.console_tail,
+        expires_at: summary.expires_at.map(rfc3339),
+        idle_expires_at: summary.idle_expires_at.map(rfc3339),
+        exit_reason: summary.exit_reason,
+        vcpus: summary.shape.map(|s| s.vcpus),
+        memory_mib: summary.shape.map(|s| s.memory_mib),
+        disk_mib: summary.shape.map(|s| s.disk_mib),
     }
 }
 
@@ -60,8 +102,17 @@ pub fn info_response(info: DaemonInfo) -> InfoResponse {
         work_dir: info.work_dir.display().to_string(),
         backend: Some(info.backend.to_owned()),
         accel: info.accel.map(|accel| accel.to_string()),
+        isolation: info.accel.map(|accel| isolation(accel).to_owned()),
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         pool_ready: info.pool_ready,
+    }
+}
+
+/// What separates guests from the host under `accel`.
+pub fn isolation(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg-emulation",
     }
 }
 

@@ -53,6 +53,22 @@ pub enum SandboxError {
     AgentUnresponsive(Duration),
     #[error("exec failed")]
     Exec(#[source] GuestError),
+    /// A create over an admission limit; the client may retry later.
+    #[error("at capacity: {what}")]
+    AtCapacity { what: String, retry_after: Duration },
+    /// A create asking for more than the operator allows.
+    #[error("invalid request: {field} must be at most {max} (asked for {value})")]
+    OverLimit {
+        field: &'static str,
+        value: u64,
+        max: u64,
+    },
+    /// A request value the manager cannot take, with the reason.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The sandbox's VM ended on its own.
+    #[error("sandbox has stopped: {0}")]
+    Exited(String),
 }
 
 impl From<BootError> for SandboxError {

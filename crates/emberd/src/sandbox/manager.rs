@@ -17,7 +17,7 @@ use super::background::Background;
 use super::error::{BootError, Interrupted, SandboxError};
 use super::exec::{exec_timeout, run};
 use super::launcher::Launcher;
-use super::model::{BootPath, DaemonInfo, ExecOutcome, ExecParams, SandboxSummary};
+use super::model::{BootPath, CreateParams, DaemonInfo, ExecOutcome, ExecParams, SandboxSummary};
 use super::pool::{Pooled, Pools};
 use super::record::Sandbox;
 use super::recovery::{self, WorkDirError, WorkDirLock};
@@ -87,8 +87,14 @@ impl Manager {
         &self.launcher.config
     }
 
-    /// Creates a sandbox of `pack` and returns its id once its agent answers.
+    /// Creates a sandbox of `pack` with every default.
     pub async fn create(&self, pack: &str) -> Result<String, SandboxError> {
+        self.create_with(CreateParams::pack(pack)).await
+    }
+
+    /// Creates a sandbox and returns its id once its agent answers.
+    pub async fn create_with(&self, params: CreateParams) -> Result<String, SandboxError> {
+        let pack = params.pack.as_str();
         if self.background.token.is_cancelled() {
             return Err(SandboxError::ShuttingDown);
         }

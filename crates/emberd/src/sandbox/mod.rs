@@ -35,7 +35,8 @@ pub use exec::{DEFAULT_EXEC_TIMEOUT, DEFAULT_OUTPUT_LIMIT, MAX_EXEC_TIMEOUT};
 pub use ids::{is_sandbox_id, new_sandbox_id};
 pub use manager::Manager;
 pub use model::{
-    BootPath, DaemonInfo, ExecOutcome, ExecParams, ExitStatus, SandboxState, SandboxSummary,
+    BootPath, CreateParams, DaemonInfo, ExecOutcome, ExecParams, ExitStatus, GuestUser,
+    SandboxState, SandboxSummary, Shape,
 };
 pub use recovery::{WorkDirError, WorkDirLock};
 

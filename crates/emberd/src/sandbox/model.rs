@@ -42,6 +42,8 @@ pub enum SandboxState {
     Booting,
     Running,
     Stopping,
+    /// The VM ended on its own.
+    Exited,
 }
 
 impl fmt::Display for SandboxState {
@@ -50,6 +52,7 @@ impl fmt::Display for SandboxState {
             SandboxState::Booting => "booting",
             SandboxState::Running => "running",
             SandboxState::Stopping => "stopping",
+            SandboxState::Exited => "exited",
         })
     }
 }
@@ -67,6 +70,73 @@ pub struct SandboxSummary {
     pub vmm_pid: Option<u32>,
     /// The last lines of the guest console, when asked for.
     pub console_tail: Option<String>,
+    /// When the TTL deletes it.
+    pub expires_at: Option<SystemTime>,
+    /// When it is deleted unless an exec comes first.
+    pub idle_expires_at: Option<SystemTime>,
+    /// Why the VM ended, once it has (state `Exited`).
+    pub exit_reason: Option<String>,
+    /// The VM's shape, once known.
+    pub shape: Option<Shape>,
+}
+
+/// The size of one sandbox's VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Shape {
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// The writable layer (overlay) in MiB.
+    pub disk_mib: u32,
+}
+
+/// One create as the manager takes it; `None` means the operator's default.
+#[derive(Debug, Clone, Default)]
+pub struct CreateParams {
+    pub pack: String,
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    pub disk_mib: Option<u32>,
+    pub ttl_s: Option<u64>,
+    /// `Some(0)` disables the idle timeout.
+    pub idle_timeout_s: Option<u64>,
+}
+
+impl CreateParams {
+    /// A create of `pack` with every default.
+    pub fn pack(pack: &str) -> Self {
+        CreateParams {
+            pack: pack.to_owned(),
+            ..CreateParams::default()
+        }
+    }
+}
+
+/// Who runs an exec's code inside the guest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GuestUser {
+    /// The unprivileged `sandbox` user.
+    #[default]
+    Sandbox,
+    Root,
+}
+
+impl GuestUser {
+    /// The name on the wire (API and agent protocol).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuestUser::Sandbox => "sandbox",
+            GuestUser::Root => "root",
+        }
+    }
+
+    /// Parses the API's `user` field.
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "sandbox" => Some(GuestUser::Sandbox),
+            "root" => Some(GuestUser::Root),
+            _ => None,
+        }
+    }
 }
 
 /// The daemon as callers see it.
@@ -92,6 +162,7 @@ pub struct ExecParams {
     pub stdin: Option<String>,
     /// `None` or 0: the default timeout.
     pub timeout_ms: Option<u64>,
+    pub user: GuestUser,
 }
 
 /// How an exec's program ended.

@@ -115,6 +115,10 @@ impl Sandbox {
             boot_path,
             vmm_pid,
             console_tail: with_console.then(|| console_tail(&self.dir)),
+            expires_at: None,
+            idle_expires_at: None,
+            exit_reason: None,
+            shape: None,
         }
     }
 

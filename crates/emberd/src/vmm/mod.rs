@@ -5,6 +5,7 @@
 //! stop, wait). The sandbox manager only ever talks to these traits; the
 //! QEMU and Firecracker modules implement them. Nothing here knows HTTP.
 
+pub mod console;
 #[cfg(any(test, feature = "fake-backend"))]
 pub mod fake;
 pub mod firecracker;
@@ -177,4 +178,10 @@ pub trait Vm: Send + Sync + 'static {
     async fn stop(&self) -> Result<(), VmmError>;
     /// Waits for the VMM process to exit.
     async fn wait(&self) -> Result<VmExit, VmmError>;
+    /// The last `max_bytes` of the guest console, from memory (a bounded
+    /// ring, see [`console`]); never reads a file.
+    fn console_tail(&self, max_bytes: usize) -> Vec<u8> {
+        let _ = max_bytes;
+        Vec::new()
+    }
 }

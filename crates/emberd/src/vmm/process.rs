@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -10,6 +11,7 @@ use nix::unistd::Pid;
 use tokio::process::Command;
 use tokio::sync::watch;
 
+use super::console::ConsoleRing;
 use super::{VmExit, VmmError};
 
 /// How long a VMM gets to exit on SIGTERM before SIGKILL.
@@ -24,14 +26,28 @@ pub struct VmProcess {
 impl VmProcess {
     /// Spawns `command` with stdin closed, stdout and stderr to `log`, and
     /// `PR_SET_PDEATHSIG(SIGKILL)`, and starts the task that reaps it.
-    pub fn spawn(mut command: Command, log: &Path) -> Result<VmProcess, VmmError> {
+    pub fn spawn(command: Command, log: &Path) -> Result<VmProcess, VmmError> {
+        VmProcess::spawn_with_console(command, log, None)
+    }
+
+    /// [`VmProcess::spawn`], with stdout drained into `console` when given
+    /// (for VMMs that write the guest console to stdout).
+    pub fn spawn_with_console(
+        mut command: Command,
+        log: &Path,
+        console: Option<&Arc<ConsoleRing>>,
+    ) -> Result<VmProcess, VmmError> {
         let log = std::fs::File::options()
             .create(true)
             .append(true)
             .open(log)?;
+        let stdout = match console {
+            Some(_) => Stdio::piped(),
+            None => Stdio::from(log.try_clone()?),
+        };
         command
             .stdin(Stdio::null())
-            .stdout(Stdio::from(log.try_clone()?))
+            .stdout(stdout)
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         // SAFETY: the closure only calls prctl(2) and getppid(2), both
@@ -40,6 +56,9 @@ impl VmProcess {
             command.pre_exec(die_with_parent);
         }
         let mut child = command.spawn().map_err(VmmError::Launch)?;
+        if let (Some(ring), Some(pipe)) = (console, child.stdout.take()) {
+            ring.drain_from(pipe);
+        }
         let pid = child
             .id()
             .ok_or_else(|| VmmError::ExitedEarly("the VMM exited at once".into()))?;
