@@ -264,10 +264,15 @@ fn run(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&root)
         .map_err(|e| format!("Failed to create directory {}: {e}", root.display()))?;
     let exec_copy = root.join(&exec_name);
-    if std::fs::hard_link(&exec_file, &exec_copy).is_err() {
-        std::fs::copy(&exec_file, &exec_copy)
-            .map_err(|e| format!("Failed to copy {}: {e}", exec_file.display()))?;
+    // Never copy onto a link of the exec file itself (a jail reused).
+    let _ = std::fs::remove_file(&exec_copy);
+    match std::fs::hard_link(&exec_file, &exec_copy) {
+        Err(e) if e.raw_os_error() == Some(libc::EXDEV) => {
+            std::fs::copy(&exec_file, &exec_copy).map(drop)
+        }
+        other => other,
     }
+    .map_err(|e| format!("Failed to copy {}: {e}", exec_file.display()))?;
     for folder in ["", "dev", "dev/net", "run"] {
         let path = root.join(folder);
         std::fs::create_dir_all(&path)
