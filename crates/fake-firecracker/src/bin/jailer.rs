@@ -369,10 +369,11 @@ fn inside_jail(root: &Path, path: &str) -> Result<PathBuf, String> {
     for component in Path::new(path).components() {
         match component {
             std::path::Component::Normal(name) => inside.push(name),
+            std::path::Component::ParentDir if inside == root => {
+                return Err(format!("{path} leaves the jail"));
+            }
             std::path::Component::ParentDir => {
-                if inside == root || !inside.pop() {
-                    return Err(format!("{path} leaves the jail"));
-                }
+                inside.pop();
             }
             _ => {}
         }
