@@ -199,4 +199,31 @@ mod tests {
         assert!(settings.skip_warm);
         assert!(Serve::try_parse_from(["emberd", "--backend", "kvm"]).is_err());
     }
+
+    #[test]
+    fn the_jailer_flags_parse_and_default_to_jailing() {
+        let settings = Serve::try_parse_from(["emberd"])
+            .unwrap()
+            .args
+            .resolve()
+            .unwrap();
+        assert_eq!((settings.jailer, settings.no_jailer), (None, false));
+        assert_eq!(settings.jailer_chroot_base, None);
+        let parsed = Serve::try_parse_from([
+            "emberd",
+            "--jailer",
+            "/opt/fc/jailer",
+            "--no-jailer",
+            "--jailer-chroot-base",
+            "/srv/jails",
+        ])
+        .unwrap();
+        let settings = parsed.args.resolve().unwrap();
+        assert_eq!(settings.jailer, Some(PathBuf::from("/opt/fc/jailer")));
+        assert!(settings.no_jailer);
+        assert_eq!(
+            settings.jailer_chroot_base,
+            Some(PathBuf::from("/srv/jails"))
+        );
+    }
 }

@@ -168,6 +168,29 @@ mod tests {
     }
 
     #[test]
+    fn a_recorded_vmm_is_killed_though_its_command_line_names_no_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = dir.path().join("sb_0123456789ac");
+        std::fs::create_dir(&sandbox).unwrap();
+        // A stand-in jailed VMM: nothing of the work dir on its command line.
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .unwrap();
+        crate::vmm::pid_record::write(&sandbox, child.id()).unwrap();
+        let cleared = clear_leftovers(dir.path());
+        assert_eq!(
+            cleared,
+            Cleared {
+                processes: 1,
+                dirs: 1
+            }
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+    }
+
+    #[test]
     fn leftovers_are_killed_and_removed() {
         let dir = tempfile::tempdir().unwrap();
         let sandbox = dir.path().join("sb_0123456789ab");

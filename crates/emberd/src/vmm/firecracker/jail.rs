@@ -105,6 +105,53 @@ pub fn cgroup_v2_usable() -> bool {
     ["cpu", "memory", "pids"].iter().all(|c| have.contains(c))
 }
 
+/// A jail younger than this without a pid file may be one being set up.
+const SETUP_GRACE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// Removes the jails under `<base>/<exec name>` whose VMM is gone (left by
+/// a daemon that died): the pid file names no running Firecracker of that
+/// id, or there is no pid file and the jail is older than a setup.
+/// Returns how many were removed.
+pub fn sweep_stale(config: &JailerConfig, firecracker: &Path) -> usize {
+    let exec_name = firecracker.file_name().unwrap_or_default();
+    let Ok(entries) = std::fs::read_dir(config.chroot_base.join(exec_name)) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        let mut pid_name = exec_name.to_owned();
+        pid_name.push(".pid");
+        let pid_file = entry.path().join("root").join(pid_name);
+        let stale = match std::fs::read_to_string(&pid_file) {
+            Ok(text) => !runs_as(text.trim(), &id),
+            Err(_) => entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > SETUP_GRACE),
+        };
+        if stale && std::fs::remove_dir_all(entry.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    if removed > 0 {
+        tracing::info!(removed, "removed jails left by an earlier daemon");
+    }
+    removed
+}
+
+/// True while process `pid` runs with `--id <id>` on its command line.
+fn runs_as(pid: &str, id: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.windows(2)
+        .any(|w| w[0] == b"--id" && w[1] == id.as_bytes())
+}
+
 /// One VM's jail: `<base>/<exec name>/<id>`, whose `root` is Firecracker's `/`.
 #[derive(Debug)]
 pub struct Jail {
@@ -345,6 +392,30 @@ mod tests {
             (log.uid(), log.gid(), log.mode() & 0o777),
             (990, 991, 0o600)
         );
+    }
+
+    #[test]
+    fn jails_whose_vmm_is_gone_are_swept_and_live_ones_kept() {
+        let base = tempfile::tempdir().unwrap();
+        let config = config(base.path());
+        let fc = Path::new("/usr/bin/firecracker");
+        let mut live = std::process::Command::new("/usr/bin/python3")
+            .args(["-c", "import time; time.sleep(300)", "--id", "sb-live"])
+            .spawn()
+            .unwrap();
+        let jails: Vec<Jail> = ["sb-live", "sb-dead", "sb-new"]
+            .iter()
+            .map(|id| Jail::create(&config, fc, id).unwrap())
+            .collect();
+        std::fs::write(jails[0].pid_file(), live.id().to_string()).unwrap();
+        std::fs::write(jails[1].pid_file(), "999999999").unwrap();
+        assert_eq!(sweep_stale(&config, fc), 1);
+        assert!(jails[0].root().exists(), "a running VMM's jail is kept");
+        assert!(!jails[1].root().exists(), "a dead VMM's jail is removed");
+        assert!(jails[2].root().exists(), "a jail being set up is kept");
+        live.kill().unwrap();
+        live.wait().unwrap();
+        assert_eq!(sweep_stale(&config, fc), 1);
     }
 
     #[test]

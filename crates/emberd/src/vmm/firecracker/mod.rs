@@ -19,12 +19,13 @@
 //! - stop: `PUT /actions` (SendCtrlAltDel) when running, then signals.
 
 mod api;
+mod binary;
 mod jail;
 mod launch;
 mod pidfd;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,13 +39,14 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 
 pub use self::api::FirecrackerApi;
+use self::binary::find_binary;
+pub use self::binary::{instance_id, parse_version};
 use self::jail::Jail;
 pub use self::jail::{cgroup_v2_usable, JailError, JailerConfig};
 use self::launch::{last_line, spawn_jailed, FcProcess, VmFiles, VMM_LOG};
 use super::console::ConsoleRing;
 use super::process::{describe_exit, version_line, VmProcess};
 use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
-use crate::host_tools::find_in_path;
 
 /// The oldest Firecracker release this backend drives.
 pub const MIN_VERSION: (u32, u32) = (1, 10);
@@ -87,6 +89,8 @@ pub struct FirecrackerBackend {
     vmm_env: Vec<(OsString, OsString)>,
     /// Run each Firecracker through its jailer.
     jailer: Option<JailerConfig>,
+    /// Jails left by an earlier daemon were looked for (at the first jailed start).
+    swept: AtomicBool,
 }
 
 impl FirecrackerBackend {
@@ -103,6 +107,7 @@ impl FirecrackerBackend {
                 version: reported,
                 vmm_env: Vec::new(),
                 jailer: None,
+                swept: AtomicBool::new(false),
             }),
             _ => Err(FirecrackerSetupError::TooOld {
                 binary: binary.display().to_string(),
@@ -147,6 +152,11 @@ impl FirecrackerBackend {
             running: AtomicBool::new(false),
         };
         if let Some(config) = &self.jailer {
+            // After crash recovery has killed what an earlier daemon left.
+            if !self.swept.swap(true, Ordering::SeqCst) {
+                let (config, binary) = (config.clone(), self.binary.clone());
+                tokio::task::spawn_blocking(move || jail::sweep_stale(&config, &binary));
+            }
             let jailed = spawn_jailed(
                 config,
                 &self.binary,
@@ -517,74 +527,9 @@ async fn read_ack(stream: &mut UnixStream) -> std::io::Result<String> {
     }
 }
 
-fn find_binary(given: Option<&Path>) -> Result<PathBuf, FirecrackerSetupError> {
-    let mut looked = Vec::new();
-    if let Some(given) = given {
-        if let Some(found) = find_in_path(given) {
-            return Ok(found);
-        }
-        looked.push(given.display().to_string());
-    } else {
-        if let Some(found) = find_in_path(Path::new("firecracker")) {
-            return Ok(found);
-        }
-        looked.push("PATH".into());
-        if let Some(home) = std::env::var_os("HOME") {
-            let local = PathBuf::from(home).join(".local/bin/firecracker");
-            if local.is_file() {
-                return Ok(local);
-            }
-            looked.push(local.display().to_string());
-        }
-    }
-    Err(FirecrackerSetupError::NotFound {
-        looked: looked.join(", "),
-    })
-}
-
-/// Firecracker's `--id`: it accepts only ASCII letters, digits and `-`
-/// (1 to 64 of them) and aborts otherwise, so `sb_…` becomes `sb-…`.
-pub fn instance_id(sandbox_id: &str) -> String {
-    let id: String = sandbox_id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(64)
-        .collect();
-    if id.is_empty() {
-        "emberd".into()
-    } else {
-        id
-    }
-}
-
-/// "Firecracker v1.15.1" → (1, 15).
-pub fn parse_version(text: &str) -> Option<(u32, u32)> {
-    let version = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
-    let mut parts = version.split('.');
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn versions_are_parsed_and_compared() {
-        assert_eq!(parse_version("Firecracker v1.15.1"), Some((1, 15)));
-        assert_eq!(parse_version("Firecracker v1.9.0"), Some((1, 9)));
-        assert!(parse_version("Firecracker v1.9.0").unwrap() < MIN_VERSION);
-        assert!(parse_version("Firecracker v1.10.0").unwrap() >= MIN_VERSION);
-        assert_eq!(parse_version("garbage"), None);
-    }
-
-    #[test]
-    fn instance_ids_are_what_firecracker_accepts() {
-        assert_eq!(instance_id("sb_a1b2c3d4e5f6"), "sb-a1b2c3d4e5f6");
-        assert_eq!(instance_id(""), "emberd");
-        assert_eq!(instance_id(&"x".repeat(100)).len(), 64);
-    }
 
     #[test]
     fn a_missing_binary_says_how_to_install() {
