@@ -40,6 +40,28 @@ pub(crate) fn resolve(path: &str) -> Result<PathBuf, String> {
     Ok(inside)
 }
 
+/// A jailed fake keeps its guest in `<tmp>/fake-fc-<id>-<pid>`; a fake
+/// killed outright (as jailed VMMs are) cannot remove it, so the next one
+/// removes those whose fake is gone.
+pub(crate) fn remove_dead_guest_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix("fake-fc-")
+            .and_then(|rest| rest.rsplit_once('-'))
+            .and_then(|(_, pid)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -275,6 +275,7 @@ impl Fake {
         // jail, where the VMM user can reach it.
         let guest_dir = match jail::root() {
             Some(_) => {
+                jail::remove_dead_guest_dirs();
                 std::env::temp_dir().join(format!("fake-fc-{}-{}", self.id, std::process::id()))
             }
             None => std::env::current_dir()?,

@@ -62,6 +62,26 @@ async fn json(response: reqwest::Response) -> (u16, Value) {
     )
 }
 
+/// `emberd serve` with Firecracker (the fake) behind the fake jailer, VMMs
+/// as `nobody`, no pool.
+fn jailed_daemon(data: &Path, work_dir: Option<&Path>) -> emberd_harness::DaemonBuilder {
+    let builder = Daemon::builder(workspace_bin("emberd"))
+        .backend("firecracker")
+        .data_dir(data)
+        .arg("--firecracker-bin")
+        .arg(fake_bin())
+        .arg("--jailer")
+        .arg(jailer_bin())
+        .args(["--pool-size", "0"])
+        .env("EMBERD_VMM_USER", "nobody")
+        .env("FAKE_FC_AGENT_BIN", workspace_bin("emberd-init"))
+        .env_remove("FAKE_FC_FAIL");
+    match work_dir {
+        Some(dir) => builder.work_dir(dir),
+        None => builder,
+    }
+}
+
 #[tokio::test]
 async fn the_daemon_jails_firecracker_and_leaves_nothing_after_delete() {
     let root = temp_root("fcj");
@@ -69,19 +89,10 @@ async fn the_daemon_jails_firecracker_and_leaves_nothing_after_delete() {
     emberd_harness::share_images(&data_dir(), &data).unwrap();
     let jailer_record = shared_file(root.path(), "jailer.jsonl");
     let calls = shared_file(root.path(), "calls.jsonl");
-    let daemon = Daemon::builder(workspace_bin("emberd"))
-        .backend("firecracker")
-        .data_dir(&data)
-        .arg("--firecracker-bin")
-        .arg(fake_bin())
-        .arg("--jailer")
-        .arg(jailer_bin())
-        .args(["--pool-size", "0", "--snapshots", "true", "--skip-warm"])
-        .env("EMBERD_VMM_USER", "nobody")
-        .env("FAKE_FC_AGENT_BIN", workspace_bin("emberd-init"))
+    let daemon = jailed_daemon(&data, None)
+        .args(["--snapshots", "true", "--skip-warm"])
         .env("FAKE_FC_RECORD", &calls)
         .env("FAKE_JAILER_RECORD", &jailer_record)
-        .env_remove("FAKE_FC_FAIL")
         .start()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(
@@ -365,4 +376,74 @@ fn the_fake_jailer_refuses_what_the_jailer_refuses() {
     ])
     .contains("must contain \"firecracker\""));
     assert!(run(&["--id", "sb-1", "--uid", "1", "--gid", "1"]).contains("'exec-file' required"));
+}
+
+/// The jailer clears the parent-death signal, so a jailed VMM outlives a
+/// daemon killed outright; the next daemon on that work dir kills it
+/// (from the sandbox's `vmm.pid`) and, at its first jailed start, removes
+/// the jail it left.
+#[tokio::test]
+async fn a_jailed_vmm_left_by_a_killed_daemon_is_cleared_by_the_next() {
+    let root = temp_root("fck");
+    let data = root.path().join("data");
+    emberd_harness::share_images(&data_dir(), &data).unwrap();
+    let work = root.path().join("w");
+    let http = reqwest::Client::new();
+    let create = |daemon: &Daemon| {
+        let request = http
+            .post(daemon.url("/sandboxes"))
+            .body(r#"{"language_pack":"shell"}"#)
+            .send();
+        async move {
+            let (status, created) = json(request.await.unwrap()).await;
+            assert_eq!(status, 201, "{created}");
+            created["id"].as_str().unwrap().to_owned()
+        }
+    };
+    let first = jailed_daemon(&data, Some(&work))
+        .args(["--snapshots", "false"])
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let id = create(&first).await;
+    let record = std::fs::read_to_string(work.join(&id).join("vmm.pid")).unwrap();
+    let pid: u32 = record.split_whitespace().next().unwrap().parse().unwrap();
+    let jail = std::fs::canonicalize(data.join("jail"))
+        .unwrap()
+        .join("fake-firecracker")
+        .join(instance_id(&id));
+    // SAFETY: kill(2) with the daemon's pid and a signal number.
+    assert_eq!(unsafe { libc::kill(first.pid() as i32, libc::SIGKILL) }, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while is_alive(first.pid()) {
+        assert!(Instant::now() < deadline, "the daemon survived SIGKILL");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(is_alive(pid), "the jailed VMM died with its daemon");
+
+    let second = jailed_daemon(&data, Some(&work))
+        .args(["--snapshots", "false"])
+        .start()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while is_alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "the jailed VMM {pid} was left running"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(jail.exists(), "the jail stays until a jailed start");
+    let id2 = create(&second).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while jail.exists() {
+        assert!(Instant::now() < deadline, "the dead VMM's jail was left");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = http
+        .delete(second.url(&format!("/sandboxes/{id2}")))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 204);
 }
