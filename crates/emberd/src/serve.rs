@@ -121,7 +121,7 @@ fn jail_firecracker(
 ) -> Result<FirecrackerBackend, FirecrackerSetupError> {
     let named = settings.jailer.as_deref();
     let found = crate::host_tools::find_in_path(named.unwrap_or(std::path::Path::new("jailer")));
-    if let (Some(named), None) = (named, &found) {
+    if let (Some(named), None, false) = (named, &found, settings.no_jailer) {
         return Err(FirecrackerSetupError::JailerNotFound(named.to_owned()));
     }
     let root = nix::unistd::geteuid().is_root();
