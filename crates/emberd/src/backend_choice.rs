@@ -191,6 +191,38 @@ pub fn choose_backend(
     }
 }
 
+/// Why Firecracker runs without its jailer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unjailed {
+    /// `--no-jailer`.
+    OptedOut,
+    /// No `jailer` binary was found.
+    NoJailer,
+    /// The jailer must start as root (chroot, namespaces, uid switch).
+    NotRoot,
+}
+
+impl fmt::Display for Unjailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Unjailed::OptedOut => "--no-jailer was given",
+            Unjailed::NoJailer => "no jailer binary was found",
+            Unjailed::NotRoot => "the jailer needs root and the daemon is not root",
+        })
+    }
+}
+
+/// The jailer rule: Firecracker goes through its jailer whenever one is
+/// found and the daemon can run it, unless the operator opted out.
+pub fn choose_jailer(opted_out: bool, jailer_found: bool, root: bool) -> Result<(), Unjailed> {
+    match (opted_out, jailer_found, root) {
+        (true, _, _) => Err(Unjailed::OptedOut),
+        (_, false, _) => Err(Unjailed::NoJailer),
+        (_, _, false) => Err(Unjailed::NotRoot),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +286,14 @@ mod tests {
             decision.reason.to_string(),
             "asked for with --backend firecracker"
         );
+    }
+
+    #[test]
+    fn firecracker_is_jailed_by_default_when_the_jailer_can_run() {
+        assert_eq!(choose_jailer(false, true, true), Ok(()));
+        assert_eq!(choose_jailer(true, true, true), Err(Unjailed::OptedOut));
+        assert_eq!(choose_jailer(false, false, true), Err(Unjailed::NoJailer));
+        assert_eq!(choose_jailer(false, true, false), Err(Unjailed::NotRoot));
     }
 
     #[test]

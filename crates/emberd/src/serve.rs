@@ -12,11 +12,13 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend_choice::{choose_backend, Backend, Reason};
+use crate::backend_choice::{choose_backend, choose_jailer, Backend, Reason, Unjailed};
 use crate::config::{ConfigError, ServeArgs, Settings};
 use crate::image::{Manifest, ManifestError};
 use crate::sandbox::{Manager, WorkDirError};
-use crate::vmm::firecracker::{FirecrackerBackend, FirecrackerSetupError};
+use crate::vmm::firecracker::{
+    cgroup_v2_usable, FirecrackerBackend, FirecrackerSetupError, JailerConfig,
+};
 use crate::vmm::kvm::hardware_kvm;
 use crate::vmm::qemu::{QemuBackend, QemuSetupError};
 use crate::vmm::VmBackend;
@@ -101,7 +103,7 @@ fn make_backend(settings: &Settings) -> Result<Arc<dyn VmBackend>, ServeError> {
             Ok(Arc::new(backend))
         }
         Backend::Firecracker => {
-            let backend = firecracker?;
+            let backend = jail_firecracker(firecracker?, settings)?;
             if let Some(obstacle) = &decision.obstacle {
                 tracing::warn!(%obstacle, "VMs will fail to start");
             }
@@ -109,6 +111,62 @@ fn make_backend(settings: &Settings) -> Result<Arc<dyn VmBackend>, ServeError> {
             Ok(Arc::new(backend))
         }
     }
+}
+
+/// Puts Firecracker behind its jailer when [`choose_jailer`] says so, and
+/// says why when it does not.
+fn jail_firecracker(
+    backend: FirecrackerBackend,
+    settings: &Settings,
+) -> Result<FirecrackerBackend, FirecrackerSetupError> {
+    let named = settings.jailer.as_deref();
+    let found = crate::host_tools::find_in_path(named.unwrap_or(std::path::Path::new("jailer")));
+    if let (Some(named), None, false) = (named, &found, settings.no_jailer) {
+        return Err(FirecrackerSetupError::JailerNotFound(named.to_owned()));
+    }
+    let root = nix::unistd::geteuid().is_root();
+    let binary = match (
+        choose_jailer(settings.no_jailer, found.is_some(), root),
+        found,
+    ) {
+        (Ok(()), Some(binary)) => binary,
+        (why, _) => {
+            let why = why.err().unwrap_or(Unjailed::NoJailer);
+            if why == Unjailed::NotRoot {
+                tracing::warn!(%why, "Firecracker runs without its jailer");
+            } else {
+                tracing::info!(%why, "Firecracker runs without its jailer");
+            }
+            return Ok(backend);
+        }
+    };
+    // The VMM user: `emberd-vmm` unless EMBERD_VMM_USER names another.
+    let name = std::env::var("EMBERD_VMM_USER").unwrap_or_else(|_| "emberd-vmm".into());
+    let user = nix::unistd::User::from_name(&name)
+        .ok()
+        .flatten()
+        .ok_or(FirecrackerSetupError::NoVmmUser(name))?;
+    let config = JailerConfig {
+        binary,
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+        chroot_base: (settings.jailer_chroot_base.clone())
+            .unwrap_or_else(|| settings.data_dir.join("jail")),
+        cgroups: cgroup_v2_usable(),
+    };
+    let backend = backend.with_jailer(config)?;
+    if let Some(config) = backend.jailer() {
+        tracing::info!(
+            jailer = %config.binary.display(),
+            user = %user.name,
+            uid = config.uid,
+            gid = config.gid,
+            chroot_base = %config.chroot_base.display(),
+            cgroups = config.cgroups,
+            "Firecracker runs in its jailer"
+        );
+    }
+    Ok(backend)
 }
 
 async fn termination_signal() {

@@ -66,6 +66,27 @@ pub(crate) fn kill_guest() {
     }
 }
 
+/// A guest that floods its console (the fake's stdout): `bytes` bytes of
+/// lines, then `console flood done`, from a thread of its own.
+pub(crate) fn flood_console(bytes: u64) {
+    std::thread::spawn(move || {
+        use std::io::Write;
+        let line = [b"flood ".as_slice(), &[b'x'; 57], b"\n"].concat();
+        let chunk = line.repeat(1024);
+        let mut written = 0u64;
+        while written < bytes {
+            // A lock per chunk, so the fake's own messages still get out.
+            if std::io::stdout().lock().write_all(&chunk).is_err() {
+                return;
+            }
+            written += chunk.len() as u64;
+        }
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "console flood done");
+        let _ = out.flush();
+    });
+}
+
 /// Hybrid vsock: `CONNECT <port>\n` from the host, `OK <n>\n` back, then bytes both ways.
 pub(crate) async fn vsock_proxy(listener: UnixListener, agent_socket: PathBuf, no_ack: bool) {
     let mut next_port = 1_073_741_824u32;

@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,8 +12,8 @@ use hyper::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::UnixListener;
 
-use crate::guest::{signal_guest, vsock_proxy};
-use crate::{spec, VERSION};
+use crate::guest::{flood_console, signal_guest, vsock_proxy};
+use crate::{jail, spec, VERSION};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum VmState {
@@ -73,6 +73,12 @@ impl Fake {
 
     fn failing(&self, what: &str) -> bool {
         self.faults.iter().any(|f| f == what)
+    }
+
+    fn console_flood(&self) -> Option<u64> {
+        self.faults
+            .iter()
+            .find_map(|f| f.strip_prefix("console-flood:")?.parse().ok())
     }
 
     pub(crate) fn slow_start(&self) -> Option<Duration> {
@@ -153,7 +159,7 @@ impl Fake {
                     .get("log_path")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                if !Path::new(log).exists() {
+                if !jail::resolve(log).is_ok_and(|p| p.exists()) {
                     return fault(format!(
                         "Failed to open the log file {log}: No such file or directory"
                     ));
@@ -164,7 +170,7 @@ impl Fake {
             ("PUT", "/boot-source") => {
                 for key in ["kernel_image_path", "initrd_path"] {
                     if let Some(file) = body.get(key).and_then(Value::as_str) {
-                        if !Path::new(file).is_file() {
+                        if !jail::resolve(file).is_ok_and(|p| p.is_file()) {
                             return fault(format!("{key} {file}: No such file or directory"));
                         }
                     }
@@ -177,10 +183,8 @@ impl Fake {
                     .get("path_on_host")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                if !Path::new(file).is_file() {
-                    return fault(format!(
-                        "Unable to open the drive file {file}: No such file or directory"
-                    ));
+                if let Err(e) = drive_file(file) {
+                    return fault(e);
                 }
                 self.config.insert(path.to_owned(), body);
                 (StatusCode::NO_CONTENT, Value::Null)
@@ -267,9 +271,18 @@ impl Fake {
                 .map(|d| d.join("emberd-init"))
                 .ok_or_else(|| anyhow::anyhow!("cannot locate emberd-init"))?,
         };
-        let root = std::env::current_dir()?.join("guest-root");
+        // The guest is no host process: a jailed fake keeps it out of the
+        // jail, where the VMM user can reach it.
+        let guest_dir = match jail::root() {
+            Some(_) => {
+                jail::remove_dead_guest_dirs();
+                std::env::temp_dir().join(format!("fake-fc-{}-{}", self.id, std::process::id()))
+            }
+            None => std::env::current_dir()?,
+        };
+        let root = guest_dir.join("guest-root");
         std::fs::create_dir_all(root.join("tmp"))?;
-        let agent_socket = std::env::current_dir()?.join("agent.sock");
+        let agent_socket = guest_dir.join("agent.sock");
         let mut command = Command::new(&agent_bin);
         // SAFETY: prctl(2) is async-signal-safe and takes no pointers.
         unsafe {
@@ -292,13 +305,18 @@ impl Fake {
             .map_err(|e| anyhow::anyhow!("{}: {e}", agent_bin.display()))?;
         println!("fake-firecracker: guest agent pid {}", agent.id());
         self.agent = Some(agent);
-        self.agent_root = Some(root);
+        self.agent_root = Some(match jail::root() {
+            Some(_) => guest_dir,
+            None => root,
+        });
         let uds = self
             .config
             .get("/vsock")
             .and_then(|v| v.get("uds_path"))
             .and_then(Value::as_str)
-            .map(PathBuf::from);
+            .map(jail::resolve)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("vsock {e}"))?;
         if let Some(uds) = uds {
             let _ = std::fs::remove_file(&uds);
             let listener = std::os::unix::net::UnixListener::bind(&uds)?;
@@ -306,6 +324,9 @@ impl Fake {
             let listener = UnixListener::from_std(listener)?;
             let no_ack = self.failing("no-vsock-ack");
             self.vsock_task = Some(tokio::spawn(vsock_proxy(listener, agent_socket, no_ack)));
+        }
+        if let Some(bytes) = self.console_flood() {
+            flood_console(bytes);
         }
         Ok(())
     }
@@ -322,6 +343,11 @@ impl Fake {
             .get("mem_file_path")
             .and_then(Value::as_str)
             .unwrap_or_default();
+        let (state_path, memory_path) =
+            match (jail::resolve(state_path), jail::resolve(memory_path)) {
+                (Ok(state), Ok(memory)) => (state, memory),
+                (Err(e), _) | (_, Err(e)) => return fault(format!("Create snapshot error: {e}")),
+            };
         let state = json!({ "fake_firecracker_snapshot": VERSION, "config": self.config });
         let written = std::fs::write(state_path, state.to_string())
             .and_then(|()| std::fs::write(memory_path, vec![0u8; 4096]));
@@ -351,13 +377,18 @@ impl Fake {
             .or_else(|| body.get("mem_file_path"))
             .and_then(Value::as_str)
             .unwrap_or_default();
+        let (state_file, memory_file) =
+            match (jail::resolve(state_path), jail::resolve(memory_path)) {
+                (Ok(state), Ok(memory)) => (state, memory),
+                (Err(e), _) | (_, Err(e)) => return fault(format!("Load snapshot error: {e}")),
+            };
         let state: Value =
-            match std::fs::read(state_path).map(|b| serde_json::from_slice::<Value>(&b)) {
+            match std::fs::read(state_file).map(|b| serde_json::from_slice::<Value>(&b)) {
                 Ok(Ok(state)) if state.get("fake_firecracker_snapshot").is_some() => state,
                 Ok(_) => return fault("Load snapshot error: the snapshot file is corrupted."),
                 Err(e) => return fault(format!("Load snapshot error: {state_path}: {e}")),
             };
-        if !Path::new(memory_path).is_file() {
+        if !memory_file.is_file() {
             return fault(format!(
                 "Load snapshot error: cannot open the memory file {memory_path}"
             ));
@@ -366,6 +397,18 @@ impl Fake {
             for (key, value) in config {
                 if key != "/logger" {
                     self.config.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        // Firecracker reopens each drive's backing file by its recorded path.
+        for (key, drive) in &self.config {
+            if key.starts_with("/drives/") {
+                let file = drive
+                    .get("path_on_host")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default();
+                if let Err(e) = drive_file(file) {
+                    return fault(format!("Load snapshot error: {e}"));
                 }
             }
         }
@@ -383,6 +426,16 @@ impl Fake {
             self.state = VmState::Paused;
         }
         (StatusCode::NO_CONTENT, Value::Null)
+    }
+}
+
+/// A drive's backing file must be there (inside the jail, when jailed).
+fn drive_file(file: &str) -> Result<(), String> {
+    match jail::resolve(file) {
+        Ok(path) if path.is_file() => Ok(()),
+        _ => Err(format!(
+            "Unable to open the drive file {file}: No such file or directory"
+        )),
     }
 }
 

@@ -12,14 +12,18 @@
 //! and `-`, and it ends when the running guest reboots (`SendCtrlAltDel`).
 //!
 //! Environment: `FAKE_FC_SPEC` (another copy of the spec), `FAKE_FC_RECORD`
-//! (where to record calls), `FAKE_FC_AGENT_BIN` (the `emberd-init` to run).
+//! (where to record calls), `FAKE_FC_AGENT_BIN` (the `emberd-init` to run),
+//! `FAKE_FC_JAIL_ROOT` (set by the fake `jailer`: every path is resolved
+//! inside that chroot, see `jail`).
 //! Faults, from `FAKE_FC_FAIL` (comma-separated): `api:<METHOD> <path>` (that
 //! call fails), `crash-on-start` (exit during InstanceStart, before the
 //! answer), `crash-after-start` (answer InstanceStart, then exit mid-boot),
 //! `no-vsock-ack` (accept CONNECT, never answer), `slow-start:<ms>` (delay
-//! the answer to InstanceStart).
+//! the answer to InstanceStart), `console-flood:<bytes>` (once the guest
+//! runs, it writes that many bytes to the console, then `console flood done`).
 
 mod guest;
+mod jail;
 mod machine;
 mod spec;
 
@@ -52,9 +56,8 @@ fn main() -> anyhow::Result<()> {
             .and_then(|i| args.get(i + 1))
             .cloned()
     };
-    let api_sock = PathBuf::from(
-        value("--api-sock").ok_or_else(|| anyhow::anyhow!("--api-sock is required"))?,
-    );
+    let api_sock = value("--api-sock").ok_or_else(|| anyhow::anyhow!("--api-sock is required"))?;
+    let api_sock = jail::resolve(&api_sock).map_err(|e| anyhow::anyhow!("--api-sock {e}"))?;
     let id = value("--id").unwrap_or_else(|| "anonymous-instance".into());
     if let Err(e) = validate_instance_id(&id) {
         // Firecracker panics here (and aborts).

@@ -94,6 +94,21 @@ pub struct ServeArgs {
         serialize_with = "duration::serialize_some"
     )]
     pub shutdown_timeout: Option<Duration>,
+    // Firecracker's jailer (VMM confinement).
+    /// Firecracker's jailer, used by default when found and the daemon is root
+    /// [default: jailer on PATH].
+    #[arg(long, env = "EMBERD_JAILER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jailer: Option<PathBuf>,
+    /// Run Firecracker without its jailer even where one is found.
+    #[arg(long, env = "EMBERD_NO_JAILER", num_args = 0..=1, default_missing_value = "true")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub no_jailer: Option<bool>,
+    /// Where the jailer builds each VM's chroot; keep it on the data dir's
+    /// filesystem so files are hard-linked, not copied [default: <data dir>/jail].
+    #[arg(long, env = "EMBERD_JAILER_CHROOT_BASE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jailer_chroot_base: Option<PathBuf>,
 }
 
 /// `--backend`: the choice's names, with `auto` explained in `--help`.
@@ -183,5 +198,32 @@ mod tests {
         assert_eq!(settings.boot_timeout, Duration::from_millis(1500));
         assert!(settings.skip_warm);
         assert!(Serve::try_parse_from(["emberd", "--backend", "kvm"]).is_err());
+    }
+
+    #[test]
+    fn the_jailer_flags_parse_and_default_to_jailing() {
+        let settings = Serve::try_parse_from(["emberd"])
+            .unwrap()
+            .args
+            .resolve()
+            .unwrap();
+        assert_eq!((settings.jailer, settings.no_jailer), (None, false));
+        assert_eq!(settings.jailer_chroot_base, None);
+        let parsed = Serve::try_parse_from([
+            "emberd",
+            "--jailer",
+            "/opt/fc/jailer",
+            "--no-jailer",
+            "--jailer-chroot-base",
+            "/srv/jails",
+        ])
+        .unwrap();
+        let settings = parsed.args.resolve().unwrap();
+        assert_eq!(settings.jailer, Some(PathBuf::from("/opt/fc/jailer")));
+        assert!(settings.no_jailer);
+        assert_eq!(
+            settings.jailer_chroot_base,
+            Some(PathBuf::from("/srv/jails"))
+        );
     }
 }

@@ -64,6 +64,13 @@ pub struct Settings {
     pub pool_memory_mib: u64,
     pub snapshots: bool,
     pub skip_warm: bool,
+    // Firecracker's jailer (VMM confinement).
+    /// The `jailer` binary; `None`: `jailer` on PATH.
+    pub jailer: Option<PathBuf>,
+    /// Run Firecracker without its jailer even where one is found.
+    pub no_jailer: bool,
+    /// Where jails are built; `None`: `<data dir>/jail`.
+    pub jailer_chroot_base: Option<PathBuf>,
 }
 
 impl Default for Settings {
@@ -85,6 +92,9 @@ impl Default for Settings {
             pool_memory_mib: 2048,
             snapshots: true,
             skip_warm: false,
+            jailer: None,
+            no_jailer: false,
+            jailer_chroot_base: None,
         }
     }
 }

@@ -4,7 +4,9 @@
 //! long as it runs. At startup, any process whose command line names a
 //! sandbox directory of this work dir is a VM a previous daemon left behind
 //! (`PR_SET_PDEATHSIG` normally kills those; this covers everything else):
-//! it is killed, and every `sb_*` directory is removed.
+//! it is killed, as is a VMM recorded in a sandbox dir's `vmm.pid` (a
+//! jailed one, whose command line names no sandbox dir), and every `sb_*`
+//! directory is removed.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -85,7 +87,9 @@ pub struct Cleared {
 pub fn clear_leftovers(work_dir: &Path) -> Cleared {
     let mut cleared = Cleared::default();
     let marker = format!("{}/sb_", work_dir.display());
-    let pids = processes_mentioning(&marker);
+    let mut pids = processes_mentioning(&marker);
+    // VMMs whose command line does not name their sandbox (jailed ones).
+    pids.extend(recorded_vmms(work_dir));
     for &pid in &pids {
         if kill(pid, Signal::SIGKILL).is_ok() {
             cleared.processes += 1;
@@ -107,6 +111,18 @@ pub fn clear_leftovers(work_dir: &Path) -> Cleared {
         }
     }
     cleared
+}
+
+fn recorded_vmms(work_dir: &Path) -> Vec<Pid> {
+    let Ok(entries) = std::fs::read_dir(work_dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| is_sandbox_id(&entry.file_name().to_string_lossy()))
+        .filter_map(|entry| crate::vmm::pid_record::live(&entry.path()))
+        .filter_map(|pid| i32::try_from(pid).ok().map(Pid::from_raw))
+        .collect()
 }
 
 fn processes_mentioning(marker: &str) -> Vec<Pid> {
@@ -149,6 +165,29 @@ mod tests {
         assert!(matches!(second, Err(WorkDirError::InUse(_))), "{second:?}");
         drop(first);
         WorkDirLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_recorded_vmm_is_killed_though_its_command_line_names_no_sandbox() {
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = dir.path().join("sb_0123456789ac");
+        std::fs::create_dir(&sandbox).unwrap();
+        // A stand-in jailed VMM: nothing of the work dir on its command line.
+        let mut child = std::process::Command::new("sleep")
+            .arg("300")
+            .spawn()
+            .unwrap();
+        crate::vmm::pid_record::write(&sandbox, child.id()).unwrap();
+        let cleared = clear_leftovers(dir.path());
+        assert_eq!(
+            cleared,
+            Cleared {
+                processes: 1,
+                dirs: 1
+            }
+        );
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod console;
 pub mod fake;
 pub mod firecracker;
 pub mod kvm;
+pub mod pid_record;
 pub mod process;
 pub mod qemu;
 

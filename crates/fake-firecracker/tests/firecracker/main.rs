@@ -4,5 +4,6 @@
 
 mod daemon;
 mod fake;
+mod jailer;
 mod support;
 mod vmm;

@@ -1,11 +1,15 @@
 //! The Firecracker backend.
 //!
 //! Owns finding and checking the `firecracker` binary, one Firecracker
-//! process per sandbox (`--api-sock <dir>/fc.sock --id sb-…`, working
-//! directory = the sandbox dir so the vsock path stays short and relative,
-//! which lets restored clones each bind their own), its configuration through the
-//! REST API, and the agent channel over hybrid vsock (`v.sock` in the
-//! sandbox dir: `CONNECT 1024\n` → `OK <port>\n`).
+//! process per sandbox, its configuration through the REST API, and the
+//! agent channel over hybrid vsock (`v.sock`: `CONNECT 1024\n` → `OK <port>\n`).
+//! The guest console (Firecracker's stdout) goes to a bounded ring.
+//!
+//! Unjailed: `--api-sock <dir>/fc.sock --id sb-…`, working directory = the
+//! sandbox dir so the vsock path stays short and relative, which lets
+//! restored clones each bind their own. Jailed (see `jail`): the jailer
+//! runs Firecracker as the VMM user in a chroot holding links to the VM's
+//! files, with `fc.sock`, `v.sock` and `fc.log` inside it.
 //!
 //! API calls, in order:
 //! - create: `PUT /logger`, `PUT /boot-source`, `PUT /drives/rootfs`,
@@ -15,10 +19,15 @@
 //! - stop: `PUT /actions` (SendCtrlAltDel) when running, then signals.
 
 mod api;
+mod binary;
+mod jail;
+mod launch;
+mod pidfd;
 
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -30,16 +39,21 @@ use tokio::net::UnixStream;
 use tokio::process::Command;
 
 pub use self::api::FirecrackerApi;
+use self::binary::find_binary;
+pub use self::binary::{instance_id, parse_version};
+use self::jail::Jail;
+pub use self::jail::{cgroup_v2_usable, JailError, JailerConfig};
+use self::launch::{last_line, spawn_jailed, FcProcess, VmFiles, VMM_LOG};
+use super::console::ConsoleRing;
 use super::process::{describe_exit, version_line, VmProcess};
 use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
-use crate::host_tools::find_in_path;
 
 /// The oldest Firecracker release this backend drives.
 pub const MIN_VERSION: (u32, u32) = (1, 10);
 const API_SOCKET: &str = "fc.sock";
 const VSOCK_SOCKET: &str = "v.sock";
-const SNAPSHOT_STATE: &str = "vm.snap";
-const SNAPSHOT_MEMORY: &str = "vm.mem";
+pub(crate) const SNAPSHOT_STATE: &str = "vm.snap";
+pub(crate) const SNAPSHOT_MEMORY: &str = "vm.mem";
 /// The longest `OK <port>\n` acknowledgement accepted.
 const MAX_ACK: usize = 64;
 /// How long a running guest gets to reboot (which ends Firecracker, given
@@ -59,6 +73,12 @@ pub enum FirecrackerSetupError {
     },
     #[error("{binary} reports {reported:?}; emberd needs Firecracker v{}.{} or newer", MIN_VERSION.0, MIN_VERSION.1)]
     TooOld { binary: String, reported: String },
+    #[error("cannot prepare the jailer's chroot base")]
+    Jail(#[source] JailError),
+    #[error("jailer not found at {0}")]
+    JailerNotFound(PathBuf),
+    #[error("the jailer runs Firecracker as the user {0}, which does not exist: create it (a system user with no login) or pass --no-jailer")]
+    NoVmmUser(String),
 }
 
 /// Makes Firecracker microVMs.
@@ -67,6 +87,10 @@ pub struct FirecrackerBackend {
     version: String,
     /// Extra environment of every VMM process (empty outside tests).
     vmm_env: Vec<(OsString, OsString)>,
+    /// Run each Firecracker through its jailer.
+    jailer: Option<JailerConfig>,
+    /// Jails left by an earlier daemon were looked for (at the first jailed start).
+    swept: AtomicBool,
 }
 
 impl FirecrackerBackend {
@@ -82,6 +106,8 @@ impl FirecrackerBackend {
                 binary,
                 version: reported,
                 vmm_env: Vec::new(),
+                jailer: None,
+                swept: AtomicBool::new(false),
             }),
             _ => Err(FirecrackerSetupError::TooOld {
                 binary: binary.display().to_string(),
@@ -97,7 +123,53 @@ impl FirecrackerBackend {
         self
     }
 
-    fn spawn(&self, spec: &BootSpec) -> Result<FirecrackerVm, VmmError> {
+    /// Runs every Firecracker through the jailer `config` describes.
+    pub fn with_jailer(mut self, config: JailerConfig) -> Result<Self, FirecrackerSetupError> {
+        self.jailer = Some(config.prepare().map_err(FirecrackerSetupError::Jail)?);
+        Ok(self)
+    }
+
+    /// How Firecracker is jailed, if it is.
+    pub fn jailer(&self) -> Option<&JailerConfig> {
+        self.jailer.as_ref()
+    }
+
+    async fn spawn(
+        &self,
+        spec: &BootSpec,
+        snapshot: Option<&SnapshotFiles>,
+    ) -> Result<FirecrackerVm, VmmError> {
+        let console = Arc::new(ConsoleRing::default());
+        let vm = |process, dir: PathBuf, files, jail| FirecrackerVm {
+            process,
+            api: FirecrackerApi::new(&dir.join(API_SOCKET)),
+            dir,
+            log: spec.sandbox_dir.join(VMM_LOG),
+            files,
+            jail,
+            console: console.clone(),
+            boot_timeout: spec.boot_timeout,
+            running: AtomicBool::new(false),
+        };
+        if let Some(config) = &self.jailer {
+            // After crash recovery has killed what an earlier daemon left.
+            if !self.swept.swap(true, Ordering::SeqCst) {
+                let (config, binary) = (config.clone(), self.binary.clone());
+                tokio::task::spawn_blocking(move || jail::sweep_stale(&config, &binary));
+            }
+            let jailed = spawn_jailed(
+                config,
+                &self.binary,
+                &self.vmm_env,
+                spec,
+                snapshot,
+                &console,
+            )
+            .await?;
+            let root = jailed.jail.root().to_owned();
+            let jail = Some((jailed.jail, config.clone()));
+            return Ok(vm(jailed.process, root, jailed.files, jail));
+        }
         let dir = &spec.sandbox_dir;
         // The absolute socket path also puts the sandbox dir on the command
         // line, where the manager's crash recovery looks for leftover VMs.
@@ -109,15 +181,13 @@ impl FirecrackerBackend {
             .arg(instance_id(&spec.sandbox_id))
             .envs(self.vmm_env.iter().map(|(k, v)| (k, v)))
             .current_dir(dir);
-        // The guest's serial console is Firecracker's stdout.
-        let process = VmProcess::spawn(command, &dir.join("console.log"))?;
-        Ok(FirecrackerVm {
-            process,
-            dir: dir.clone(),
-            api: FirecrackerApi::new(&dir.join(API_SOCKET)),
-            boot_timeout: spec.boot_timeout,
-            running: AtomicBool::new(false),
-        })
+        let process = VmProcess::spawn_with_console(command, &dir.join(VMM_LOG), Some(&console))?;
+        Ok(vm(
+            FcProcess::Direct(process),
+            dir.clone(),
+            VmFiles::direct(spec, snapshot),
+            None,
+        ))
     }
 
     /// Configures and starts a fresh VM, or unwinds it.
@@ -134,8 +204,8 @@ impl FirecrackerBackend {
                 Method::PUT,
                 "/boot-source",
                 Some(json!({
-                    "kernel_image_path": spec.kernel_vmlinux,
-                    "initrd_path": spec.initramfs,
+                    "kernel_image_path": vm.files.kernel,
+                    "initrd_path": vm.files.initrd,
                     "boot_args": boot_args.join(" "),
                 })),
             )
@@ -146,7 +216,7 @@ impl FirecrackerBackend {
                 "/drives/rootfs",
                 Some(json!({
                     "drive_id": "rootfs",
-                    "path_on_host": spec.root_disk,
+                    "path_on_host": vm.files.root_disk,
                     "is_root_device": false,
                     "is_read_only": true,
                 })),
@@ -176,7 +246,7 @@ impl FirecrackerBackend {
         Ok(())
     }
 
-    async fn load(&self, vm: &FirecrackerVm, snapshot: &SnapshotFiles) -> Result<(), VmmError> {
+    async fn load(&self, vm: &FirecrackerVm) -> Result<(), VmmError> {
         vm.wait_for_api().await?;
         vm.put_logger().await?;
         vm.api
@@ -184,10 +254,10 @@ impl FirecrackerBackend {
                 Method::PUT,
                 "/snapshot/load",
                 Some(json!({
-                    "snapshot_path": snapshot.dir.join(SNAPSHOT_STATE),
+                    "snapshot_path": vm.files.snapshot_state,
                     "mem_backend": {
                         "backend_type": "File",
-                        "backend_path": snapshot.dir.join(SNAPSHOT_MEMORY),
+                        "backend_path": vm.files.snapshot_memory,
                     },
                     "resume_vm": true,
                 })),
@@ -211,12 +281,17 @@ impl VmBackend for FirecrackerBackend {
         Capabilities::ALL
     }
 
+    /// A jailed Firecracker names its files by chroot paths, which end up
+    /// in its snapshots: templates of the two ways must not mix.
     fn version(&self) -> String {
-        self.version.clone()
+        match self.jailer {
+            Some(_) => format!("{} (jailed)", self.version),
+            None => self.version.clone(),
+        }
     }
 
     async fn start(&self, spec: &BootSpec) -> Result<Box<dyn Vm>, VmmError> {
-        let vm = self.spawn(spec)?;
+        let vm = self.spawn(spec, None).await?;
         let result = tokio::time::timeout(spec.boot_timeout, self.boot(&vm, spec)).await;
         vm.settle(result, spec.boot_timeout).await
     }
@@ -226,16 +301,23 @@ impl VmBackend for FirecrackerBackend {
         spec: &BootSpec,
         snapshot: &SnapshotFiles,
     ) -> Result<Box<dyn Vm>, VmmError> {
-        let vm = self.spawn(spec)?;
-        let result = tokio::time::timeout(spec.boot_timeout, self.load(&vm, snapshot)).await;
+        let vm = self.spawn(spec, Some(snapshot)).await?;
+        let result = tokio::time::timeout(spec.boot_timeout, self.load(&vm)).await;
         vm.settle(result, spec.boot_timeout).await
     }
 }
 
 /// One Firecracker process.
 pub struct FirecrackerVm {
-    process: VmProcess,
+    process: FcProcess,
+    /// Where its sockets and `fc.log` are: the sandbox dir, or the jail's root.
     dir: PathBuf,
+    /// Firecracker's stderr.
+    log: PathBuf,
+    files: VmFiles,
+    /// Dropped after `process`: a jail outlives its VMM.
+    jail: Option<(Jail, JailerConfig)>,
+    console: Arc<ConsoleRing>,
     api: FirecrackerApi,
     boot_timeout: Duration,
     /// The guest runs (started or restored, and not paused): it can react to
@@ -282,8 +364,9 @@ impl FirecrackerVm {
     }
 
     async fn put_logger(&self) -> Result<(), VmmError> {
-        let log = self.dir.join("fc.log");
-        std::fs::File::create(&log)?;
+        if self.jail.is_none() {
+            std::fs::File::create(self.dir.join("fc.log"))?;
+        }
         self.api
             .call(
                 Method::PUT,
@@ -295,16 +378,10 @@ impl FirecrackerVm {
     }
 
     fn early_exit(&self, exit: &VmExit) -> VmmError {
-        let log = std::fs::read_to_string(self.dir.join("console.log")).unwrap_or_default();
-        let last = log
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
         VmmError::ExitedEarly(format!(
             "firecracker exited ({}): {}",
             describe_exit(exit),
-            last.trim()
+            last_line(&self.console, &self.log)
         ))
     }
 
@@ -385,18 +462,33 @@ impl Vm for FirecrackerVm {
     }
 
     async fn snapshot(&self, dest: &SnapshotFiles) -> Result<(), VmmError> {
+        let (state, memory) = match &self.jail {
+            Some(_) => (format!("/{SNAPSHOT_STATE}"), format!("/{SNAPSHOT_MEMORY}")),
+            None => (
+                dest.dir.join(SNAPSHOT_STATE).to_string_lossy().into_owned(),
+                dest.dir
+                    .join(SNAPSHOT_MEMORY)
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+        };
         self.api
             .call(
                 Method::PUT,
                 "/snapshot/create",
                 Some(json!({
                     "snapshot_type": "Full",
-                    "snapshot_path": dest.dir.join(SNAPSHOT_STATE),
-                    "mem_file_path": dest.dir.join(SNAPSHOT_MEMORY),
+                    "snapshot_path": state,
+                    "mem_file_path": memory,
                 })),
             )
-            .await
-            .map(drop)
+            .await?;
+        if let Some((jail, config)) = &self.jail {
+            for name in [SNAPSHOT_STATE, SNAPSHOT_MEMORY] {
+                jail.take_out(config, name, &dest.dir.join(name))?;
+            }
+        }
+        Ok(())
     }
 
     async fn stop(&self) -> Result<(), VmmError> {
@@ -404,11 +496,18 @@ impl Vm for FirecrackerVm {
             self.ctrl_alt_del().await;
         }
         self.process.stop().await;
+        if let Some((jail, _)) = &self.jail {
+            jail.remove();
+        }
         Ok(())
     }
 
     async fn wait(&self) -> Result<VmExit, VmmError> {
         self.process.wait().await
+    }
+
+    fn console_tail(&self, max_bytes: usize) -> Vec<u8> {
+        self.console.tail(max_bytes)
     }
 }
 
@@ -428,74 +527,9 @@ async fn read_ack(stream: &mut UnixStream) -> std::io::Result<String> {
     }
 }
 
-fn find_binary(given: Option<&Path>) -> Result<PathBuf, FirecrackerSetupError> {
-    let mut looked = Vec::new();
-    if let Some(given) = given {
-        if let Some(found) = find_in_path(given) {
-            return Ok(found);
-        }
-        looked.push(given.display().to_string());
-    } else {
-        if let Some(found) = find_in_path(Path::new("firecracker")) {
-            return Ok(found);
-        }
-        looked.push("PATH".into());
-        if let Some(home) = std::env::var_os("HOME") {
-            let local = PathBuf::from(home).join(".local/bin/firecracker");
-            if local.is_file() {
-                return Ok(local);
-            }
-            looked.push(local.display().to_string());
-        }
-    }
-    Err(FirecrackerSetupError::NotFound {
-        looked: looked.join(", "),
-    })
-}
-
-/// Firecracker's `--id`: it accepts only ASCII letters, digits and `-`
-/// (1 to 64 of them) and aborts otherwise, so `sb_…` becomes `sb-…`.
-pub fn instance_id(sandbox_id: &str) -> String {
-    let id: String = sandbox_id
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .take(64)
-        .collect();
-    if id.is_empty() {
-        "emberd".into()
-    } else {
-        id
-    }
-}
-
-/// "Firecracker v1.15.1" → (1, 15).
-pub fn parse_version(text: &str) -> Option<(u32, u32)> {
-    let version = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
-    let mut parts = version.split('.');
-    let major = parts.next()?.parse().ok()?;
-    let minor = parts.next()?.parse().ok()?;
-    Some((major, minor))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn versions_are_parsed_and_compared() {
-        assert_eq!(parse_version("Firecracker v1.15.1"), Some((1, 15)));
-        assert_eq!(parse_version("Firecracker v1.9.0"), Some((1, 9)));
-        assert!(parse_version("Firecracker v1.9.0").unwrap() < MIN_VERSION);
-        assert!(parse_version("Firecracker v1.10.0").unwrap() >= MIN_VERSION);
-        assert_eq!(parse_version("garbage"), None);
-    }
-
-    #[test]
-    fn instance_ids_are_what_firecracker_accepts() {
-        assert_eq!(instance_id("sb_a1b2c3d4e5f6"), "sb-a1b2c3d4e5f6");
-        assert_eq!(instance_id(""), "emberd");
-        assert_eq!(instance_id(&"x".repeat(100)).len(), 64);
-    }
 
     #[test]
     fn a_missing_binary_says_how_to_install() {
