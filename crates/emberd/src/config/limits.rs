@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn mem_total_is_read_in_mib() {
         let meminfo = "MemTotal:       24683584 kB\nMemFree:        13966956 kB\n";
-        assert_eq!(mem_total_mib(meminfo), Some(24104));
+        assert_eq!(mem_total_mib(meminfo), Some(24105));
         assert_eq!(mem_total_mib("nothing"), None);
     }
 }
