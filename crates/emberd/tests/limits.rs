@@ -48,8 +48,14 @@ async fn sizes_over_a_maximum_or_zero_are_refused_before_any_vm_work() {
         l.max_ttl = Some(Duration::from_secs(60));
     }));
     for (body, says) in [
-        (json!({ "vcpus": 3 }), "vcpus must be at most 2 (asked for 3)"),
-        (json!({ "memory_mib": 1025 }), "memory_mib must be at most 1024"),
+        (
+            json!({ "vcpus": 3 }),
+            "vcpus must be at most 2 (asked for 3)",
+        ),
+        (
+            json!({ "memory_mib": 1025 }),
+            "memory_mib must be at most 1024",
+        ),
         (json!({ "disk_mib": 4096 }), "disk_mib must be at most 512"),
         (json!({ "ttl_s": 61 }), "ttl_s must be at most 60"),
         (json!({ "vcpus": 0 }), "vcpus must be at least 1"),
@@ -139,8 +145,15 @@ async fn a_create_storm_past_max_sandboxes_gets_only_201s_and_429s() {
         }
     }
     assert_eq!(ids.len(), MAX);
-    assert_eq!(daemon.backend.boots_started(), MAX, "refusals booted nothing");
-    assert_eq!(daemon.manager.held(), (MAX, MAX as u64 * u64::from(MEMORY_MIB)));
+    assert_eq!(
+        daemon.backend.boots_started(),
+        MAX,
+        "refusals booted nothing"
+    );
+    assert_eq!(
+        daemon.manager.held(),
+        (MAX, MAX as u64 * u64::from(MEMORY_MIB))
+    );
     for id in &ids {
         daemon.manager.delete(id).await.unwrap();
     }
@@ -225,7 +238,11 @@ async fn boots_beyond_the_bound_wait_for_their_turn() {
         daemon.backend.boots_waiting() == 1
     })
     .await;
-    assert_eq!(daemon.backend.boots_started(), 1, "the others wait their turn");
+    assert_eq!(
+        daemon.backend.boots_started(),
+        1,
+        "the others wait their turn"
+    );
     daemon.backend.hold_boots(false);
     let mut ids = Vec::new();
     for create in creates {
@@ -245,7 +262,10 @@ async fn the_summary_shows_the_terms() {
     let id = create_ok(&daemon, json!({ "ttl_s": 3600, "idle_timeout_s": 600 })).await;
     let info = daemon.sandbox(&id).await;
     let created = time(&info["created_at"]);
-    assert_eq!(time(&info["expires_at"]), created + Duration::from_secs(3600));
+    assert_eq!(
+        time(&info["expires_at"]),
+        created + Duration::from_secs(3600)
+    );
     let idle = time(&info["idle_expires_at"]);
     let from_created = idle.duration_since(created).unwrap();
     assert!(
@@ -279,7 +299,7 @@ async fn a_sandbox_past_its_ttl_is_reaped() {
         .call(Method::GET, &format!("/sandboxes/{id}"), None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    assert_eq!(daemon.listed_ids().await, [kept.clone()]);
+    assert_eq!(daemon.listed_ids().await, vec![kept.clone()]);
     daemon.manager.delete(&kept).await.unwrap();
     daemon.assert_nothing_left();
     daemon.stop().await;
@@ -323,14 +343,21 @@ async fn a_vm_that_exits_on_its_own_is_exited_within_a_second() {
         daemon.sandbox(&id).await["state"] == "exited"
     })
     .await;
-    assert!(killed.elapsed() < Duration::from_secs(1), "{:?}", killed.elapsed());
+    assert!(
+        killed.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        killed.elapsed()
+    );
 
     let info = daemon.sandbox(&id).await;
     let reason = info["exit_reason"].as_str().unwrap();
     assert!(reason.contains("signal 9"), "{reason}");
     assert!(reason.contains("Kernel panic - not syncing"), "{reason}");
     assert!(
-        info["console_tail"].as_str().unwrap().contains("Kernel panic"),
+        info["console_tail"]
+            .as_str()
+            .unwrap()
+            .contains("Kernel panic"),
         "{info}"
     );
     let (status, body) = daemon.exec(&id, json!({ "code": "echo:hi" })).await;

@@ -176,7 +176,10 @@ mod tests {
         let second = admission.reserve(400).unwrap();
         assert_eq!(admission.held(), (2, 800));
         let error = admission.reserve(100).unwrap_err();
-        assert!(error.to_string().contains("maximum of 2 sandboxes"), "{error}");
+        assert!(
+            error.to_string().contains("maximum of 2 sandboxes"),
+            "{error}"
+        );
         drop(first);
         let error = admission.reserve(700).unwrap_err();
         assert!(error.to_string().contains("guest memory"), "{error}");

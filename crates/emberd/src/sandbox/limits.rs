@@ -176,14 +176,14 @@ mod tests {
 
     #[test]
     fn sizes_over_a_maximum_name_the_limit() {
-        let over = |edit: fn(&mut CreateParams)| limits().terms(&params(edit), DEFAULT);
-        let cases: [(fn(&mut CreateParams), &str, u64, u64); 3] = [
+        type Edit = fn(&mut CreateParams);
+        let cases: [(Edit, &str, u64, u64); 3] = [
             (|p| p.vcpus = Some(5), "vcpus", 5, 4),
             (|p| p.memory_mib = Some(2048), "memory_mib", 2048, 1024),
             (|p| p.disk_mib = Some(513), "disk_mib", 513, 512),
         ];
         for (edit, name, asked, most) in cases {
-            match over(edit) {
+            match limits().terms(&params(edit), DEFAULT) {
                 Err(SandboxError::OverLimit { field, value, max }) => {
                     assert_eq!((field, value, max), (name, asked, most));
                 }
@@ -202,7 +202,10 @@ mod tests {
             |p| p.ttl_s = Some(0),
         ] {
             let result = limits().terms(&params(edit), DEFAULT);
-            assert!(matches!(result, Err(SandboxError::Invalid(_))), "{result:?}");
+            assert!(
+                matches!(result, Err(SandboxError::Invalid(_))),
+                "{result:?}"
+            );
         }
         let terms = limits()
             .terms(&params(|p| p.idle_timeout_s = Some(0)), DEFAULT)

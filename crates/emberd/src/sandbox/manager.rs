@@ -164,7 +164,12 @@ impl Manager {
     }
 
     /// Hands out a pooled VM if it is healthy.
-    async fn adopt(&self, pooled: Pooled, pack: &str, terms: Terms) -> Result<String, SandboxError> {
+    async fn adopt(
+        &self,
+        pooled: Pooled,
+        pack: &str,
+        terms: Terms,
+    ) -> Result<String, SandboxError> {
         // The filler checks `Health` every second; only a VM not heard from
         // recently is asked again before hand-out. One that has died since
         // is never handed out.

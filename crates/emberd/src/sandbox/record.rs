@@ -207,10 +207,7 @@ impl Sandbox {
     /// Claims the sandbox for the reaper when its TTL or idle timeout has
     /// passed at `now`; from then on no exec starts in it.
     pub fn claim_expired(&self, now: Instant) -> Option<Expiry> {
-        let up = matches!(
-            *self.phase.lock(),
-            Phase::Running(_) | Phase::Exited { .. }
-        );
+        let up = matches!(*self.phase.lock(), Phase::Running(_) | Phase::Exited { .. });
         let mut activity = self.activity.lock();
         if activity.reaped {
             return None;
@@ -259,7 +256,10 @@ impl Sandbox {
         };
         let idle_expires_at = {
             let activity = self.activity.lock();
-            let idle = self.terms.idle_timeout.filter(|_| up && activity.execs == 0);
+            let idle = self
+                .terms
+                .idle_timeout
+                .filter(|_| up && activity.execs == 0);
             idle.and_then(|idle| activity.last_active_at.checked_add(idle))
         };
         SandboxSummary {
