@@ -100,14 +100,19 @@ impl Admission {
         }
     }
 
-    /// A turn to boot, however long it takes (for background boots, which
-    /// give up on their own stop signal).
+    /// A turn to boot, however long it takes.
     pub async fn boot_turn(&self) -> BootPermit {
         self.boots
             .clone()
             .acquire_owned()
             .await
             .expect("the boot semaphore is never closed")
+    }
+
+    /// A turn to boot if one is free now (for background boots, which must
+    /// not queue ahead of creates).
+    pub fn try_boot_turn(&self) -> Option<BootPermit> {
+        self.boots.clone().try_acquire_owned().ok()
     }
 
     /// Sandboxes and MiB of guest memory held now.

@@ -6,7 +6,8 @@
 //! than `pool_memory_mib`: a filler reserves its slot before it boots. A
 //! pooled VM also holds its room under the daemon's admission limits, taken
 //! before its boot (a filler that finds no room boots nothing) and handed
-//! over with the VM. A hand-out wakes the filler. Pools know nothing of the
+//! over with the VM; a filler boots only when a boot turn is free at once,
+//! so creates never queue behind it. A hand-out wakes the filler. Pools know nothing of the
 //! manager's registry.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -17,7 +18,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::admission::{Admission, Reservation};
+use super::admission::{Admission, BootPermit, Reservation};
 use super::launcher::{Booted, Launcher};
 use super::ManagerConfig;
 
@@ -130,15 +131,16 @@ impl Pools {
         true
     }
 
-    /// A pool slot for one more VM of `pack` and its room under the
-    /// admission limits, or nothing when either is full.
-    fn reserve_with_room(&self, pack: &str) -> Option<Reservation> {
+    /// A pool slot for one more VM of `pack`, its room under the admission
+    /// limits and a boot turn, or nothing when any of them is not free now.
+    fn reserve_to_boot(&self, pack: &str) -> Option<(Reservation, BootPermit)> {
         if !self.reserve(pack) {
             return None;
         }
-        match self.admission.reserve(self.memory_mib) {
-            Ok(reservation) => Some(reservation),
-            Err(_) => {
+        let room = self.admission.reserve(self.memory_mib).ok();
+        match room.zip(self.admission.try_boot_turn()) {
+            Some(both) => Some(both),
+            None => {
                 self.settle(pack, None);
                 None
             }
@@ -216,14 +218,7 @@ pub(super) async fn fill_forever(
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
-        if let Some(reservation) = pools.reserve_with_room(&pack) {
-            let turn = tokio::select! {
-                turn = pools.admission.boot_turn() => turn,
-                () = stop.cancelled() => {
-                    pools.settle(&pack, None);
-                    return;
-                }
-            };
+        if let Some((reservation, turn)) = pools.reserve_to_boot(&pack) {
             let booted = launcher.boot_in_new_dir(&pack, &stop).await;
             drop(turn);
             match booted {
