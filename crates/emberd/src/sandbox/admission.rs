@@ -4,9 +4,11 @@
 //! Sandboxes (booting, running, exited) and pooled VMs hold a
 //! [`Reservation`], taken before any VM work starts and released when it is
 //! dropped: on every failure path, and once a deleted sandbox's VM has
-//! stopped. Boots take a [`BootPermit`] for the time they run. Nothing here
-//! touches a VM or waits on anything but the boot semaphore.
+//! stopped. Boots take a [`BootPermit`] for the time they run; a create
+//! without one waits in a bounded queue while boots keep finishing. Nothing
+//! here touches a VM or waits on anything but the boot semaphore.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,8 +24,8 @@ const RETRY_AFTER_FULL: Duration = Duration::from_secs(5);
 /// When a client refused for lack of a boot turn may try again.
 const RETRY_AFTER_BOOTS: Duration = Duration::from_secs(2);
 
-/// A turn to boot a VM; the next waiter boots when it is dropped.
-pub(super) type BootPermit = OwnedSemaphorePermit;
+/// Creates that may wait for a boot turn, per turn.
+const WAITING_PER_TURN: usize = 4;
 
 #[derive(Debug, Default)]
 struct Held {
@@ -39,7 +41,11 @@ pub(super) struct Admission {
     max_memory_mib: u64,
     boots: Arc<Semaphore>,
     max_boots: usize,
-    /// How long a create waits for a boot turn before it is refused.
+    /// Creates waiting for a boot turn now.
+    waiting: AtomicUsize,
+    /// Boot turns given back so far.
+    finished: AtomicU64,
+    /// A waiting create is refused when no boot finished for this long.
     boot_wait: Duration,
 }
 
@@ -52,6 +58,8 @@ impl Admission {
             max_memory_mib: limits.max_guest_memory_mib,
             boots: Arc::new(Semaphore::new(max_boots)),
             max_boots,
+            waiting: AtomicUsize::new(0),
+            finished: AtomicU64::new(0),
             boot_wait,
         })
     }
@@ -86,39 +94,89 @@ impl Admission {
         Ok(())
     }
 
-    /// A turn to boot, waiting at most the boot wait for one.
-    pub async fn boot_permit(&self) -> Result<BootPermit, SandboxError> {
-        match tokio::time::timeout(self.boot_wait, self.boot_turn()).await {
-            Ok(permit) => Ok(permit),
-            Err(_) => Err(SandboxError::AtCapacity {
-                what: format!(
-                    "{} VMs are booting (--max-concurrent-boots) and none finished within {:?}",
-                    self.max_boots, self.boot_wait
-                ),
-                retry_after: RETRY_AFTER_BOOTS,
-            }),
+    /// A turn to boot. Without a free one, the create joins a queue of
+    /// at most [`WAITING_PER_TURN`] per turn and waits as long as boots
+    /// keep finishing: it is refused when the queue is full or when no boot
+    /// finished within the boot wait.
+    pub async fn boot_permit(self: &Arc<Self>) -> Result<BootPermit, SandboxError> {
+        if let Some(permit) = self.try_boot_turn() {
+            return Ok(permit);
+        }
+        let max_waiting = self.max_boots * WAITING_PER_TURN;
+        let waiting = self.waiting.fetch_add(1, Ordering::SeqCst);
+        let _queued = Queued(&self.waiting);
+        if waiting >= max_waiting {
+            return Err(busy(format!(
+                "{} VMs are booting (--max-concurrent-boots) and {waiting} creates wait for a turn",
+                self.max_boots
+            )));
+        }
+        let turn = self.boots.clone().acquire_owned();
+        tokio::pin!(turn);
+        loop {
+            let seen = self.finished.load(Ordering::SeqCst);
+            match tokio::time::timeout(self.boot_wait, &mut turn).await {
+                Ok(permit) => {
+                    return Ok(self.permit(permit.expect("the boot semaphore is never closed")))
+                }
+                Err(_) if self.finished.load(Ordering::SeqCst) == seen => {
+                    return Err(busy(format!(
+                        "{} VMs are booting (--max-concurrent-boots) and none finished within {:?}",
+                        self.max_boots, self.boot_wait
+                    )));
+                }
+                Err(_) => {}
+            }
         }
     }
 
-    /// A turn to boot, however long it takes.
-    pub async fn boot_turn(&self) -> BootPermit {
-        self.boots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the boot semaphore is never closed")
+    /// A turn to boot if one is free now (background boots take only
+    /// these, so that they never queue ahead of creates).
+    pub fn try_boot_turn(self: &Arc<Self>) -> Option<BootPermit> {
+        let permit = self.boots.clone().try_acquire_owned().ok()?;
+        Some(self.permit(permit))
     }
 
-    /// A turn to boot if one is free now (for background boots, which must
-    /// not queue ahead of creates).
-    pub fn try_boot_turn(&self) -> Option<BootPermit> {
-        self.boots.clone().try_acquire_owned().ok()
+    fn permit(self: &Arc<Self>, permit: OwnedSemaphorePermit) -> BootPermit {
+        BootPermit {
+            _permit: permit,
+            admission: self.clone(),
+        }
     }
 
     /// Sandboxes and MiB of guest memory held now.
     pub fn held(&self) -> (usize, u64) {
         let held = self.held.lock();
         (held.sandboxes, held.memory_mib)
+    }
+}
+
+fn busy(what: String) -> SandboxError {
+    SandboxError::AtCapacity {
+        what,
+        retry_after: RETRY_AFTER_BOOTS,
+    }
+}
+
+/// One create counted as waiting for a boot turn, until dropped.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A turn to boot a VM; dropping it lets the next waiter boot.
+#[derive(Debug)]
+pub(super) struct BootPermit {
+    _permit: OwnedSemaphorePermit,
+    admission: Arc<Admission>,
+}
+
+impl Drop for BootPermit {
+    fn drop(&mut self) {
+        self.admission.finished.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -208,19 +266,66 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn boots_beyond_the_bound_wait_then_are_refused() {
+    async fn a_waiting_boot_is_refused_when_no_boot_finishes() {
         let admission = admission(4, 1000, 1);
         let turn = admission.boot_permit().await.unwrap();
         let refused = admission.boot_permit().await.unwrap_err();
-        assert!(
-            matches!(refused, SandboxError::AtCapacity { .. }),
-            "{refused}"
-        );
+        assert!(refused.to_string().contains("none finished"), "{refused}");
         let waiting = tokio::spawn({
             let admission = admission.clone();
-            async move { admission.boot_turn().await }
+            async move { admission.boot_permit().await }
         });
         drop(turn);
-        drop(waiting.await.unwrap());
+        waiting.await.unwrap().unwrap();
+    }
+
+    // Each boot finishes within the boot wait, so the last of a queue
+    // longer than one wait still gets its turn.
+    #[tokio::test]
+    async fn a_queue_that_moves_keeps_waiting() {
+        const BOOT: Duration = Duration::from_millis(300);
+        let limits = Limits {
+            max_concurrent_boots: 1,
+            ..Limits::default()
+        };
+        let admission = Admission::new(&limits, Duration::from_millis(500));
+        let boots: Vec<_> = (0..=WAITING_PER_TURN)
+            .map(|_| {
+                let admission = admission.clone();
+                tokio::spawn(async move {
+                    let turn = admission.boot_permit().await?;
+                    tokio::time::sleep(BOOT).await;
+                    drop(turn);
+                    Ok::<_, SandboxError>(())
+                })
+            })
+            .collect();
+        for boot in boots {
+            boot.await.unwrap().unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_at_once() {
+        let limits = Limits {
+            max_concurrent_boots: 1,
+            ..Limits::default()
+        };
+        let admission = Admission::new(&limits, Duration::from_secs(600));
+        let _turn = admission.boot_permit().await.unwrap();
+        let waiters: Vec<_> = (0..WAITING_PER_TURN)
+            .map(|_| {
+                let admission = admission.clone();
+                tokio::spawn(async move { admission.boot_permit().await.map(drop) })
+            })
+            .collect();
+        while admission.waiting.load(Ordering::SeqCst) < WAITING_PER_TURN {
+            tokio::task::yield_now().await;
+        }
+        let refused = admission.boot_permit().await.unwrap_err();
+        assert!(refused.to_string().contains("wait for a turn"), "{refused}");
+        for waiter in waiters {
+            waiter.abort();
+        }
     }
 }
