@@ -7,8 +7,8 @@
 //! pooled VM also holds its room under the daemon's admission limits, taken
 //! before its boot (a filler that finds no room boots nothing) and handed
 //! over with the VM; a filler boots only when a boot turn is free at once,
-//! so creates never queue behind it. A hand-out wakes the filler. Pools know nothing of the
-//! manager's registry.
+//! so creates never queue behind it. A hand-out wakes the filler. Pools
+//! know nothing of the manager's registry.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
