@@ -84,9 +84,13 @@ async fn every_route_answers_with_its_shape() {
                 "backend",
                 "boot_path",
                 "created_at",
+                "disk_mib",
                 "id",
+                "idle_expires_at",
+                "memory_mib",
                 "pack",
                 "state",
+                "vcpus",
                 "vmm_pid"
             ]
         );
@@ -111,9 +115,13 @@ async fn every_route_answers_with_its_shape() {
             "boot_path",
             "console_tail",
             "created_at",
+            "disk_mib",
             "id",
+            "idle_expires_at",
+            "memory_mib",
             "pack",
             "state",
+            "vcpus",
             "vmm_pid"
         ]
     );

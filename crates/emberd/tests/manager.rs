@@ -417,6 +417,8 @@ async fn a_failing_restore_falls_back_to_a_cold_boot() {
     daemon.stop().await;
 }
 
+// A VM that dies, between execs or under one, makes the sandbox `exited`:
+// its execs answer 409 with the reason, and a delete still cleans up.
 #[tokio::test]
 async fn a_vm_that_dies_fails_the_exec_and_the_sandbox_can_still_be_deleted() {
     let daemon = Daemon::start();
@@ -428,7 +430,9 @@ async fn a_vm_that_dies_fails_the_exec_and_the_sandbox_can_still_be_deleted() {
     let (status, body) = daemon
         .exec(&between, json!({ "code": "echo:second" }))
         .await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(message.starts_with("sandbox has stopped: "), "{body}");
 
     let vm = daemon.vm_of(&during).await;
     let exec = tokio::spawn({
@@ -439,7 +443,9 @@ async fn a_vm_that_dies_fails_the_exec_and_the_sandbox_can_still_be_deleted() {
     wait_until("the exec runs", || daemon.backend.blocked_execs() == 1).await;
     vm.kill();
     let (status, body) = exec.await.unwrap();
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let message = body["error"].as_str().unwrap();
+    assert!(message.contains("signal 9"), "{body}");
 
     daemon.manager.delete(&between).await.unwrap();
     daemon.manager.delete(&during).await.unwrap();

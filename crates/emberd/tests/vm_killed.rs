@@ -1,6 +1,6 @@
 //! A VM killed under a live sandbox (its VMM SIGKILLed from outside),
-//! between execs and during one: the exec answers a 5xx with a JSON error
-//! instead of hanging, the daemon keeps serving the other sandboxes, and
+//! between execs and during one: the sandbox becomes `exited` and the exec
+//! answers 409 `sandbox has stopped: …` instead of hanging, the daemon keeps serving the other sandboxes, and
 //! DELETE still cleans up. Real VMs, like e2e.rs.
 
 mod support;
@@ -32,10 +32,13 @@ async fn kill_vmm(api: &Api, id: &str) -> u32 {
 }
 
 /// The answer to an exec on a sandbox whose VM is gone.
-fn assert_server_error(status: u16, body: &Value) {
-    assert_eq!(status, 500, "{body}");
+fn assert_stopped(status: u16, body: &Value) {
+    assert_eq!(status, 409, "{body}");
     let message = body["error"].as_str().unwrap_or_else(|| panic!("{body}"));
-    assert!(message.starts_with("exec failed"), "{body}");
+    assert!(
+        message.starts_with("sandbox has stopped: the VM exited with signal 9"),
+        "{body}"
+    );
 }
 
 /// DELETE answers 204 and leaves neither the VMM nor the directory.
@@ -72,7 +75,12 @@ async fn a_vm_killed_between_execs_fails_the_next_exec_and_nothing_else() {
     let (status, body) = tokio::time::timeout(ANSWER_BOUND, api.exec_raw(&victim, &request))
         .await
         .expect("the exec on a dead VM answered");
-    assert_server_error(status, &body);
+    assert_stopped(status, &body);
+    let (status, info) = api
+        .raw(reqwest::Method::GET, &format!("/sandboxes/{victim}"), None)
+        .await;
+    assert_eq!((status, &info["state"]), (200, &json!("exited")), "{info}");
+    assert!(info["exit_reason"].is_string(), "{info}");
 
     // The other sandbox is untouched.
     assert_eq!(api.exec(&bystander, "print(3)").await.stdout, "3\n");
@@ -114,7 +122,7 @@ async fn a_vm_killed_during_an_exec_ends_the_exec_with_an_error() {
         .await
         .expect("the running exec answered")
         .unwrap();
-    assert_server_error(status, &body);
+    assert_stopped(status, &body);
 
     assert_eq!(api.exec(&bystander, "print(5)").await.stdout, "5\n");
     assert_deleted_cleanly(&daemon, &api, &victim, vmm_pid).await;

@@ -38,6 +38,7 @@ impl Daemon {
             pool_memory_mib: 0,
             snapshot_dir: None,
             warm_templates_at_start: false,
+            limits: emberd::sandbox::Limits::default(),
         };
         let backend = FakeBackend::new();
         let manifest = emberd::image::fake_manifest(&root.path().join("data"), "echo:warm");

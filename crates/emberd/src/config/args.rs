@@ -87,6 +87,40 @@ pub struct ServeArgs {
     #[arg(long, env = "EMBERD_SKIP_WARM", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub skip_warm: Option<bool>,
+    // Per-sandbox limits, admission control and reaping.
+    /// Most vCPUs a create may ask for [default: the host's CPUs, at least --vcpus].
+    #[arg(long, env = "EMBERD_MAX_VCPUS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_vcpus: Option<u32>,
+    /// Most guest memory a create may ask for, MiB [default: 2048, at least --memory-mib].
+    #[arg(long, env = "EMBERD_MAX_MEMORY_MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_mib: Option<u32>,
+    /// Largest writable layer a create may ask for, MiB [default: 2048, at least --overlay-mib].
+    #[arg(long, env = "EMBERD_MAX_DISK_MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_disk_mib: Option<u32>,
+    /// Longest TTL a create may ask for, seconds; also the TTL of a create
+    /// that names none [default: none].
+    #[arg(long, env = "EMBERD_MAX_TTL_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_ttl_s: Option<u64>,
+    /// Idle timeout of a create that names none, seconds; 0 disables [default: 1800].
+    #[arg(long, env = "EMBERD_IDLE_TIMEOUT_S")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_s: Option<u64>,
+    /// Most sandboxes, pooled VMs included [default: 64].
+    #[arg(long, env = "EMBERD_MAX_SANDBOXES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_sandboxes: Option<usize>,
+    /// Most guest memory of all sandboxes and pooled VMs, MiB [default: half the host's RAM].
+    #[arg(long, env = "EMBERD_MAX_GUEST_MEMORY_MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_guest_memory_mib: Option<u64>,
+    /// Most VMs booting at once; more creates wait for a turn [default: the host's CPUs].
+    #[arg(long, env = "EMBERD_MAX_CONCURRENT_BOOTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_boots: Option<usize>,
     /// Bound on draining HTTP requests at shutdown [default: 10s].
     #[arg(long, env = "EMBERD_SHUTDOWN_TIMEOUT", value_parser = parse_duration)]
     #[serde(

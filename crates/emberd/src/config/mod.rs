@@ -22,6 +22,7 @@ use crate::sandbox::ManagerConfig;
 use crate::vmm::qemu::AccelChoice;
 
 mod args;
+mod limits;
 
 pub use args::ServeArgs;
 
@@ -71,6 +72,23 @@ pub struct Settings {
     pub no_jailer: bool,
     /// Where jails are built; `None`: `<data dir>/jail`.
     pub jailer_chroot_base: Option<PathBuf>,
+    // Per-sandbox limits, admission control and reaping (see `limits`).
+    /// Most vCPUs a create may ask for; `None`: the host's CPUs.
+    pub max_vcpus: Option<u32>,
+    /// Most guest memory a create may ask for; `None`: 2048 MiB.
+    pub max_memory_mib: Option<u32>,
+    /// Largest writable layer a create may ask for; `None`: 2048 MiB.
+    pub max_disk_mib: Option<u32>,
+    /// Longest TTL, and the TTL of a create that names none; `None`: no TTL.
+    pub max_ttl_s: Option<u64>,
+    /// Idle timeout of a create that names none; 0 disables.
+    pub idle_timeout_s: u64,
+    /// Sandboxes and pooled VMs together.
+    pub max_sandboxes: usize,
+    /// Guest memory of sandboxes and pooled VMs together; `None`: half the host's RAM.
+    pub max_guest_memory_mib: Option<u64>,
+    /// VMs booting at once; `None`: the host's CPUs.
+    pub max_concurrent_boots: Option<usize>,
 }
 
 impl Default for Settings {
@@ -95,6 +113,14 @@ impl Default for Settings {
             jailer: None,
             no_jailer: false,
             jailer_chroot_base: None,
+            max_vcpus: None,
+            max_memory_mib: None,
+            max_disk_mib: None,
+            max_ttl_s: None,
+            idle_timeout_s: 30 * 60,
+            max_sandboxes: crate::sandbox::limits::DEFAULT_MAX_SANDBOXES,
+            max_guest_memory_mib: None,
+            max_concurrent_boots: None,
         }
     }
 }
@@ -171,6 +197,7 @@ impl Settings {
             pool_memory_mib: self.pool_memory_mib,
             snapshot_dir: self.snapshots.then(|| self.data_dir.join("snapshots")),
             warm_templates_at_start: !self.skip_warm,
+            limits: self.limits(),
         }
     }
 
@@ -188,6 +215,7 @@ impl Settings {
         if self.overlay_mib == 0 {
             return Err(ConfigError::Invalid("overlay-mib must be positive".into()));
         }
+        self.check_limits()?;
         // Unix socket paths under the work dir must fit in sun_path (108 bytes).
         let longest = self.work_dir.join("sb_0123456789ab").join("agent.sock");
         if longest.as_os_str().len() >= 100 {

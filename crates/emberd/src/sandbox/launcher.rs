@@ -1,9 +1,9 @@
 //! The one boot path: every VM a sandbox, a pool or a template runs on is
 //! made here.
 //!
-//! A boot makes a VM in a sandbox directory (restored from the pack's
-//! template when there is one, cold-booted otherwise and when the restore
-//! fails), opens its agent session within the boot timeout, and, for VMs
+//! A boot makes a VM of a shape in a sandbox directory (restored from the
+//! pack's template when there is one and the shape is the default,
+//! cold-booted otherwise and when the restore fails), opens its agent session within the boot timeout, and, for VMs
 //! that will run code, pushes the identity (id, clock, entropy). On error
 //! the VM is stopped; the directory is the caller's.
 
@@ -21,7 +21,7 @@ use crate::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend, VmmError};
 
 use super::error::{BootError, SandboxError};
 use super::ids::{create_private_dir, new_sandbox_id};
-use super::model::BootPath;
+use super::model::{BootPath, Shape};
 use super::record::{last_console_line, Guest};
 use super::template::Templates;
 use super::ManagerConfig;
@@ -110,7 +110,21 @@ impl Launcher {
         Ok((id, dir))
     }
 
+    /// The shape of a sandbox whose create names no size.
+    pub fn default_shape(&self) -> Shape {
+        Shape {
+            vcpus: self.config.vcpus,
+            memory_mib: self.config.memory_mib,
+            disk_mib: self.config.overlay_mib,
+        }
+    }
+
+    /// The boot spec of a VM of the default shape.
     pub fn boot_spec(&self, id: &str, dir: &Path, pack: &PackArtefact) -> BootSpec {
+        self.shaped_spec(id, dir, pack, self.default_shape())
+    }
+
+    fn shaped_spec(&self, id: &str, dir: &Path, pack: &PackArtefact, shape: Shape) -> BootSpec {
         BootSpec {
             sandbox_id: id.to_owned(),
             sandbox_dir: dir.to_owned(),
@@ -118,12 +132,12 @@ impl Launcher {
             kernel_vmlinux: self.manifest.kernel.vmlinux.clone(),
             initramfs: self.manifest.initramfs.clone(),
             root_disk: pack.squashfs.clone(),
-            vcpus: self.config.vcpus,
-            memory_mib: self.config.memory_mib,
+            vcpus: shape.vcpus,
+            memory_mib: shape.memory_mib,
             // init_on_free: memory the guest frees is zeroed, so snapshots skip it.
             extra_kernel_args: vec![
                 KernelArg::OverlaySize {
-                    mib: self.config.overlay_mib,
+                    mib: shape.disk_mib,
                 }
                 .to_string(),
                 "init_on_free=1".into(),
@@ -151,12 +165,23 @@ impl Launcher {
         }
     }
 
-    /// Boots a VM of `pack` in `dir` and gives it identity `id`: the path of
-    /// every VM that will run code.
-    pub async fn boot(&self, id: &str, dir: &Path, pack: &str) -> Result<Guest, SandboxError> {
+    /// Boots a VM of `pack` and `shape` in `dir` and gives it identity
+    /// `id`: the path of every VM that will run code. Templates are of the
+    /// default shape; any other shape cold-boots.
+    pub async fn boot(
+        &self,
+        id: &str,
+        dir: &Path,
+        pack: &str,
+        shape: Shape,
+    ) -> Result<Guest, SandboxError> {
         let artefact = self.pack(pack)?;
-        let spec = self.boot_spec(id, dir, artefact);
-        let guest = self.restore_or_cold_boot(&spec, pack).await?;
+        let spec = self.shaped_spec(id, dir, artefact, shape);
+        let guest = if shape == self.default_shape() {
+            self.restore_or_cold_boot(&spec, pack).await?
+        } else {
+            self.cold_boot(&spec).await?
+        };
         // The identity goes in before anyone runs code: its id is final, its
         // clock runs on from here, its entropy is its own.
         if let Err(e) = guest.agent.set_identity(id).await {
@@ -175,7 +200,7 @@ impl Launcher {
     ) -> Result<Booted, SandboxError> {
         let (id, dir) = self.new_sandbox_dir()?;
         let result = tokio::select! {
-            result = self.boot(&id, &dir, pack) => result,
+            result = self.boot(&id, &dir, pack, self.default_shape()) => result,
             () = stop.cancelled() => Err(SandboxError::ShuttingDown),
         };
         match result {
@@ -241,7 +266,7 @@ async fn open_session(
         Ok(Err(e)) => e,
         Err(_) => BootError::AgentTimeout {
             bound,
-            last_console_line: last_console_line(&spec.sandbox_dir),
+            last_console_line: last_console_line(vm.as_ref()),
         },
     };
     vm.stop().await.ok();

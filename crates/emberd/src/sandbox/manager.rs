@@ -1,40 +1,53 @@
 //! The registry of sandboxes and the manager's public API.
 //!
-//! Creates go to a pool first and to the launcher otherwise; every sandbox
-//! is in the registry from the moment its id exists until its delete. The
+//! A create is checked against the per-sandbox limits, then goes to a pool
+//! (default shape only) or takes room under the admission limits and a
+//! boot turn and goes to the launcher; every sandbox is in the registry
+//! from the moment its id exists until its delete or its reaping. The
 //! manager hands out domain types only.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
+use tokio::task::JoinHandle;
 
 use crate::image::Manifest;
 use crate::vmm::VmBackend;
 
+use super::admission::{Admission, Reservation};
 use super::background::Background;
 use super::error::{BootError, Interrupted, SandboxError};
 use super::exec::{exec_timeout, run};
 use super::launcher::Launcher;
+use super::limits::Terms;
 use super::model::{BootPath, CreateParams, DaemonInfo, ExecOutcome, ExecParams, SandboxSummary};
 use super::pool::{Pooled, Pools};
+use super::reaper::{self, Registry};
 use super::record::Sandbox;
 use super::recovery::{self, WorkDirError, WorkDirLock};
-use super::ManagerConfig;
+use super::{vm_watch, ManagerConfig};
 
 /// A pooled VM that answered `Health` this recently is handed out unasked.
 const HEALTH_FRESH: Duration = Duration::from_secs(2);
 /// How long a pooled sandbox gets to answer `Health` before hand-out.
 const HEALTH_BOUND: Duration = Duration::from_secs(2);
+/// How long an exec whose agent session broke waits to learn whether the
+/// VM died (the VM watcher notices an exit well within this).
+const EXIT_NOTICE: Duration = Duration::from_secs(1);
 
 /// Owns all sandboxes of one daemon.
 pub struct Manager {
     launcher: Arc<Launcher>,
-    sandboxes: Mutex<HashMap<String, Arc<Sandbox>>>,
+    sandboxes: Registry,
     pools: Arc<Pools>,
+    admission: Arc<Admission>,
     background: Background,
     template_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    reaper: Mutex<Option<JoinHandle<()>>>,
+    reaped: Arc<AtomicU64>,
     _lock: WorkDirLock,
 }
 
@@ -56,26 +69,39 @@ impl Manager {
                 "cleared what a previous daemon left behind"
             );
         }
-        let pools = Arc::new(Pools::new(&manifest.pack_names(), &config));
+        let admission = Admission::new(&config.limits, config.boot_timeout);
+        let pools = Arc::new(Pools::new(
+            &manifest.pack_names(),
+            &config,
+            admission.clone(),
+        ));
         let (template_requests, template_queue) = tokio::sync::mpsc::unbounded_channel();
         let launcher = Launcher::new(backend, manifest, config, template_requests);
         Ok(Manager {
             launcher: Arc::new(launcher),
-            sandboxes: Mutex::new(HashMap::new()),
+            sandboxes: Arc::new(Mutex::new(HashMap::new())),
             pools,
+            admission,
             background: Background::new(),
             template_queue: Mutex::new(Some(template_queue)),
+            reaper: Mutex::new(None),
+            reaped: Arc::default(),
             _lock: lock,
         })
     }
 
     /// Starts the background work: template builds (all packs first when
-    /// asked to warm at start), then one pool filler per pack. Only the
-    /// first call does anything.
+    /// asked to warm at start), then one pool filler per pack, and the
+    /// reaper. Only the first call does anything.
     pub fn start_background(&self) {
         if let Some(queue) = self.template_queue.lock().take() {
             self.background
                 .start(self.launcher.clone(), self.pools.clone(), queue);
+            *self.reaper.lock() = Some(reaper::spawn(
+                self.sandboxes.clone(),
+                self.reaped.clone(),
+                self.background.token.clone(),
+            ));
         }
     }
 
@@ -92,26 +118,58 @@ impl Manager {
         self.create_with(CreateParams::pack(pack)).await
     }
 
-    /// Creates a sandbox and returns its id once its agent answers.
+    /// Creates a sandbox and returns its id once its agent answers. A
+    /// create over a per-sandbox maximum or an admission limit fails before
+    /// any VM work starts.
     pub async fn create_with(&self, params: CreateParams) -> Result<String, SandboxError> {
         let pack = params.pack.as_str();
         if self.background.token.is_cancelled() {
             return Err(SandboxError::ShuttingDown);
         }
+        let default_shape = self.launcher.default_shape();
+        let terms = self.config().limits.terms(&params, default_shape)?;
         self.launcher.pack(pack)?;
-        while let Some(pooled) = self.pools.take(pack) {
-            match self.adopt(pooled, pack).await {
-                Ok(id) => return Ok(id),
-                Err(e) => {
-                    tracing::warn!(pack, error = %crate::error_chain::render(&e), "pooled sandbox unusable; trying the next")
+        if terms.shape == default_shape {
+            while let Some(pooled) = self.pools.take(pack) {
+                match self.adopt(pooled, pack, terms).await {
+                    Ok(id) => return Ok(id),
+                    Err(e) => {
+                        tracing::warn!(pack, error = %crate::error_chain::render(&e), "pooled sandbox unusable; trying the next")
+                    }
                 }
             }
         }
-        self.boot_new(pack).await
+        let reservation = self.make_room(terms.shape.memory_mib).await?;
+        self.boot_new(pack, terms, reservation).await
+    }
+
+    /// Room under the admission limits for a sandbox of `memory_mib`. When
+    /// there is none, pooled VMs give up theirs (they are stopped) before
+    /// the create is refused: a ready VM never stands in a sandbox's way.
+    async fn make_room(&self, memory_mib: u32) -> Result<Reservation, SandboxError> {
+        loop {
+            let refused = match self.admission.reserve(memory_mib) {
+                Ok(reservation) => return Ok(reservation),
+                Err(refused) => refused,
+            };
+            let Some(pooled) = self.pools.take_any() else {
+                return Err(refused);
+            };
+            let mut reservation = pooled.reservation;
+            pooled.booted.discard().await;
+            if reservation.resize(memory_mib).is_ok() {
+                return Ok(reservation);
+            }
+        }
     }
 
     /// Hands out a pooled VM if it is healthy.
-    async fn adopt(&self, pooled: Pooled, pack: &str) -> Result<String, SandboxError> {
+    async fn adopt(
+        &self,
+        pooled: Pooled,
+        pack: &str,
+        terms: Terms,
+    ) -> Result<String, SandboxError> {
         // The filler checks `Health` every second; only a VM not heard from
         // recently is asked again before hand-out. One that has died since
         // is never handed out.
@@ -128,20 +186,44 @@ impl Manager {
         let mut booted = pooled.booted;
         booted.guest.boot_path = BootPath::WarmPool;
         let id = booted.id.clone();
-        let sandbox = Sandbox::running(booted.id, pack, booted.dir, booted.guest);
-        self.insert(Arc::new(sandbox));
+        let sandbox = Arc::new(Sandbox::running(
+            booted.id,
+            pack,
+            booted.dir,
+            booted.guest,
+            terms,
+            pooled.reservation,
+        ));
+        self.insert(sandbox.clone());
+        vm_watch::watch(sandbox, self.background.token.clone());
         tracing::info!(sandbox = %id, pack, "sandbox handed out from the pool");
         Ok(id)
     }
 
-    /// Registers a booting sandbox, boots its VM, and unwinds on failure.
-    async fn boot_new(&self, pack: &str) -> Result<String, SandboxError> {
+    /// Registers a booting sandbox, waits for a boot turn, boots its VM,
+    /// and unwinds on failure (the reservation goes with the sandbox).
+    async fn boot_new(
+        &self,
+        pack: &str,
+        terms: Terms,
+        reservation: Reservation,
+    ) -> Result<String, SandboxError> {
         let (id, dir) = self.launcher.new_sandbox_dir()?;
-        let sandbox = Arc::new(Sandbox::booting(id.clone(), pack, dir.clone()));
+        let sandbox = Arc::new(Sandbox::booting(
+            id.clone(),
+            pack,
+            dir.clone(),
+            terms,
+            reservation,
+        ));
         self.insert(sandbox.clone());
         let started = Instant::now();
+        let boot = async {
+            let _turn = self.admission.boot_permit().await?;
+            self.launcher.boot(&id, &dir, pack, terms.shape).await
+        };
         let booted = tokio::select! {
-            result = self.launcher.boot(&id, &dir, pack) => result,
+            result = boot => result,
             () = sandbox.deleted.cancelled() => Err(SandboxError::Deleted(Interrupted::Boot)),
         };
         let result = match booted {
@@ -149,6 +231,7 @@ impl Manager {
                 let boot_path = guest.boot_path;
                 match sandbox.finish_boot(guest) {
                     Ok(()) => {
+                        vm_watch::watch(sandbox, self.background.token.clone());
                         tracing::info!(sandbox = %id, pack, %boot_path, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox ready");
                         return Ok(id);
                     }
@@ -169,13 +252,28 @@ impl Manager {
         result
     }
 
-    /// Runs `params.code` in sandbox `id` with the pack's interpreter.
+    /// Runs `params.code` in sandbox `id` with the pack's interpreter. An
+    /// exec whose VM ends under it answers [`SandboxError::Exited`].
     pub async fn exec(&self, id: &str, params: ExecParams) -> Result<ExecOutcome, SandboxError> {
         let sandbox = self.lookup(id)?;
         let guest = sandbox.guest()?;
         let timeout = exec_timeout(params.timeout_ms)?;
         let pack = self.launcher.pack(&sandbox.pack)?;
-        run(&guest, pack, params, timeout, &sandbox.deleted).await
+        let _active = sandbox.begin_exec()?;
+        let result = tokio::select! {
+            result = run(&guest, pack, params, timeout, &sandbox.deleted) => result,
+            () = sandbox.exited.cancelled() => return Err(sandbox.exited_error()),
+        };
+        match result {
+            // A broken session is most often a VM that died: say so.
+            Err(e @ SandboxError::Exec(_)) => {
+                match tokio::time::timeout(EXIT_NOTICE, sandbox.exited.cancelled()).await {
+                    Ok(()) => Err(sandbox.exited_error()),
+                    Err(_) => Err(e),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Stops and removes sandbox `id`.
@@ -201,6 +299,17 @@ impl Manager {
             .collect();
         all.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
         all
+    }
+
+    /// Sandboxes deleted for their TTL or idle timeout since start.
+    pub fn reaped(&self) -> u64 {
+        self.reaped.load(Ordering::SeqCst)
+    }
+
+    /// Sandboxes (pooled VMs included) and MiB of guest memory held now
+    /// against the admission limits.
+    pub fn held(&self) -> (usize, u64) {
+        self.admission.held()
     }
 
     /// `NotFound` unless sandbox `id` exists; reads nothing else.
@@ -237,6 +346,10 @@ impl Manager {
     /// Called once at shutdown.
     pub async fn shutdown(&self) {
         self.background.stop().await;
+        let reaper = self.reaper.lock().take();
+        if let Some(reaper) = reaper {
+            let _ = reaper.await;
+        }
         let ids: Vec<String> = self.sandboxes.lock().keys().cloned().collect();
         let pooled = self.pools.drain();
         let count = ids.len() + pooled.len();

@@ -6,7 +6,14 @@
 //! VMM except through the [`VmBackend`](crate::vmm::VmBackend) trait.
 //!
 //! - [`manager`]: the registry and the public [`Manager`] API;
-//! - `record`: one sandbox's state machine (booting → running → stopping);
+//! - `record`: one sandbox's state machine (booting → running → exited →
+//!   stopping) and what the reaper asks of it;
+//! - [`limits`]: per-sandbox sizes and timeouts, checked against the
+//!   operator's maxima;
+//! - `admission`: the daemon-wide limits (sandboxes, guest memory,
+//!   concurrent boots) and the reservations held against them;
+//! - `reaper`: deletes sandboxes past their TTL or idle timeout;
+//! - `vm_watch`: notices a VM that ended on its own;
 //! - `launcher`: the one boot path (restore or cold boot, agent session,
 //!   identity) that creates, pools and template builds all go through;
 //! - `exec`: one exec, from request to outcome;
@@ -15,17 +22,21 @@
 //! - `background`: the tasks that build templates and fill pools;
 //! - `recovery`: the work-dir lock and clearing a crashed daemon's leftovers.
 
+mod admission;
 mod background;
 mod error;
 mod exec;
 mod ids;
 mod launcher;
+pub mod limits;
 mod manager;
 mod model;
 mod pool;
+mod reaper;
 mod record;
 mod recovery;
 mod template;
+mod vm_watch;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +44,7 @@ use std::time::Duration;
 pub use error::{BootError, Interrupted, SandboxError};
 pub use exec::{DEFAULT_EXEC_TIMEOUT, DEFAULT_OUTPUT_LIMIT, MAX_EXEC_TIMEOUT};
 pub use ids::{is_sandbox_id, new_sandbox_id};
+pub use limits::Limits;
 pub use manager::Manager;
 pub use model::{
     BootPath, CreateParams, DaemonInfo, ExecOutcome, ExecParams, ExitStatus, GuestUser,
@@ -57,4 +69,6 @@ pub struct ManagerConfig {
     pub snapshot_dir: Option<PathBuf>,
     /// Build every pack's template at startup (else after its first cold boot).
     pub warm_templates_at_start: bool,
+    /// Per-sandbox maxima and timeouts, and the admission limits.
+    pub limits: Limits,
 }

@@ -4,7 +4,11 @@
 //! path (identity included) and one background filler that keeps the queue
 //! at `pool_size`. The sum over all packs never holds more guest memory
 //! than `pool_memory_mib`: a filler reserves its slot before it boots. A
-//! hand-out wakes the filler. Pools know nothing of the manager's registry.
+//! pooled VM also holds its room under the daemon's admission limits, taken
+//! before its boot (a filler that finds no room boots nothing) and handed
+//! over with the VM; a filler boots only when a boot turn is free at once,
+//! so creates never queue behind it. A hand-out wakes the filler. Pools
+//! know nothing of the manager's registry.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,6 +18,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Admission, BootPermit, Reservation};
 use super::launcher::{Booted, Launcher};
 use super::ManagerConfig;
 
@@ -27,6 +32,8 @@ const HEALTH_PROBE_BOUND: Duration = Duration::from_secs(1);
 /// A ready VM and when its agent last answered `Health`.
 pub(super) struct Pooled {
     pub booted: Booted,
+    /// Its room under the admission limits, handed over with it.
+    pub reservation: Reservation,
     healthy_at: Arc<Mutex<Option<Instant>>>,
 }
 
@@ -53,10 +60,13 @@ pub(super) struct Pools {
     size: usize,
     /// How many VMs all pools together may hold.
     capacity: usize,
+    admission: Arc<Admission>,
+    /// Guest memory of one pooled VM.
+    memory_mib: u32,
 }
 
 impl Pools {
-    pub fn new(packs: &[String], config: &ManagerConfig) -> Self {
+    pub fn new(packs: &[String], config: &ManagerConfig, admission: Arc<Admission>) -> Self {
         let capacity =
             usize::try_from(config.pool_memory_mib / u64::from(config.memory_mib.max(1)))
                 .unwrap_or(usize::MAX);
@@ -65,6 +75,8 @@ impl Pools {
             wake: packs.iter().map(|p| (p.clone(), Notify::new())).collect(),
             size: config.pool_size,
             capacity,
+            admission,
+            memory_mib: config.memory_mib,
         }
     }
 
@@ -86,6 +98,24 @@ impl Pools {
         pooled
     }
 
+    /// Takes a ready VM of whichever pack has the most, to make room for a
+    /// sandbox; wakes that pack's filler.
+    pub fn take_any(&self) -> Option<Pooled> {
+        let (pack, pooled) = {
+            let mut state = self.state.lock();
+            let (pack, queue) = state
+                .ready
+                .iter_mut()
+                .filter(|(_, queue)| !queue.is_empty())
+                .max_by_key(|(_, queue)| queue.len())?;
+            (pack.clone(), queue.pop_front()?)
+        };
+        if let Some(wake) = self.wake.get(&pack) {
+            wake.notify_one();
+        }
+        Some(pooled)
+    }
+
     /// Reserves room for one more VM of `pack`; false when the pool is full
     /// or the memory cap is reached.
     fn reserve(&self, pack: &str) -> bool {
@@ -101,20 +131,37 @@ impl Pools {
         true
     }
 
+    /// A pool slot for one more VM of `pack`, its room under the admission
+    /// limits and a boot turn, or nothing when any of them is not free now.
+    fn reserve_to_boot(&self, pack: &str) -> Option<(Reservation, BootPermit)> {
+        if !self.reserve(pack) {
+            return None;
+        }
+        let room = self.admission.reserve(self.memory_mib).ok();
+        match room.zip(self.admission.try_boot_turn()) {
+            Some(both) => Some(both),
+            None => {
+                self.settle(pack, None);
+                None
+            }
+        }
+    }
+
     /// Ends a reservation, adding the VM if the boot worked. The VM has
     /// just answered its identity push, which counts as `Health`.
-    fn settle(&self, pack: &str, booted: Option<Booted>) {
+    fn settle(&self, pack: &str, booted: Option<(Booted, Reservation)>) {
         let mut state = self.state.lock();
         if let Some(n) = state.booting.get_mut(pack) {
             *n = n.saturating_sub(1);
         }
-        if let Some(booted) = booted {
+        if let Some((booted, reservation)) = booted {
             state
                 .ready
                 .entry(pack.to_owned())
                 .or_default()
                 .push_back(Pooled {
                     booted,
+                    reservation,
                     healthy_at: Arc::new(Mutex::new(Some(Instant::now()))),
                 });
         }
@@ -171,8 +218,10 @@ pub(super) async fn fill_forever(
     stop: CancellationToken,
 ) {
     while !stop.is_cancelled() {
-        if pools.reserve(&pack) {
-            match launcher.boot_in_new_dir(&pack, &stop).await {
+        if let Some((reservation, turn)) = pools.reserve_to_boot(&pack) {
+            let booted = launcher.boot_in_new_dir(&pack, &stop).await;
+            drop(turn);
+            match booted {
                 Ok(booted) if stop.is_cancelled() => {
                     pools.settle(&pack, None);
                     booted.discard().await;
@@ -180,7 +229,7 @@ pub(super) async fn fill_forever(
                 }
                 Ok(booted) => {
                     tracing::debug!(pack = %pack, sandbox = %booted.id, "pool refilled");
-                    pools.settle(&pack, Some(booted));
+                    pools.settle(&pack, Some((booted, reservation)));
                 }
                 Err(_) if stop.is_cancelled() => {
                     pools.settle(&pack, None);

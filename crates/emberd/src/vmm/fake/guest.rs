@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
 use super::Shared;
+use crate::vmm::console::ConsoleRing;
 use crate::vmm::BootSpec;
 
 /// Where a fake VM is in its life.
@@ -42,6 +43,10 @@ pub(super) struct Guest {
     pub(super) identity: Mutex<Option<String>>,
     pub(super) running_execs: Arc<AtomicUsize>,
     pub(super) next_exec_pid: AtomicU32,
+    /// What the guest wrote to its console.
+    pub(super) console: ConsoleRing,
+    /// The spec it was made from.
+    pub(super) spec: BootSpec,
 }
 
 impl Guest {
@@ -62,6 +67,8 @@ impl Guest {
             identity: Mutex::new(None),
             running_execs: Arc::new(AtomicUsize::new(0)),
             next_exec_pid: AtomicU32::new(100),
+            console: ConsoleRing::default(),
+            spec: spec.clone(),
         }
     }
 

@@ -245,8 +245,8 @@ impl FakeBackend {
         }
     }
 
-    /// Makes a running VM, as a VMM would: it needs the root disk and the
-    /// sandbox directory, where it writes its console log.
+    /// Makes a running VM, as a VMM would: it needs the root disk, and its
+    /// guest writes a line or two to its console.
     fn make(&self, spec: &BootSpec, restored: bool) -> Result<Box<dyn Vm>, VmmError> {
         if !spec.root_disk.is_file() {
             return Err(VmmError::ExitedEarly(format!(
@@ -255,15 +255,15 @@ impl FakeBackend {
             )));
         }
         let how = if restored { "restored" } else { "booted" };
-        std::fs::write(
-            spec.sandbox_dir.join("console.log"),
+        let pid = self.shared.next_pid.fetch_add(1, Ordering::SeqCst);
+        let guest = Arc::new(Guest::new(pid, spec, restored, self.shared.clone()));
+        guest.console.push(
             format!(
                 "fake guest {how} for {}\nemberd-init: ready\n",
                 spec.sandbox_id
-            ),
-        )?;
-        let pid = self.shared.next_pid.fetch_add(1, Ordering::SeqCst);
-        let guest = Arc::new(Guest::new(pid, spec, restored, self.shared.clone()));
+            )
+            .as_bytes(),
+        );
         let live = {
             let mut vms = self.shared.vms.lock().expect("vm list lock");
             vms.push(guest.clone());

@@ -110,6 +110,10 @@ impl Vm for FakeVm {
             .map_err(|_| VmmError::Control(std::io::Error::other("fake VM state gone")))?;
         Ok(exit_of(ended))
     }
+
+    fn console_tail(&self, max_bytes: usize) -> Vec<u8> {
+        self.guest.console.tail(max_bytes)
+    }
 }
 
 impl FakeVm {
@@ -170,6 +174,11 @@ impl FakeVmHandle {
         &self.guest.sandbox_id
     }
 
+    /// The boot spec it was made from (sizes, kernel arguments).
+    pub fn spec(&self) -> &crate::vmm::BootSpec {
+        &self.guest.spec
+    }
+
     /// The root disk (the language pack) it was booted with.
     pub fn root_disk(&self) -> &Path {
         &self.guest.root_disk
@@ -188,6 +197,11 @@ impl FakeVmHandle {
     /// True once the VM stopped running, whatever the reason.
     pub fn has_ended(&self) -> bool {
         self.guest.life() != Life::Running
+    }
+
+    /// The guest writes `text` to its console.
+    pub fn write_console(&self, text: &str) {
+        self.guest.console.push(text.as_bytes());
     }
 
     /// The VM dies: its agent streams break and [`Vm::wait`] returns.
