@@ -58,12 +58,19 @@ impl Manager {
         }
         let pools = Arc::new(Pools::new(&manifest.pack_names(), &config));
         let (template_requests, template_queue) = tokio::sync::mpsc::unbounded_channel();
-        let launcher = Launcher::new(backend, manifest, config, template_requests);
+        let background = Background::new();
+        let launcher = Launcher::new(
+            backend,
+            manifest,
+            config,
+            template_requests,
+            background.token.clone(),
+        );
         Ok(Manager {
             launcher: Arc::new(launcher),
             sandboxes: Mutex::new(HashMap::new()),
             pools,
-            background: Background::new(),
+            background,
             template_queue: Mutex::new(Some(template_queue)),
             _lock: lock,
         })
