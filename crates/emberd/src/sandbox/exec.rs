@@ -63,7 +63,10 @@ pub(super) async fn run(
                 let grace = exec_answer_bound(timeout, EXEC_DRAIN_LIMIT) - timeout;
                 return Err(SandboxError::AgentUnresponsive(grace));
             }
-            Err(GuestError::ShuttingDown { .. }) => return Err(SandboxError::ShuttingDown),
+            // A shutdown deletes every sandbox: answer as the delete would.
+            Err(GuestError::ShuttingDown { .. }) => {
+                return Err(SandboxError::Deleted(Interrupted::Exec))
+            }
             Err(e) => return Err(SandboxError::Exec(e)),
         },
         () = deleted.cancelled() => return Err(SandboxError::Deleted(Interrupted::Exec)),

@@ -194,6 +194,8 @@ impl Templates {
     }
 
     /// A hold on the usable template of `pack` with `key`, for a restore.
+    /// The quick integrity check runs first (a few `stat`s): a template
+    /// whose files changed size or went missing is condemned, not restored.
     pub(in crate::sandbox) fn lease(&self, pack: &str, key: &str) -> Option<Lease> {
         let entry = self.entry(pack, key)?;
         let mut state = entry.state.lock();
@@ -202,7 +204,13 @@ impl Templates {
         }
         state.count += 1;
         drop(state);
-        Some(Lease { entry })
+        let lease = Lease { entry };
+        if let Err(e) = integrity::check_quick(&lease.entry.files.dir, key) {
+            tracing::warn!(pack, template = %lease.entry.files.dir.display(), error = %crate::error_chain::render(&e), "the template is corrupt; it will be removed and rebuilt");
+            self.condemn(pack, &lease);
+            return None;
+        }
+        Some(lease)
     }
 
     /// Forgets the leased template, which failed its integrity check, and
