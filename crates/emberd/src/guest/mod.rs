@@ -33,7 +33,7 @@ use self::bounds::{
     exec_answer_bound, EXEC_DRAIN_LIMIT, HEALTH_BOUND, IDENTITY_BOUND, QUIESCE_BOUND,
 };
 use self::clock::{ChannelClock, ClockedStream};
-pub use self::untrusted::{guest_bytes, guest_text, GUEST_TEXT_MAX_BYTES};
+pub use self::untrusted::{guest_bytes, guest_text, guest_warning_allowed, GUEST_TEXT_MAX_BYTES};
 use crate::vmm::AgentStream;
 
 /// Size of one stdin chunk sent to the agent.

@@ -9,6 +9,10 @@
 /// The most bytes of one guest-supplied string the daemon keeps.
 pub const GUEST_TEXT_MAX_BYTES: usize = 4 * 1024;
 
+/// Warnings about what a guest said, at most, per second (the rest go to
+/// debug): a guest can fail every exec, and must not flood the log.
+pub const GUEST_WARNINGS_PER_SECOND: u64 = 5;
+
 /// What replaces a control character.
 const REPLACEMENT: char = '\u{FFFD}';
 /// Appended to a string that was cut.
@@ -66,6 +70,34 @@ pub fn guest_bytes(bytes: &[u8]) -> String {
     }
 }
 
+/// True when a failure the guest caused may be logged at warn level now;
+/// false once [`GUEST_WARNINGS_PER_SECOND`] were this second (log at debug).
+pub fn guest_warning_allowed() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{SystemTime, UNIX_EPOCH};
+    // The current second in the high bits, warnings in it in the low 16.
+    static BUDGET: AtomicU64 = AtomicU64::new(0);
+    let second = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut seen = BUDGET.load(Ordering::Relaxed);
+    loop {
+        let (at, used) = (seen >> 16, seen & 0xffff);
+        let (next, allowed) = if at == second {
+            (
+                seen + u64::from(used < GUEST_WARNINGS_PER_SECOND),
+                used < GUEST_WARNINGS_PER_SECOND,
+            )
+        } else {
+            ((second << 16) | 1, true)
+        };
+        match BUDGET.compare_exchange_weak(seen, next, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return allowed,
+            Err(now) => seen = now,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +134,14 @@ mod tests {
                 "{filler}: too short"
             );
         }
+    }
+
+    #[test]
+    fn guest_warnings_are_rationed() {
+        let allowed = (0..1000).filter(|_| guest_warning_allowed()).count() as u64;
+        // At most two seconds' worth, should the loop straddle a second.
+        assert!(allowed <= 2 * GUEST_WARNINGS_PER_SECOND, "{allowed}");
+        assert!(allowed >= 1);
     }
 
     #[test]
