@@ -173,9 +173,21 @@ impl Templates {
             Ok(()) => {}
             Err(IntegrityError::NoMarker) => return None,
             Err(e) => {
-                // Corrupt or of an older format: never used; rebuilt (which
-                // replaces it) on the next cold boot of the pack.
+                // Corrupt or of an older format, and no restore of this
+                // daemon reads it: removed now, rebuilt on the pack's next
+                // cold boot.
                 tracing::warn!(template = %dir.display(), error = %crate::error_chain::render(&e), "template on disk fails its integrity check");
+                let lease = Lease {
+                    entry: Arc::new(Entry {
+                        files: SnapshotFiles { dir },
+                        key: key.to_owned(),
+                        state: Mutex::new(Readers {
+                            count: 1,
+                            condemned: false,
+                        }),
+                    }),
+                };
+                self.condemn(pack, &lease);
                 return None;
             }
         }
@@ -452,6 +464,7 @@ mod tests {
         let fresh = Templates::new(root.path().to_owned());
         assert!(fresh.get("python", key).is_none());
         assert!(fresh.lease("python", key).is_none());
+        assert!(!files.dir.exists(), "the corrupt template stayed");
     }
 
     #[test]
