@@ -87,12 +87,13 @@ async fn a_corrupted_template_is_removed_and_rebuilt() {
     let id = daemon.manager.create("python").await.unwrap();
     assert_eq!(daemon.sandbox(&id).await["boot_path"], "cold-boot");
     assert_eq!(daemon.backend.restores_started(), 1);
+    // A snapshot is taken into staging, then published in place.
     wait_until("the template is rebuilt", || {
         daemon.backend.snapshots_taken() == 3
+            && std::fs::read_to_string(&snapshot)
+                .is_ok_and(|text| text.starts_with("fake snapshot of VM"))
     })
     .await;
-    let rebuilt = std::fs::read_to_string(&snapshot).unwrap();
-    assert!(rebuilt.starts_with("fake snapshot of VM"), "{rebuilt}");
     let again = daemon.manager.create("python").await.unwrap();
     assert_eq!(
         daemon.sandbox(&again).await["boot_path"],

@@ -25,67 +25,13 @@ use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
 use super::integrity::{self, IntegrityError};
+use super::lease::{Entry, Lease};
 use crate::vmm::{BootSpec, SnapshotFiles};
 
 /// Prefix of staging directories (and of their owners' lock files).
 const STAGING_PREFIX: &str = ".staging-";
 /// Suffix of the lock file its builder holds beside a staging directory.
 const OWNER_LOCK_SUFFIX: &str = ".lock";
-
-/// One published template and who reads it.
-#[derive(Debug)]
-struct Entry {
-    files: SnapshotFiles,
-    key: String,
-    state: Mutex<Readers>,
-}
-
-#[derive(Debug, Default)]
-struct Readers {
-    count: usize,
-    /// Failed its integrity check: removed when the last reader leaves.
-    condemned: bool,
-}
-
-impl Entry {
-    fn remove_if_unread(&self, state: &Readers) {
-        if state.condemned && state.count == 0 {
-            tracing::warn!(template = %self.files.dir.display(), "removing a corrupt template");
-            let _ = std::fs::remove_dir_all(&self.files.dir);
-        }
-    }
-}
-
-/// A restore's hold on a template: while any lease is alive the template
-/// is not removed, even if found corrupt.
-#[derive(Debug)]
-pub(in crate::sandbox) struct Lease {
-    entry: Arc<Entry>,
-}
-
-impl Lease {
-    pub(in crate::sandbox) fn files(&self) -> &SnapshotFiles {
-        &self.entry.files
-    }
-
-    /// The full integrity check of the leased template (hashes every byte;
-    /// runs on a blocking thread).
-    pub(in crate::sandbox) async fn verify(&self) -> Result<(), IntegrityError> {
-        let dir = self.entry.files.dir.clone();
-        let key = self.entry.key.clone();
-        tokio::task::spawn_blocking(move || integrity::check_full(&dir, &key))
-            .await
-            .unwrap_or_else(|e| Err(IntegrityError::Io(std::io::Error::other(e))))
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let mut state = self.entry.state.lock();
-        state.count -= 1;
-        self.entry.remove_if_unread(&state);
-    }
-}
 
 /// A staging directory of this daemon and the lock that says its builder
 /// is alive. Removed on drop unless published.
@@ -177,25 +123,12 @@ impl Templates {
                 // daemon reads it: removed now, rebuilt on the pack's next
                 // cold boot.
                 tracing::warn!(template = %dir.display(), error = %crate::error_chain::render(&e), "template on disk fails its integrity check");
-                let lease = Lease {
-                    entry: Arc::new(Entry {
-                        files: SnapshotFiles { dir },
-                        key: key.to_owned(),
-                        state: Mutex::new(Readers {
-                            count: 1,
-                            condemned: false,
-                        }),
-                    }),
-                };
+                let lease = Entry::new(dir, key).lease().expect("a new entry");
                 self.condemn(pack, &lease);
                 return None;
             }
         }
-        let entry = Arc::new(Entry {
-            files: SnapshotFiles { dir },
-            key: key.to_owned(),
-            state: Mutex::new(Readers::default()),
-        });
+        let entry = Entry::new(dir, key);
         self.ready.lock().insert(pack.to_owned(), entry.clone());
         Some(entry)
     }
@@ -209,16 +142,9 @@ impl Templates {
     /// The quick integrity check runs first (a few `stat`s): a template
     /// whose files changed size or went missing is condemned, not restored.
     pub(in crate::sandbox) fn lease(&self, pack: &str, key: &str) -> Option<Lease> {
-        let entry = self.entry(pack, key)?;
-        let mut state = entry.state.lock();
-        if state.condemned {
-            return None;
-        }
-        state.count += 1;
-        drop(state);
-        let lease = Lease { entry };
-        if let Err(e) = integrity::check_quick(&lease.entry.files.dir, key) {
-            tracing::warn!(pack, template = %lease.entry.files.dir.display(), error = %crate::error_chain::render(&e), "the template is corrupt; it will be removed and rebuilt");
+        let lease = self.entry(pack, key)?.lease()?;
+        if let Err(e) = integrity::check_quick(&lease.files().dir, key) {
+            tracing::warn!(pack, template = %lease.files().dir.display(), error = %crate::error_chain::render(&e), "the template is corrupt; it will be removed and rebuilt");
             self.condemn(pack, &lease);
             return None;
         }
@@ -230,17 +156,12 @@ impl Templates {
     pub(in crate::sandbox) fn condemn(&self, pack: &str, lease: &Lease) {
         {
             let mut ready = self.ready.lock();
-            if ready
-                .get(pack)
-                .is_some_and(|e| Arc::ptr_eq(e, &lease.entry))
-            {
+            if ready.get(pack).is_some_and(|e| lease.is_of(e)) {
                 ready.remove(pack);
             }
         }
-        self.condemned
-            .lock()
-            .insert(lease.entry.files.dir.clone(), lease.entry.clone());
-        lease.entry.state.lock().condemned = true;
+        let entry = lease.condemn();
+        self.condemned.lock().insert(entry.files.dir.clone(), entry);
     }
 
     /// Claims the right to build the template of `pack`; false when a build
@@ -299,16 +220,12 @@ impl Templates {
         // A condemned template here is replaced now (its readers keep their
         // open files), so its last reader must not remove the new one.
         if let Some(old) = self.condemned.lock().remove(&dir) {
-            old.state.lock().condemned = false;
+            old.supersede();
         }
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::rename(&staging.dir, &dir)?;
         self.remove_stale(pack, key);
-        let entry = Arc::new(Entry {
-            files: SnapshotFiles { dir },
-            key: key.to_owned(),
-            state: Mutex::new(Readers::default()),
-        });
+        let entry = Entry::new(dir, key);
         let files = entry.files.clone();
         self.ready.lock().insert(pack.to_owned(), entry);
         Ok(files)
