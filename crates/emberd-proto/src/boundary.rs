@@ -11,3 +11,13 @@ pub const AGENT_SERIAL_PORT: &str = "org.emberd.agent";
 
 /// The largest gRPC message either side sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long, by default, the agent keeps draining an exec's output after
+/// its process group ended or was killed (children that escaped the group
+/// may hold the pipes open forever). The host sends it in
+/// `ExecStart.drain_limit_ms` and waits for the answer at least the exec's
+/// timeout plus this plus its own kill-and-reap margin.
+pub const DEFAULT_EXEC_DRAIN_LIMIT_MS: u64 = 10_000;
+
+/// The longest drain limit the host asks for (and the agent accepts).
+pub const MAX_EXEC_DRAIN_LIMIT_MS: u64 = 60_000;

@@ -159,11 +159,16 @@ async fn a_corrupted_template_falls_back_to_a_cold_boot() {
                 .is_some_and(|n| n.starts_with("python-"))
         })
         .expect("a python template");
-    std::fs::write(
-        template.join("vm.migration"),
-        b"this is not a migration stream",
-    )
-    .unwrap();
+    // Same size, other first bytes: the files look whole, the restore fails,
+    // and only the checksum check finds the damage.
+    {
+        use std::io::Write;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(template.join("vm.migration"))
+            .unwrap();
+        file.write_all(b"this is not a migration stream").unwrap();
+    }
 
     let id = api.create("python").await;
     assert_eq!(boot_path(&api, &id).await, "cold-boot");
@@ -173,16 +178,24 @@ async fn a_corrupted_template_falls_back_to_a_cold_boot() {
         "{}",
         daemon.log_text()
     );
+    assert!(
+        daemon.log_text().contains("the template is corrupt"),
+        "{}",
+        daemon.log_text()
+    );
     // The broken template is gone and a new one is built in its place.
     let api2 = api.clone();
+    let damaged = |path: &std::path::Path| {
+        use std::io::Read;
+        let mut head = [0u8; 30];
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_exact(&mut head))
+            .is_ok_and(|()| &head == b"this is not a migration stream")
+    };
     assert!(
-        eventually(Duration::from_secs(5), || !template
-            .join("vm.migration")
-            .exists()
-            || std::fs::metadata(template.join("vm.migration"))
-                .map(|m| m.len())
-                .unwrap_or(0)
-                > 1024),
+        eventually(Duration::from_secs(30), || !damaged(
+            &template.join("vm.migration")
+        )),
         "the corrupted template stayed"
     );
     wait_for_boot_path(&api2, "snapshot-restore").await;

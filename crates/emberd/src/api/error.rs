@@ -52,11 +52,30 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// True for failures of the guest (its agent's answers or silence),
+    /// whose messages are the guest's words.
+    fn caused_by_the_guest(&self) -> bool {
+        matches!(
+            self,
+            ApiError::Sandbox(SandboxError::Exec(_) | SandboxError::AgentUnresponsive(_))
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         let message = crate::error_chain::render(&self);
-        if status.is_server_error() {
+        if self.caused_by_the_guest() {
+            // What a guest says is no daemon error, and a guest may fail
+            // every request: warn, rationed, else debug.
+            if crate::guest::guest_warning_allowed() {
+                tracing::warn!(error = %message, "request failed in the guest");
+            } else {
+                tracing::debug!(error = %message, "request failed in the guest");
+            }
+        } else if status.is_server_error() {
             tracing::error!(error = %message, "request failed");
         }
         let body = ErrorBody { error: message };

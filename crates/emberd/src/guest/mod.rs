@@ -6,13 +6,19 @@
 //! ([`AgentClient::run`]). The byte stream underneath comes from the VM
 //! backend; nothing here knows which one. [`clock`] times each call at the
 //! daemon's end of that stream.
+//!
+//! Every call runs under a deadline ([`bounds`]) and ends when the daemon
+//! shuts down; every string the guest sends is bounded and cleaned
+//! ([`untrusted`]) before it leaves this module.
 
+pub mod bounds;
 pub mod clock;
+pub mod untrusted;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use emberd_proto::boundary::MAX_MESSAGE_BYTES;
+use emberd_proto::boundary::{MAX_EXEC_DRAIN_LIMIT_MS, MAX_MESSAGE_BYTES};
 use emberd_proto::v1::{
     agent_client::AgentClient as RawAgentClient, exec_input, exec_output, ExecInput, ExecStart,
     HealthRequest, HelloRequest, Identity, QuiesceRequest,
@@ -20,13 +26,20 @@ use emberd_proto::v1::{
 use emberd_proto::warm::WarmLanguage;
 use emberd_proto::PROTOCOL_GENERATION;
 use rand::RngCore;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
+use self::bounds::{
+    exec_answer_bound, EXEC_DRAIN_LIMIT, HEALTH_BOUND, IDENTITY_BOUND, QUIESCE_BOUND,
+};
 use self::clock::{ChannelClock, ClockedStream};
+pub use self::untrusted::{guest_bytes, guest_text, guest_warning_allowed, GUEST_TEXT_MAX_BYTES};
 use crate::vmm::AgentStream;
 
 /// Size of one stdin chunk sent to the agent.
 const STDIN_CHUNK: usize = 64 * 1024;
+/// The most capabilities kept from an agent's `Hello`.
+const MAX_CAPABILITIES: usize = 64;
 
 /// Errors talking to the guest agent.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +58,17 @@ pub enum GuestError {
     },
     #[error("the guest agent ended {call} without an exit status")]
     NoExit { call: &'static str },
+    #[error("the guest agent did not answer {call} within {bound:?}")]
+    Timeout { call: &'static str, bound: Duration },
+    #[error("the daemon is shutting down; {call} was abandoned")]
+    ShuttingDown { call: &'static str },
 }
 
 impl GuestError {
     fn from_status(call: &'static str, status: tonic::Status) -> Self {
         use tonic::Code;
+        // The message is the guest's: bound and clean it before anyone sees it.
+        let status = tonic::Status::new(status.code(), guest_text(status.message()));
         match status.code() {
             Code::InvalidArgument
             | Code::FailedPrecondition
@@ -85,6 +104,9 @@ pub struct RunSpec {
     pub file_suffix: String,
     pub stdin: Option<Vec<u8>>,
     pub timeout: Option<Duration>,
+    /// How long the agent drains output after the process ended; the
+    /// default ([`bounds::EXEC_DRAIN_LIMIT`]) when `None`.
+    pub drain_limit: Option<Duration>,
     /// Per-stream cap on collected output.
     pub output_limit_bytes: u64,
     /// Ask for the agent's pre-started interpreter of this language.
@@ -108,7 +130,8 @@ pub struct RunOutcome {
     /// From the request leaving the daemon to the answer arriving back: the
     /// time spent in the VMM and the guest.
     pub vm_duration: Option<Duration>,
-    /// Why the program could not be started, if it could not.
+    /// Why the program could not be started, if it could not (bounded and
+    /// cleaned: it comes from the guest).
     pub launch_error: Option<String>,
     /// True when it was forked from a pre-started interpreter.
     pub warm: bool,
@@ -120,18 +143,58 @@ pub struct RunOutcome {
 pub struct AgentClient {
     channel: Channel,
     clock: Arc<ChannelClock>,
+    /// Cancelled when the daemon shuts down: every call then ends.
+    shutdown: CancellationToken,
 }
 
 impl AgentClient {
     /// Opens a session over `stream` and performs the `Hello` handshake.
+    /// The handshake waits for the guest to boot: bound it by the caller's
+    /// boot timeout.
     pub async fn handshake(stream: AgentStream) -> Result<(Self, AgentHello), GuestError> {
+        Self::handshake_until(stream, CancellationToken::new()).await
+    }
+
+    /// [`AgentClient::handshake`] for a session whose calls all end when
+    /// `shutdown` is cancelled.
+    pub async fn handshake_until(
+        stream: AgentStream,
+        shutdown: CancellationToken,
+    ) -> Result<(Self, AgentHello), GuestError> {
         let (stream, clock) = ClockedStream::new(stream);
         let channel = emberd_proto::channel_over(stream)
             .await
             .map_err(GuestError::Connect)?;
-        let client = AgentClient { channel, clock };
-        let hello = client.hello().await?;
+        let client = AgentClient {
+            channel,
+            clock,
+            shutdown,
+        };
+        let hello = client.bounded("Hello", None, client.hello()).await??;
         Ok((client, hello))
+    }
+
+    /// Runs `call` until it ends, `bound` passes, or the daemon shuts down.
+    async fn bounded<T>(
+        &self,
+        call: &'static str,
+        bound: Option<Duration>,
+        future: impl std::future::Future<Output = T>,
+    ) -> Result<T, GuestError> {
+        let deadline = async {
+            match bound {
+                Some(bound) => tokio::time::sleep(bound).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = future => Ok(result),
+            () = deadline => Err(GuestError::Timeout {
+                call,
+                bound: bound.unwrap_or_default(),
+            }),
+            () = self.shutdown.cancelled() => Err(GuestError::ShuttingDown { call }),
+        }
     }
 
     fn raw(&self) -> RawAgentClient<Channel> {
@@ -158,15 +221,28 @@ impl AgentClient {
         }
         Ok(AgentHello {
             generation: reply.generation,
-            agent_version: reply.agent_version,
-            capabilities: reply.capabilities,
+            agent_version: guest_text(&reply.agent_version),
+            capabilities: reply
+                .capabilities
+                .iter()
+                .take(MAX_CAPABILITIES)
+                .map(|c| guest_text(c))
+                .collect(),
         })
     }
 
-    /// The interpreters the agent has warm, when it answers `Health`.
-    /// Names the daemon does not know are left out.
+    /// The interpreters the agent has warm, when it answers `Health` within
+    /// [`HEALTH_BOUND`]. Names the daemon does not know are left out.
     pub async fn warm_interpreters(&self) -> Option<Vec<WarmLanguage>> {
-        let reply = self.raw().health(HealthRequest {}).await.ok()?;
+        let reply = self
+            .bounded(
+                "Health",
+                Some(HEALTH_BOUND),
+                self.raw().health(HealthRequest {}),
+            )
+            .await
+            .ok()?
+            .ok()?;
         let names = reply.into_inner().warm_interpreters;
         Some(
             names
@@ -176,45 +252,62 @@ impl AgentClient {
         )
     }
 
-    /// True when the agent answers `Health` with ok.
+    /// True when the agent answers `Health` with ok within [`HEALTH_BOUND`].
     pub async fn healthy(&self) -> bool {
         matches!(
-            self.raw().health(HealthRequest {}).await,
-            Ok(reply) if reply.get_ref().ok
+            self.bounded("Health", Some(HEALTH_BOUND), self.raw().health(HealthRequest {})).await,
+            Ok(Ok(reply)) if reply.get_ref().ok
         )
     }
 
-    /// Gives the guest its own clock, entropy, hostname and sandbox id.
+    /// Gives the guest its own clock, entropy, hostname and sandbox id,
+    /// within [`IDENTITY_BOUND`].
     pub async fn set_identity(&self, sandbox_id: &str) -> Result<(), GuestError> {
         let mut seed = vec![0u8; 64];
         rand::thread_rng().fill_bytes(&mut seed);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        self.raw()
-            .set_identity(Identity {
-                unix_time_ns: i64::try_from(now.as_nanos()).unwrap_or(i64::MAX),
-                entropy_seed: seed,
-                hostname: sandbox_id.to_owned(),
-                sandbox_id: sandbox_id.to_owned(),
-            })
-            .await
+        let mut raw = self.raw();
+        let call = raw.set_identity(Identity {
+            unix_time_ns: i64::try_from(now.as_nanos()).unwrap_or(i64::MAX),
+            entropy_seed: seed,
+            hostname: sandbox_id.to_owned(),
+            sandbox_id: sandbox_id.to_owned(),
+        });
+        self.bounded("SetIdentity", Some(IDENTITY_BOUND), call)
+            .await?
             .map_err(|status| GuestError::from_status("SetIdentity", status))?;
         Ok(())
     }
 
-    /// Asks the agent to flush and stop taking work before a snapshot.
+    /// Asks the agent to flush and stop taking work before a snapshot,
+    /// within [`QUIESCE_BOUND`].
     pub async fn quiesce(&self) -> Result<(), GuestError> {
-        self.raw()
-            .quiesce(QuiesceRequest {})
-            .await
-            .map_err(|status| GuestError::from_status("Quiesce", status))?;
+        let mut raw = self.raw();
+        self.bounded(
+            "Quiesce",
+            Some(QUIESCE_BOUND),
+            raw.quiesce(QuiesceRequest {}),
+        )
+        .await?
+        .map_err(|status| GuestError::from_status("Quiesce", status))?;
         Ok(())
     }
 
-    /// Runs one program to completion and collects its output. Dropping the
-    /// returned future drops the stream, and the agent kills the process.
+    /// Runs one program to completion and collects its output. With a
+    /// timeout, the answer is awaited for [`bounds::exec_answer_bound`] of
+    /// it (without one, until the daemon shuts down or the future is
+    /// dropped). Dropping the returned future drops the stream, and the
+    /// agent kills the process.
     pub async fn run(&self, spec: RunSpec) -> Result<RunOutcome, GuestError> {
+        let drain_limit = spec
+            .drain_limit
+            .unwrap_or(EXEC_DRAIN_LIMIT)
+            .min(Duration::from_millis(MAX_EXEC_DRAIN_LIMIT_MS));
+        let answer_bound = spec
+            .timeout
+            .map(|timeout| exec_answer_bound(timeout, drain_limit));
         let start = ExecStart {
             interpreter: spec.interpreter,
             code: spec.code,
@@ -228,6 +321,7 @@ impl AgentClient {
                 .warm_language
                 .map(|l| l.as_str().to_owned())
                 .unwrap_or_default(),
+            drain_limit_ms: u64::try_from(drain_limit.as_millis()).unwrap_or(u64::MAX),
             ..ExecStart::default()
         };
         let first = ExecInput {
@@ -244,7 +338,12 @@ impl AgentClient {
                 )),
             });
         let input = tokio_stream::iter(std::iter::once(first).chain(chunks));
-        self.collect(input, spec.output_limit_bytes).await
+        self.bounded(
+            "Exec",
+            answer_bound,
+            self.collect(input, spec.output_limit_bytes),
+        )
+        .await?
     }
 
     async fn collect(
@@ -285,7 +384,8 @@ impl AgentClient {
                     outcome.stderr_truncated |= exit.stderr_truncated;
                     outcome.guest_duration = Duration::from_micros(exit.duration_us);
                     outcome.vm_duration = self.clock.since(mark);
-                    outcome.launch_error = (!exit.error.is_empty()).then_some(exit.error);
+                    outcome.launch_error =
+                        (!exit.error.is_empty()).then(|| guest_text(&exit.error));
                     return Ok(outcome);
                 }
                 None => {}
@@ -322,5 +422,25 @@ mod tests {
         assert!(matches!(refused, GuestError::Refused { .. }));
         let broken = GuestError::from_status("Exec", tonic::Status::unavailable("gone"));
         assert!(matches!(broken, GuestError::Broken { .. }));
+    }
+
+    #[test]
+    fn guest_messages_in_errors_are_bounded_and_cleaned() {
+        let hostile = format!("\u{1b}[31m{}", "x".repeat(1 << 20));
+        let refused =
+            GuestError::from_status("Exec", tonic::Status::invalid_argument(hostile.clone()));
+        let GuestError::Refused { message, .. } = &refused else {
+            panic!("{refused:?}")
+        };
+        assert!(message.len() <= GUEST_TEXT_MAX_BYTES);
+        assert!(!message.contains('\u{1b}'));
+        let broken = GuestError::from_status("Exec", tonic::Status::unavailable(hostile));
+        let rendered = crate::error_chain::render(&broken);
+        assert!(
+            rendered.len() <= GUEST_TEXT_MAX_BYTES + 200,
+            "{}",
+            rendered.len()
+        );
+        assert!(!rendered.contains('\u{1b}'));
     }
 }

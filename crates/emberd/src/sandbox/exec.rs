@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::guest::{RunOutcome, RunSpec};
+use crate::guest::bounds::{exec_answer_bound, EXEC_DRAIN_LIMIT};
+use crate::guest::{GuestError, RunOutcome, RunSpec};
 use crate::image::PackArtefact;
 
 use super::error::{Interrupted, SandboxError};
@@ -18,8 +19,6 @@ pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
 pub const MAX_EXEC_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Per-stream cap on the output an exec returns.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 4 * 1024 * 1024;
-/// Extra time the daemon waits for the agent's answer beyond an exec's timeout.
-const EXEC_ANSWER_GRACE: Duration = Duration::from_secs(10);
 
 /// The timeout an exec runs under.
 pub(super) fn exec_timeout(timeout_ms: Option<u64>) -> Result<Duration, SandboxError> {
@@ -35,7 +34,10 @@ pub(super) fn exec_timeout(timeout_ms: Option<u64>) -> Result<Duration, SandboxE
 }
 
 /// Runs `params.code` with the pack's interpreter in `guest`, until it
-/// ends, the sandbox is deleted, or the agent stops answering.
+/// ends, the sandbox is deleted, or the agent stops answering: the answer
+/// is awaited for the timeout, the agent's drain limit (sent with the
+/// request) and a kill-and-reap margin, so that output a lingering child
+/// writes after a timeout still comes back with the timeout's status.
 pub(super) async fn run(
     guest: &Guest,
     pack: &PackArtefact,
@@ -49,16 +51,25 @@ pub(super) async fn run(
         file_suffix: pack.file_suffix.clone(),
         stdin: params.stdin.map(String::into_bytes),
         timeout: Some(timeout),
+        drain_limit: Some(EXEC_DRAIN_LIMIT),
         output_limit_bytes: DEFAULT_OUTPUT_LIMIT,
         warm_language: pack.warm_language,
     };
     let started = Instant::now();
     let outcome = tokio::select! {
-        result = guest.agent.run(spec) => result.map_err(SandboxError::Exec)?,
+        result = guest.agent.run(spec) => match result {
+            Ok(outcome) => outcome,
+            Err(GuestError::Timeout { .. }) => {
+                let grace = exec_answer_bound(timeout, EXEC_DRAIN_LIMIT) - timeout;
+                return Err(SandboxError::AgentUnresponsive(grace));
+            }
+            // A shutdown deletes every sandbox: answer as the delete would.
+            Err(GuestError::ShuttingDown { .. }) => {
+                return Err(SandboxError::Deleted(Interrupted::Exec))
+            }
+            Err(e) => return Err(SandboxError::Exec(e)),
+        },
         () = deleted.cancelled() => return Err(SandboxError::Deleted(Interrupted::Exec)),
-        () = tokio::time::sleep(timeout + EXEC_ANSWER_GRACE) => {
-            return Err(SandboxError::AgentUnresponsive(EXEC_ANSWER_GRACE))
-        }
     };
     Ok(outcome_of(outcome, started.elapsed()))
 }

@@ -3,9 +3,15 @@
 //!
 //! A boot makes a VM of a shape in a sandbox directory (restored from the
 //! pack's template when there is one and the shape is the default,
-//! cold-booted otherwise and when the restore fails), opens its agent session within the boot timeout, and, for VMs
-//! that will run code, pushes the identity (id, clock, entropy). On error
-//! the VM is stopped; the directory is the caller's.
+//! cold-booted otherwise and when the restore fails), opens its agent
+//! session within the boot timeout, and, for VMs that will run code, pushes
+//! the identity (id, clock, entropy) within its own bound. Every agent
+//! session ends its calls when the daemon shuts down. On error the VM is
+//! stopped; the directory is the caller's.
+//!
+//! A failed restore never removes the template by itself: only a template
+//! whose integrity check fails is condemned (after a failure that was not
+//! a timeout), and removed once no other restore reads it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +21,7 @@ use emberd_proto::kernel_args::KernelArg;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use crate::guest::AgentClient;
+use crate::guest::{guest_text, AgentClient};
 use crate::image::{Manifest, ManifestError, PackArtefact};
 use crate::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend, VmmError};
 
@@ -23,7 +29,7 @@ use super::error::{BootError, SandboxError};
 use super::ids::{create_private_dir, new_sandbox_id};
 use super::model::{BootPath, Shape};
 use super::record::{last_console_line, Guest};
-use super::template::Templates;
+use super::template::{Lease, Templates};
 use super::ManagerConfig;
 
 /// A VM with an open agent session, in its own directory.
@@ -47,7 +53,9 @@ pub(super) struct Launcher {
     pub manifest: Manifest,
     pub config: ManagerConfig,
     /// `None` when snapshots are off or the backend cannot restore.
-    pub templates: Option<Templates>,
+    pub templates: Option<std::sync::Arc<Templates>>,
+    /// The manager's shutdown token: agent sessions end their calls on it.
+    pub shutdown: CancellationToken,
     /// The key each pack's template is stored under: fixed for the
     /// launcher's life, since everything it hashes is.
     template_keys: HashMap<String, String>,
@@ -61,9 +69,12 @@ impl Launcher {
         manifest: Manifest,
         config: ManagerConfig,
         template_requests: UnboundedSender<String>,
+        shutdown: CancellationToken,
     ) -> Self {
         let templates = match &config.snapshot_dir {
-            Some(dir) if backend.capabilities().restore => Some(Templates::new(dir.clone())),
+            Some(dir) if backend.capabilities().restore => {
+                Some(std::sync::Arc::new(Templates::new(dir.clone())))
+            }
             _ => None,
         };
         let mut launcher = Launcher {
@@ -71,6 +82,7 @@ impl Launcher {
             manifest,
             config,
             templates,
+            shutdown,
             template_keys: HashMap::new(),
             template_requests,
         };
@@ -156,6 +168,13 @@ impl Launcher {
         self.templates.as_ref()?.get(pack, self.template_key(pack)?)
     }
 
+    /// A restore's hold on the usable template of `pack`, if there is one.
+    fn template_lease(&self, pack: &str) -> Option<Lease> {
+        self.templates
+            .as_ref()?
+            .lease(pack, self.template_key(pack)?)
+    }
+
     /// How a create is served when no pool has a VM of `pack` ready.
     pub fn boot_path_without_pool(&self, pack: &str) -> BootPath {
         if self.template_for(pack).is_some() {
@@ -183,7 +202,8 @@ impl Launcher {
             self.cold_boot(&spec).await?
         };
         // The identity goes in before anyone runs code: its id is final, its
-        // clock runs on from here, its entropy is its own.
+        // clock runs on from here, its entropy is its own. Bounded: a guest
+        // that stops answering fails the boot.
         if let Err(e) = guest.agent.set_identity(id).await {
             guest.stop(id).await;
             return Err(BootError::Agent(e).into());
@@ -213,14 +233,14 @@ impl Launcher {
     }
 
     async fn restore_or_cold_boot(&self, spec: &BootSpec, pack: &str) -> Result<Guest, BootError> {
-        if let Some(files) = self.template_for(pack) {
-            match self.restore(spec, &files).await {
+        if let Some(lease) = self.template_lease(pack) {
+            let result = self.restore(spec, lease.files()).await;
+            match result {
                 Ok(guest) => return Ok(guest),
                 Err(e) => {
                     tracing::warn!(pack, sandbox = %spec.sandbox_id, error = %crate::error_chain::render(&e), "restore from the template failed; falling back to a cold boot");
-                    if let Some(templates) = &self.templates {
-                        templates.discard(pack, &files);
-                    }
+                    self.check_template_after_failure(pack, &lease, &e).await;
+                    drop(lease);
                     clear_dir(&spec.sandbox_dir);
                 }
             }
@@ -232,16 +252,47 @@ impl Launcher {
         Ok(guest)
     }
 
+    /// After a failed restore: a timeout says nothing about the template
+    /// (the host is loaded) and keeps it; any other failure runs the full
+    /// integrity check, and only a template that fails it is condemned.
+    async fn check_template_after_failure(&self, pack: &str, lease: &Lease, error: &BootError) {
+        let Some(templates) = &self.templates else {
+            return;
+        };
+        if is_timeout(error) || self.shutdown.is_cancelled() {
+            return;
+        }
+        match lease.verify().await {
+            Ok(()) => {
+                tracing::info!(pack, template = %lease.files().dir.display(), "the template passed its integrity check; keeping it");
+            }
+            Err(e) => {
+                tracing::warn!(pack, template = %lease.files().dir.display(), error = %crate::error_chain::render(&e), "the template is corrupt; it will be removed and rebuilt");
+                templates.condemn(pack, lease);
+            }
+        }
+    }
+
     async fn restore(&self, spec: &BootSpec, files: &SnapshotFiles) -> Result<Guest, BootError> {
         let vm = self.backend.restore(spec, files).await?;
-        open_session(spec, vm, BootPath::SnapshotRestore).await
+        open_session(spec, vm, BootPath::SnapshotRestore, &self.shutdown).await
     }
 
     /// Boots a VM from the kernel and opens its session (no identity).
     pub async fn cold_boot(&self, spec: &BootSpec) -> Result<Guest, BootError> {
         let vm = self.backend.start(spec).await?;
-        open_session(spec, vm, BootPath::ColdBoot).await
+        open_session(spec, vm, BootPath::ColdBoot, &self.shutdown).await
     }
+}
+
+/// True when a boot failed for want of time rather than for what it was given.
+fn is_timeout(error: &BootError) -> bool {
+    matches!(
+        error,
+        BootError::AgentTimeout { .. }
+            | BootError::Vmm(VmmError::BootTimeout(_))
+            | BootError::Agent(crate::guest::GuestError::Timeout { .. })
+    )
 }
 
 /// Opens the agent session of a fresh VM within the boot timeout; stops the
@@ -250,10 +301,11 @@ async fn open_session(
     spec: &BootSpec,
     vm: Box<dyn Vm>,
     boot_path: BootPath,
+    shutdown: &CancellationToken,
 ) -> Result<Guest, BootError> {
     let bound = spec.boot_timeout;
     let started = Instant::now();
-    let result = tokio::time::timeout(bound, connect_agent(vm.as_ref())).await;
+    let result = tokio::time::timeout(bound, connect_agent(vm.as_ref(), shutdown)).await;
     let error = match result {
         Ok(Ok(agent)) => {
             tracing::debug!(sandbox = %spec.sandbox_id, %boot_path, elapsed_ms = started.elapsed().as_millis() as u64, "agent session open");
@@ -266,20 +318,24 @@ async fn open_session(
         Ok(Err(e)) => e,
         Err(_) => BootError::AgentTimeout {
             bound,
-            last_console_line: last_console_line(vm.as_ref()),
+            // Console text is the guest's: bounded and cleaned.
+            last_console_line: last_console_line(vm.as_ref()).map(|l| guest_text(&l)),
         },
     };
     vm.stop().await.ok();
     Err(error)
 }
 
-async fn connect_agent(vm: &dyn Vm) -> Result<AgentClient, BootError> {
+async fn connect_agent(
+    vm: &dyn Vm,
+    shutdown: &CancellationToken,
+) -> Result<AgentClient, BootError> {
     // The agent's socket may refuse connections for a moment while the VMM
     // sets it up; a connected stream then waits for the guest to open its end.
     loop {
         match vm.connect_agent().await {
             Ok(stream) => {
-                return AgentClient::handshake(stream)
+                return AgentClient::handshake_until(stream, shutdown.clone())
                     .await
                     .map(|(client, _hello)| client)
                     .map_err(BootError::Agent);

@@ -76,13 +76,20 @@ impl Manager {
             admission.clone(),
         ));
         let (template_requests, template_queue) = tokio::sync::mpsc::unbounded_channel();
-        let launcher = Launcher::new(backend, manifest, config, template_requests);
+        let background = Background::new();
+        let launcher = Launcher::new(
+            backend,
+            manifest,
+            config,
+            template_requests,
+            background.token.clone(),
+        );
         Ok(Manager {
             launcher: Arc::new(launcher),
             sandboxes: Arc::new(Mutex::new(HashMap::new())),
             pools,
             admission,
-            background: Background::new(),
+            background,
             template_queue: Mutex::new(Some(template_queue)),
             reaper: Mutex::new(None),
             reaped: Arc::default(),

@@ -3,23 +3,28 @@
 //!
 //! The agent connection is closed before the pause, so the image holds an
 //! agent waiting for its next connection, which is what a restored clone
-//! gets.
+//! gets. Every call to the guest is bounded ([`crate::guest::bounds`]): a
+//! guest that stops answering fails the build, never hangs it. Builds of
+//! all daemons sharing the data dir take turns under its build lock.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use emberd_proto::warm::WarmLanguage;
 use tokio_util::sync::CancellationToken;
 
-use crate::guest::{AgentClient, RunSpec};
+use crate::guest::{guest_bytes, AgentClient, RunSpec};
 use crate::vmm::{SnapshotFiles, Vm};
 
 use super::super::error::{BootError, SandboxError};
 use super::super::exec::DEFAULT_EXEC_TIMEOUT;
 use super::super::launcher::Launcher;
 use super::super::record::Guest;
+use super::lock::BuildLock;
 use super::store::Templates;
 
-/// How long a template build waits for the guest's pre-started interpreter.
+/// How long a template build waits for the guest's pre-started interpreter
+/// (each `Health` probe is bounded on its own).
 const WARM_INTERPRETER_BOUND: Duration = Duration::from_secs(30);
 /// Time for the agent to see the host hang up before the VM is paused.
 const QUIESCE_SETTLE: Duration = Duration::from_millis(300);
@@ -62,13 +67,23 @@ pub(in crate::sandbox) async fn build_logged(
 
 async fn build(
     launcher: &Launcher,
-    templates: &Templates,
+    templates: &Arc<Templates>,
     pack: &str,
 ) -> Result<SnapshotFiles, SandboxError> {
     let artefact = launcher.pack(pack)?;
     let key = launcher
         .template_key(pack)
         .ok_or_else(|| SandboxError::UnknownPack(pack.into()))?;
+    let _turn = BuildLock::acquire(templates.root())
+        .await
+        .map_err(|source| BootError::TemplateStore {
+            path: templates.root().to_owned(),
+            source,
+        })?;
+    // Another daemon may have built it while this one waited.
+    if let Some(files) = templates.get(pack, key) {
+        return Ok(files);
+    }
     let (id, dir) = launcher.new_sandbox_dir()?;
     // Removes the directory however the build ends, a shutdown dropping
     // this future included; the VM dies with its handle.
@@ -116,11 +131,12 @@ impl Drop for RemoveOnDrop {
 }
 
 async fn warm_up_and_quiesce(agent: &AgentClient, warmup: RunSpec) -> Result<(), SandboxError> {
+    // Bounded by its timeout, the drain limit and the kill-and-reap margin.
     let outcome = agent.run(warmup).await.map_err(SandboxError::Exec)?;
     if outcome.exit_code != 0 {
         return Err(BootError::Warmup {
             exit_code: outcome.exit_code,
-            stderr: String::from_utf8_lossy(&outcome.stderr).into_owned(),
+            stderr: guest_bytes(&outcome.stderr),
         }
         .into());
     }
@@ -129,35 +145,31 @@ async fn warm_up_and_quiesce(agent: &AgentClient, warmup: RunSpec) -> Result<(),
 
 async fn snapshot_into(
     vm: &dyn Vm,
-    templates: &Templates,
+    templates: &Arc<Templates>,
     pack: &str,
     key: &str,
 ) -> Result<SnapshotFiles, SandboxError> {
+    let store_error = |path: &std::path::Path| {
+        let path = path.to_owned();
+        move |source| BootError::TemplateStore { path, source }
+    };
+    // Removed on drop, a failure or a shutdown included, unless published.
     let staging = templates
         .staging_dir(pack, key)
-        .map_err(|source| BootError::TemplateStore {
-            path: templates.root().to_owned(),
-            source,
-        })?;
-    let result = async {
-        vm.pause().await.map_err(BootError::from)?;
-        vm.snapshot(&SnapshotFiles {
-            dir: staging.clone(),
-        })
+        .map_err(store_error(templates.root()))?;
+    vm.pause().await.map_err(BootError::from)?;
+    vm.snapshot(&SnapshotFiles {
+        dir: staging.dir.clone(),
+    })
+    .await
+    .map_err(BootError::from)?;
+    // Publishing hashes the files: keep it off the async workers.
+    let staging_dir = staging.dir.clone();
+    let (store, pack, key) = (templates.clone(), pack.to_owned(), key.to_owned());
+    let published = tokio::task::spawn_blocking(move || store.publish(&pack, &key, &staging))
         .await
-        .map_err(BootError::from)?;
-        templates
-            .publish(pack, key, &staging)
-            .map_err(|source| BootError::TemplateStore {
-                path: staging.clone(),
-                source,
-            })
-    }
-    .await;
-    if result.is_err() {
-        let _ = std::fs::remove_dir_all(&staging);
-    }
-    Ok(result?)
+        .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+    Ok(published.map_err(store_error(&staging_dir))?)
 }
 
 /// Waits (bounded) until the agent's pre-started interpreter for `language`

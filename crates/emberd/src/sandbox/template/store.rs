@@ -6,24 +6,58 @@
 //! It lives under `<data_dir>/snapshots/<pack>-<key>`, where the key hashes
 //! everything that shapes the VM image: kernel, initramfs, pack, boot
 //! arguments, vCPUs, memory, backend and its version. Templates are written
-//! to a temporary directory and renamed into place; templates of the same
-//! pack with another key are removed.
+//! to a staging directory named for this daemon (several daemons may share
+//! a data dir) and renamed into place; templates of the same pack with
+//! another key are removed.
+//!
+//! A template is removed only when its integrity check fails
+//! ([`super::integrity`]), and then only once no restore of this daemon
+//! reads it: restores hold a [`Lease`]. A restore that fails for any
+//! other reason (a timeout under load, a VMM refusing it) keeps it.
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
+use super::integrity::{self, IntegrityError};
+use super::lease::{Entry, Lease};
 use crate::vmm::{BootSpec, SnapshotFiles};
 
-/// Marker written last into a complete template.
-const COMPLETE_MARKER: &str = "complete";
+/// Prefix of staging directories (and of their owners' lock files).
+const STAGING_PREFIX: &str = ".staging-";
+/// Suffix of the lock file its builder holds beside a staging directory.
+const OWNER_LOCK_SUFFIX: &str = ".lock";
+
+/// A staging directory of this daemon and the lock that says its builder
+/// is alive. Removed on drop unless published.
+pub(in crate::sandbox) struct Staging {
+    pub dir: PathBuf,
+    lock_path: PathBuf,
+    _owner: Flock<File>,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.lock_path);
+    }
+}
 
 /// Templates known to this daemon, per pack.
 pub(in crate::sandbox) struct Templates {
     root: PathBuf,
-    ready: Mutex<HashMap<String, SnapshotFiles>>,
+    /// Names this daemon's staging directories apart from other daemons'.
+    tag: String,
+    ready: Mutex<HashMap<String, Arc<Entry>>>,
+    /// Templates that failed their integrity check, by directory: never
+    /// used again, removed when their last reader leaves, superseded when a
+    /// new template is published in their place.
+    condemned: Mutex<HashMap<PathBuf, Arc<Entry>>>,
     /// Packs whose template is being built, or whose build failed.
     building: Mutex<HashSet<String>>,
 }
@@ -32,7 +66,9 @@ impl Templates {
     pub(in crate::sandbox) fn new(root: PathBuf) -> Self {
         Templates {
             root,
+            tag: format!("{}-{:08x}", std::process::id(), rand::random::<u32>()),
             ready: Mutex::new(HashMap::new()),
+            condemned: Mutex::new(HashMap::new()),
             building: Mutex::new(HashSet::new()),
         }
     }
@@ -67,20 +103,65 @@ impl Templates {
         self.root.join(format!("{pack}-{key}"))
     }
 
-    /// The usable template of `pack` with `key`, looking on disk too.
-    pub(in crate::sandbox) fn get(&self, pack: &str, key: &str) -> Option<SnapshotFiles> {
-        if let Some(files) = self.ready.lock().get(pack) {
-            if files.dir == self.dir_for(pack, key) {
-                return Some(files.clone());
+    /// The published template of `pack` with `key`, looking on disk too
+    /// (where it must pass the quick integrity check to count).
+    fn entry(&self, pack: &str, key: &str) -> Option<Arc<Entry>> {
+        let dir = self.dir_for(pack, key);
+        if let Some(entry) = self.ready.lock().get(pack) {
+            if entry.files.dir == dir {
+                return Some(entry.clone());
             }
         }
-        let dir = self.dir_for(pack, key);
-        if dir.join(COMPLETE_MARKER).is_file() {
-            let files = SnapshotFiles { dir };
-            self.ready.lock().insert(pack.to_owned(), files.clone());
-            return Some(files);
+        if self.condemned.lock().contains_key(&dir) {
+            return None;
         }
-        None
+        match integrity::check_quick(&dir, key) {
+            Ok(()) => {}
+            Err(IntegrityError::NoMarker) => return None,
+            Err(e) => {
+                // Corrupt or of an older format, and no restore of this
+                // daemon reads it: removed now, rebuilt on the pack's next
+                // cold boot.
+                tracing::warn!(template = %dir.display(), error = %crate::error_chain::render(&e), "template on disk fails its integrity check");
+                let lease = Entry::new(dir, key).lease().expect("a new entry");
+                self.condemn(pack, &lease);
+                return None;
+            }
+        }
+        let entry = Entry::new(dir, key);
+        self.ready.lock().insert(pack.to_owned(), entry.clone());
+        Some(entry)
+    }
+
+    /// The usable template of `pack` with `key`, looking on disk too.
+    pub(in crate::sandbox) fn get(&self, pack: &str, key: &str) -> Option<SnapshotFiles> {
+        self.entry(pack, key).map(|e| e.files.clone())
+    }
+
+    /// A hold on the usable template of `pack` with `key`, for a restore.
+    /// The quick integrity check runs first (a few `stat`s): a template
+    /// whose files changed size or went missing is condemned, not restored.
+    pub(in crate::sandbox) fn lease(&self, pack: &str, key: &str) -> Option<Lease> {
+        let lease = self.entry(pack, key)?.lease()?;
+        if let Err(e) = integrity::check_quick(&lease.files().dir, key) {
+            tracing::warn!(pack, template = %lease.files().dir.display(), error = %crate::error_chain::render(&e), "the template is corrupt; it will be removed and rebuilt");
+            self.condemn(pack, &lease);
+            return None;
+        }
+        Some(lease)
+    }
+
+    /// Forgets the leased template, which failed its integrity check, and
+    /// removes it once no restore reads it any more.
+    pub(in crate::sandbox) fn condemn(&self, pack: &str, lease: &Lease) {
+        {
+            let mut ready = self.ready.lock();
+            if ready.get(pack).is_some_and(|e| lease.is_of(e)) {
+                ready.remove(pack);
+            }
+        }
+        let entry = lease.condemn();
+        self.condemned.lock().insert(entry.files.dir.clone(), entry);
     }
 
     /// Claims the right to build the template of `pack`; false when a build
@@ -97,51 +178,65 @@ impl Templates {
         }
     }
 
-    /// A fresh temporary directory for a template being written.
+    /// A fresh staging directory of this daemon for a template being
+    /// written, with the lock that tells other daemons it is in use.
     pub(in crate::sandbox) fn staging_dir(
         &self,
         pack: &str,
         key: &str,
-    ) -> std::io::Result<PathBuf> {
+    ) -> std::io::Result<Staging> {
         std::fs::create_dir_all(&self.root)?;
-        let dir = self
-            .root
-            .join(format!(".staging-{pack}-{key}-{}", std::process::id()));
+        let name = format!("{STAGING_PREFIX}{pack}-{key}-{}", self.tag);
+        let dir = self.root.join(&name);
+        // The lock exists (and is held) before the directory does, so that
+        // no other daemon ever sees this directory unowned.
+        let lock_path = self.root.join(format!("{name}{OWNER_LOCK_SUFFIX}"));
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)?;
+        let owner = Flock::lock(file, FlockArg::LockExclusiveNonblock)
+            .map_err(|(_, e)| std::io::Error::from(e))?;
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir(&dir)?;
-        Ok(dir)
+        Ok(Staging {
+            dir,
+            lock_path,
+            _owner: owner,
+        })
     }
 
-    /// Moves a finished staging dir into place and removes stale templates.
+    /// Seals a finished staging dir (checksums in its marker), moves it into
+    /// place and removes stale templates. Blocking (hashes the files).
     pub(in crate::sandbox) fn publish(
         &self,
         pack: &str,
         key: &str,
-        staging: &Path,
+        staging: &Staging,
     ) -> std::io::Result<SnapshotFiles> {
-        std::fs::write(staging.join(COMPLETE_MARKER), key)?;
+        integrity::write_marker(&staging.dir, key)?;
         let dir = self.dir_for(pack, key);
+        // A condemned template here is replaced now (its readers keep their
+        // open files), so its last reader must not remove the new one.
+        if let Some(old) = self.condemned.lock().remove(&dir) {
+            old.supersede();
+        }
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(staging, &dir)?;
+        std::fs::rename(&staging.dir, &dir)?;
         self.remove_stale(pack, key);
-        let files = SnapshotFiles { dir };
-        self.ready.lock().insert(pack.to_owned(), files.clone());
+        let entry = Entry::new(dir, key);
+        let files = entry.files.clone();
+        self.ready.lock().insert(pack.to_owned(), entry);
         Ok(files)
     }
 
-    /// Forgets and deletes a template that failed to restore.
-    pub(in crate::sandbox) fn discard(&self, pack: &str, files: &SnapshotFiles) {
-        let mut ready = self.ready.lock();
-        if ready.get(pack).is_some_and(|f| f.dir == files.dir) {
-            ready.remove(pack);
-        }
-        let _ = std::fs::remove_dir_all(&files.dir);
-    }
-
+    /// Removes templates of `pack` with another key, and staging dirs of
+    /// `pack` whose builder (in any daemon) is gone.
     fn remove_stale(&self, pack: &str, key: &str) {
         let keep = format!("{pack}-{key}");
         let prefix = format!("{pack}-");
-        let staging_prefix = format!(".staging-{pack}-");
+        let staging_prefix = format!("{STAGING_PREFIX}{pack}-");
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return;
         };
@@ -150,13 +245,28 @@ impl Templates {
             let stale_template = name.starts_with(&prefix)
                 && name != keep
                 && name[prefix.len()..].bytes().all(|b| b.is_ascii_hexdigit());
-            let stale_staging =
-                name.starts_with(&staging_prefix) && entry.path() != self.root.join(&keep);
-            if stale_template || stale_staging {
+            if stale_template {
                 tracing::info!(template = %name, "removing stale template");
                 let _ = std::fs::remove_dir_all(entry.path());
+            } else if name.starts_with(&staging_prefix)
+                && !name.ends_with(OWNER_LOCK_SUFFIX)
+                && self.staging_is_abandoned(&name)
+            {
+                tracing::info!(staging = %name, "removing an abandoned staging template");
+                let _ = std::fs::remove_dir_all(entry.path());
+                let _ = std::fs::remove_file(self.root.join(format!("{name}{OWNER_LOCK_SUFFIX}")));
             }
         }
+    }
+
+    /// True when nobody holds the owner lock of staging dir `name` (its
+    /// builder died), or when it has none (left by an older daemon).
+    fn staging_is_abandoned(&self, name: &str) -> bool {
+        let lock_path = self.root.join(format!("{name}{OWNER_LOCK_SUFFIX}"));
+        let Ok(file) = File::options().write(true).open(&lock_path) else {
+            return !lock_path.exists();
+        };
+        Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok()
     }
 }
 
@@ -200,15 +310,112 @@ mod tests {
         let other_pack = root.path().join("shell-00000000000000aa");
         std::fs::create_dir(&other_pack).unwrap();
         let staging = templates.staging_dir("python", "00000000000000bb").unwrap();
-        std::fs::write(staging.join("vm.migration"), b"x").unwrap();
+        std::fs::write(staging.dir.join("vm.migration"), b"x").unwrap();
         let files = templates
             .publish("python", "00000000000000bb", &staging)
             .unwrap();
+        drop(staging);
         assert!(files.dir.join("vm.migration").is_file());
         assert!(!old.exists());
         assert!(other_pack.exists());
         assert!(templates.get("python", "00000000000000bb").is_some());
-        templates.discard("python", &files);
-        assert!(templates.get("python", "00000000000000bb").is_none());
+        // A second store (another daemon) finds it on disk and trusts it.
+        let other = Templates::new(root.path().to_owned());
+        assert_eq!(
+            other.get("python", "00000000000000bb").map(|f| f.dir),
+            Some(files.dir)
+        );
+    }
+
+    fn published(templates: &Templates, key: &str) -> SnapshotFiles {
+        let staging = templates.staging_dir("python", key).unwrap();
+        std::fs::write(staging.dir.join("vm.migration"), b"memory").unwrap();
+        templates.publish("python", key, &staging).unwrap()
+    }
+
+    #[test]
+    fn a_condemned_template_goes_only_when_its_last_reader_leaves() {
+        let root = tempfile::tempdir().unwrap();
+        let templates = Templates::new(root.path().to_owned());
+        let key = "00000000000000cc";
+        let files = published(&templates, key);
+        let first = templates.lease("python", key).unwrap();
+        let second = templates.lease("python", key).unwrap();
+        templates.condemn("python", &first);
+        // No new reader gets it; the ones reading it keep it.
+        assert!(templates.lease("python", key).is_none());
+        drop(first);
+        assert!(files.dir.join("vm.migration").is_file());
+        assert!(
+            templates.get("python", key).is_none(),
+            "a condemned template came back"
+        );
+        drop(second);
+        assert!(!files.dir.exists(), "the corrupt template stayed");
+
+        // A rebuild in its place is not removed by a reader of the old one.
+        let reader = {
+            published(&templates, key);
+            let reader = templates.lease("python", key).unwrap();
+            templates.condemn("python", &reader);
+            reader
+        };
+        let rebuilt = published(&templates, key);
+        drop(reader);
+        assert!(
+            rebuilt.dir.join("vm.migration").is_file(),
+            "the rebuilt template was removed"
+        );
+        assert_eq!(
+            templates.get("python", key).map(|f| f.dir),
+            Some(rebuilt.dir)
+        );
+    }
+
+    #[test]
+    fn a_template_that_fails_the_quick_check_on_disk_is_not_used() {
+        let root = tempfile::tempdir().unwrap();
+        let key = "00000000000000dd";
+        let files = published(&Templates::new(root.path().to_owned()), key);
+        std::fs::write(files.dir.join("vm.migration"), b"truncated? no: longer").unwrap();
+        let fresh = Templates::new(root.path().to_owned());
+        assert!(fresh.get("python", key).is_none());
+        assert!(fresh.lease("python", key).is_none());
+        assert!(!files.dir.exists(), "the corrupt template stayed");
+    }
+
+    #[test]
+    fn daemons_sharing_a_data_dir_keep_each_others_staging() {
+        let root = tempfile::tempdir().unwrap();
+        let one = Templates::new(root.path().to_owned());
+        let two = Templates::new(root.path().to_owned());
+        // One is writing a template (of either key) while two publishes.
+        let same_key = one.staging_dir("python", "00000000000000ee").unwrap();
+        let other_key = one.staging_dir("python", "00000000000000ff").unwrap();
+        std::fs::write(same_key.dir.join("vm.migration"), b"half").unwrap();
+        published(&two, "00000000000000ee");
+        assert!(
+            same_key.dir.join("vm.migration").is_file(),
+            "staging of the same key removed"
+        );
+        assert!(other_key.dir.is_dir(), "staging of another key removed");
+        assert_ne!(
+            same_key.dir,
+            two.staging_dir("python", "00000000000000ee").unwrap().dir
+        );
+
+        // A staging dir whose builder died (its lock file held by nobody)
+        // is cleaned up by the next publish.
+        let dead = root.path().join(".staging-python-00000000000000ff-1-dead");
+        std::fs::create_dir(&dead).unwrap();
+        std::fs::write(
+            root.path()
+                .join(".staging-python-00000000000000ff-1-dead.lock"),
+            b"",
+        )
+        .unwrap();
+        published(&two, "00000000000000ee");
+        assert!(!dead.exists(), "an abandoned staging dir stayed");
+        assert!(other_key.dir.is_dir(), "a live staging dir was removed");
     }
 }

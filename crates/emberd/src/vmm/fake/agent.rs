@@ -20,6 +20,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::guest::Guest;
 use super::script::{self, ExecContext};
+use super::AgentCall;
 
 type OutputStream = Pin<Box<dyn Stream<Item = Result<ExecOutput, Status>> + Send>>;
 
@@ -40,6 +41,7 @@ impl Agent for ScriptedAgent {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloResponse>, Status> {
+        self.guest.backend.answer_or_hang(AgentCall::Hello).await;
         let request = request.into_inner();
         if request.generation != PROTOCOL_GENERATION {
             return Err(Status::failed_precondition(format!(
@@ -61,6 +63,7 @@ impl Agent for ScriptedAgent {
 
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
         self.guest.health_calls.fetch_add(1, Ordering::SeqCst);
+        self.guest.backend.answer_or_hang(AgentCall::Health).await;
         if self.guest.health_hangs.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
@@ -80,6 +83,7 @@ impl Agent for ScriptedAgent {
         &self,
         request: Request<Streaming<ExecInput>>,
     ) -> Result<Response<OutputStream>, Status> {
+        self.guest.backend.answer_or_hang(AgentCall::Exec).await;
         if self.guest.quiesced.load(Ordering::SeqCst) {
             return Err(Status::failed_precondition(
                 "the agent is quiesced for a snapshot",
@@ -96,6 +100,10 @@ impl Agent for ScriptedAgent {
                 ))
             }
         };
+        self.guest
+            .backend
+            .last_drain_limit_ms
+            .store(start.drain_limit_ms, Ordering::SeqCst);
         if start.argv.is_empty() && start.interpreter.is_empty() {
             return Err(Status::invalid_argument(
                 "exec needs argv or an interpreter",
@@ -119,6 +127,10 @@ impl Agent for ScriptedAgent {
         &self,
         request: Request<Identity>,
     ) -> Result<Response<SetIdentityResponse>, Status> {
+        self.guest
+            .backend
+            .answer_or_hang(AgentCall::SetIdentity)
+            .await;
         let identity = request.into_inner();
         *self.guest.identity.lock().expect("identity lock") = Some(identity.sandbox_id);
         Ok(Response::new(SetIdentityResponse {}))
@@ -128,6 +140,7 @@ impl Agent for ScriptedAgent {
         &self,
         _: Request<QuiesceRequest>,
     ) -> Result<Response<QuiesceResponse>, Status> {
+        self.guest.backend.answer_or_hang(AgentCall::Quiesce).await;
         self.guest.quiesced.store(true, Ordering::SeqCst);
         Ok(Response::new(QuiesceResponse {}))
     }

@@ -7,8 +7,9 @@
 //! on top, so lifecycle races run in milliseconds.
 //!
 //! Faults are set per backend instance ([`FakeBackend::fail_boots`],
-//! [`FakeBackend::hold_boots`], …) or per VM through a [`FakeVmHandle`]
-//! (kill it, make its `Health` hang); never through the environment. The
+//! [`FakeBackend::hold_boots`], [`FakeBackend::stop_answering`] …) or per
+//! VM through a [`FakeVmHandle`] (kill it, make its `Health` hang); never
+//! through the environment. The
 //! backend counts what it made, so a test can check that every VM it
 //! started was stopped. Compiled only for tests and with the
 //! `fake-backend` feature; it must never back a daemon users run.
@@ -18,7 +19,7 @@ mod guest;
 pub mod script;
 mod vm;
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
@@ -31,6 +32,8 @@ use super::{BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmmError};
 
 /// The file a fake snapshot consists of.
 pub const SNAPSHOT_FILE: &str = "fake-vm.snapshot";
+/// How a fake snapshot's file begins; a restore rejects any other.
+const SNAPSHOT_HEADER: &str = "fake snapshot of VM ";
 /// Fake PIDs start above the largest PID Linux hands out (2^22), so that no
 /// fake VM can ever be mistaken for a real process.
 pub const FIRST_PID: u32 = 5_000_000;
@@ -41,6 +44,23 @@ struct Faults {
     fail_boots: bool,
     fail_restores: bool,
     wrong_generation: bool,
+    /// Agent calls taken and never answered, by [`AgentCall`] index.
+    silent: [bool; AgentCall::COUNT],
+}
+
+/// A call the fake agent can be told to take and never answer, as an agent
+/// that was stopped (SIGSTOP) or a VM that was paused would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentCall {
+    Hello,
+    SetIdentity,
+    Health,
+    Quiesce,
+    Exec,
+}
+
+impl AgentCall {
+    const COUNT: usize = 5;
 }
 
 /// State shared by the backend, its VMs and their agents.
@@ -60,11 +80,26 @@ struct Shared {
     most_live: AtomicUsize,
     blocked_execs: Arc<AtomicUsize>,
     running_execs: Arc<AtomicUsize>,
+    /// Calls now taken and left unanswered.
+    unanswered: AtomicUsize,
+    /// The `drain_limit_ms` of the last exec request.
+    last_drain_limit_ms: AtomicU64,
 }
 
 impl Shared {
     fn faults(&self) -> Faults {
         *self.faults.lock().expect("fault lock")
+    }
+
+    /// Never returns when `call` is set to go unanswered.
+    async fn answer_or_hang(&self, call: AgentCall) {
+        if self.faults().silent[call as usize] {
+            self.unanswered.fetch_add(1, Ordering::SeqCst);
+            let _counted = scopeguard(|| {
+                self.unanswered.fetch_sub(1, Ordering::SeqCst);
+            });
+            std::future::pending::<()>().await;
+        }
     }
 
     fn set_faults(&self) -> MutexGuard<'_, Faults> {
@@ -119,6 +154,8 @@ impl FakeBackend {
                 most_live: AtomicUsize::new(0),
                 blocked_execs: Arc::new(AtomicUsize::new(0)),
                 running_execs: Arc::new(AtomicUsize::new(0)),
+                unanswered: AtomicUsize::new(0),
+                last_drain_limit_ms: AtomicU64::new(0),
             }),
         }
     }
@@ -144,6 +181,22 @@ impl FakeBackend {
     /// spec's timeout, which fails them. `hold_boots(false)` releases them.
     pub fn hold_boots(&self, hold: bool) {
         self.shared.boot_hold.send_replace(hold);
+    }
+
+    /// While set, every agent (of new and existing VMs) takes `call` and
+    /// never answers it; calls already hanging stay hung.
+    pub fn stop_answering(&self, call: AgentCall, silent: bool) {
+        self.shared.set_faults().silent[call as usize] = silent;
+    }
+
+    /// Agent calls now taken and left unanswered.
+    pub fn unanswered_calls(&self) -> usize {
+        self.shared.unanswered.load(Ordering::SeqCst)
+    }
+
+    /// The `drain_limit_ms` the last exec request carried.
+    pub fn last_drain_limit_ms(&self) -> u64 {
+        self.shared.last_drain_limit_ms.load(Ordering::SeqCst)
     }
 
     /// Releases every exec now waiting in a `block` step.
@@ -331,10 +384,12 @@ impl VmBackend for FakeBackend {
                 message: "the fake VMM was told to fail restores".into(),
             });
         }
-        if !snapshot.dir.join(SNAPSHOT_FILE).is_file() {
+        // A snapshot is what `Vm::snapshot` wrote, else the VMM rejects it.
+        let written = std::fs::read_to_string(snapshot.dir.join(SNAPSHOT_FILE));
+        if !written.is_ok_and(|text| text.starts_with(SNAPSHOT_HEADER)) {
             return Err(VmmError::Api {
                 request: "snapshot load".into(),
-                message: format!("no snapshot in {}", snapshot.dir.display()),
+                message: format!("no usable snapshot in {}", snapshot.dir.display()),
             });
         }
         self.make(spec, true)

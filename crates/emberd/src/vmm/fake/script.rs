@@ -12,15 +12,18 @@
 //! | `block` | waits until the test releases blocked execs |
 //! | `exit:<n>` | ends with status `n` |
 //! | `signal:<n>` | dies by signal `n` (status 128 + `n`) |
+//! | `linger` | leaves a child that keeps writing `lingering` to stdout after the process ends |
 //!
 //! Running off the end exits 0; code that is not a script exits 127 with a
 //! message on stderr, like a shell that finds no such command. As in the real
 //! agent, output beyond the exec's cap is dropped and flagged, a timeout
 //! kills with SIGKILL (status 137, `timed_out`), any signal from the host
 //! kills with that signal, and a host that goes away ends the exec with no
-//! answer. Nothing here touches a real process.
+//! answer. Output of a lingering child is drained, once the process ended,
+//! for the request's `drain_limit_ms` (the shared default when 0) before
+//! the answer. Nothing here touches a real process.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -47,7 +50,11 @@ pub enum Step {
     Block,
     Exit(i32),
     Signal(i32),
+    Linger,
 }
+
+/// How often a lingering child writes.
+const LINGER_EVERY: Duration = Duration::from_millis(100);
 
 /// Reads `code` as a script; the error names the first line that is not a step.
 pub fn parse(code: &[u8]) -> Result<Vec<Step>, String> {
@@ -70,6 +77,7 @@ pub fn parse(code: &[u8]) -> Result<Vec<Step>, String> {
                 number("sleep")?.max(0).unsigned_abs(),
             )),
             "block" => Step::Block,
+            "linger" => Step::Linger,
             "exit" => Step::Exit(i32::try_from(number("exit")?).unwrap_or(i32::MAX)),
             "signal" => Step::Signal(i32::try_from(number("signal")?).unwrap_or(SIGKILL)),
             _ => return Err(format!("not a fake-guest step: {line:?}")),
@@ -131,10 +139,14 @@ pub async fn run(
     let reader = tokio::spawn(read_input(input, stdin_tx, signal_tx));
     release.borrow_and_update();
     let deadline = (start.timeout_ms > 0).then(|| Duration::from_millis(start.timeout_ms));
+    let lingering = AtomicBool::new(false);
     let end = {
         let script = async {
             match parse(&start.code) {
-                Ok(steps) => run_steps(&steps, &mut output, stdin, &mut release, &blocked).await,
+                Ok(steps) => {
+                    lingering.store(steps.contains(&Step::Linger), Ordering::SeqCst);
+                    run_steps(&steps, &mut output, stdin, &mut release, &blocked).await
+                }
                 Err(message) => {
                     output
                         .write(Fd::Stderr, format!("{message}\n").as_bytes())
@@ -157,6 +169,26 @@ pub async fn run(
         }
     };
     reader.abort();
+    if lingering.load(Ordering::SeqCst) && !matches!(end, End::HostGone) {
+        let limit = match start.drain_limit_ms {
+            0 => emberd_proto::boundary::DEFAULT_EXEC_DRAIN_LIMIT_MS,
+            n => n,
+        };
+        let drained = async {
+            let until = Instant::now() + Duration::from_millis(limit);
+            while Instant::now() < until {
+                output.write(Fd::Stdout, b"lingering\n").await;
+                tokio::time::sleep(
+                    LINGER_EVERY.min(until.saturating_duration_since(Instant::now())),
+                )
+                .await;
+            }
+        };
+        tokio::select! {
+            () = drained => {}
+            () = out.closed() => return,
+        }
+    }
     let (exit_code, signal, timed_out) = match end {
         End::HostGone => return,
         End::Exit(code) => (code, 0, false),
@@ -210,6 +242,7 @@ async fn run_steps(
                     std::future::pending::<()>().await;
                 }
             }
+            Step::Linger => {}
             Step::Exit(code) => return End::Exit(*code),
             Step::Signal(signal) => return End::Signal(*signal),
         }
@@ -347,7 +380,7 @@ mod tests {
 
     #[test]
     fn scripts_read_one_step_per_line() {
-        let steps = parse(b"echo:hi there\nstderr:oops\n\nbytes:ff41\nflood:10\ncat\nsleep:5\nblock\nsignal:15\nexit:3").unwrap();
+        let steps = parse(b"echo:hi there\nstderr:oops\n\nbytes:ff41\nflood:10\ncat\nsleep:5\nblock\nlinger\nsignal:15\nexit:3").unwrap();
         assert_eq!(
             steps,
             vec![
@@ -358,6 +391,7 @@ mod tests {
                 Step::Cat,
                 Step::Sleep(Duration::from_millis(5)),
                 Step::Block,
+                Step::Linger,
                 Step::Signal(15),
                 Step::Exit(3),
             ]

@@ -250,3 +250,39 @@ async fn faults_reach_the_handshake_and_health() {
         .await
         .is_err());
 }
+
+#[tokio::test]
+async fn calls_an_agent_never_answers_end_at_shutdown_or_their_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = FakeBackend::new();
+    let vm = backend
+        .start(&spec(dir.path(), Duration::from_secs(5)))
+        .await
+        .unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let (agent, _) =
+        AgentClient::handshake_until(vm.connect_agent().await.unwrap(), shutdown.clone())
+            .await
+            .unwrap();
+    backend.stop_answering(AgentCall::Quiesce, true);
+    backend.stop_answering(AgentCall::Health, true);
+    let quiesce = tokio::spawn({
+        let agent = agent.clone();
+        async move { agent.quiesce().await }
+    });
+    // Health is bounded on its own: no answer is "not healthy", in time.
+    let started = std::time::Instant::now();
+    assert!(!agent.healthy().await);
+    assert!(started.elapsed() < crate::guest::bounds::HEALTH_BOUND + Duration::from_secs(1));
+    wait_until("Quiesce hangs", || backend.unanswered_calls() >= 1).await;
+    shutdown.cancel();
+    let ended = tokio::time::timeout(Duration::from_secs(1), quiesce)
+        .await
+        .expect("Quiesce outlived the shutdown")
+        .unwrap();
+    assert!(
+        matches!(ended, Err(GuestError::ShuttingDown { call: "Quiesce" })),
+        "{ended:?}"
+    );
+    vm.stop().await.unwrap();
+}

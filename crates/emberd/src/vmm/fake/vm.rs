@@ -15,7 +15,7 @@ use emberd_proto::v1::agent_server::AgentServer;
 
 use super::agent::ScriptedAgent;
 use super::guest::{Guest, Life};
-use super::SNAPSHOT_FILE;
+use super::{SNAPSHOT_FILE, SNAPSHOT_HEADER};
 use crate::vmm::{AgentStream, SnapshotFiles, Vm, VmExit, VmmError};
 
 /// Bytes in flight in each direction of an agent stream.
@@ -91,7 +91,7 @@ impl Vm for FakeVm {
         }
         std::fs::write(
             dest.dir.join(SNAPSHOT_FILE),
-            format!("fake snapshot of VM {}\n", self.guest.pid),
+            format!("{SNAPSHOT_HEADER}{}\n", self.guest.pid),
         )?;
         self.guest.backend.snapshots.fetch_add(1, Ordering::SeqCst);
         Ok(())
