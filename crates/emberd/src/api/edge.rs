@@ -1,0 +1,115 @@
+//! The layers every request passes before a route: a panic catcher (500,
+//! and the daemon keeps serving), the `Host`/`Origin` checks, the bearer
+//! token, and the bound on requests served at once. Decides who may call
+//! and how many at a time; knows nothing of sandboxes.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::http::Method;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio::sync::Semaphore;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use super::auth::Tokens;
+use super::origin::{OriginPolicy, Refusal};
+use super::ApiError;
+
+/// Requests served at once unless `--max-concurrent-requests` says otherwise.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 256;
+/// Body read timeout unless `--body-read-timeout` says otherwise.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How the HTTP edge treats requests.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Bearer tokens; empty: no authentication (loopback binds only).
+    pub tokens: Tokens,
+    /// Allowed `Origin`s, and whether `Host` must name loopback.
+    pub origins: OriginPolicy,
+    /// Requests served at once; more get 429.
+    pub max_concurrent_requests: usize,
+    /// Longest time a request body may take to arrive.
+    pub body_read_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    /// No token, no allowed origin, loopback `Host` only: the defaults of a
+    /// daemon on 127.0.0.1.
+    fn default() -> Self {
+        HttpConfig {
+            tokens: Tokens::default(),
+            origins: OriginPolicy::new::<_, &str>([], true),
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Guard {
+    tokens: Tokens,
+    origins: OriginPolicy,
+}
+
+#[derive(Clone)]
+struct Limit {
+    permits: Arc<Semaphore>,
+    max: usize,
+}
+
+/// Wraps `routes` in the edge layers; outermost first: panic catcher,
+/// `Host`/`Origin`/token guard, concurrency limit.
+pub fn with_edge(routes: Router, config: &HttpConfig) -> Router {
+    let guard = Guard {
+        tokens: config.tokens.clone(),
+        origins: config.origins.clone(),
+    };
+    let max = config.max_concurrent_requests.max(1);
+    let limit = Limit {
+        permits: Arc::new(Semaphore::new(max)),
+        max,
+    };
+    routes
+        .layer(middleware::from_fn_with_state(limit, limit_concurrency))
+        .layer(middleware::from_fn_with_state(guard, check_caller))
+        .layer(CatchPanicLayer::custom(panic_response))
+}
+
+/// `Host` and `Origin` first (a browser's request is refused whatever it
+/// carries), then the token, which every route but `GET /healthz` needs.
+async fn check_caller(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    match guard.origins.check(request.headers()) {
+        Err(Refusal::Host) => return ApiError::ForeignHost.into_response(),
+        Err(Refusal::Origin) => return ApiError::ForeignOrigin.into_response(),
+        Ok(()) => {}
+    }
+    let open = request.method() == Method::GET && request.uri().path() == "/healthz";
+    if !open && !guard.tokens.is_empty() && !guard.tokens.authorizes(request.headers()) {
+        return ApiError::Unauthorized.into_response();
+    }
+    next.run(request).await
+}
+
+/// Serves the request if a permit is free, else answers 429 at once: a
+/// queue would only hold more connections open.
+async fn limit_concurrency(State(limit): State<Limit>, request: Request, next: Next) -> Response {
+    let Ok(_permit) = limit.permits.clone().try_acquire_owned() else {
+        return ApiError::TooManyRequests(limit.max).into_response();
+    };
+    next.run(request).await
+}
+
+fn panic_response(panic: Box<dyn Any + Send + 'static>) -> Response {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string payload".to_owned());
+    tracing::error!(panic = %message, "a request handler panicked");
+    ApiError::Internal.into_response()
+}
