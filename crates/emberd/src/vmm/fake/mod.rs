@@ -60,6 +60,8 @@ struct Shared {
     most_live: AtomicUsize,
     blocked_execs: Arc<AtomicUsize>,
     running_execs: Arc<AtomicUsize>,
+    /// The accelerator reported, once a test sets one (none by default).
+    acceleration: std::sync::OnceLock<super::Accel>,
 }
 
 impl Shared {
@@ -119,8 +121,14 @@ impl FakeBackend {
                 most_live: AtomicUsize::new(0),
                 blocked_execs: Arc::new(AtomicUsize::new(0)),
                 running_execs: Arc::new(AtomicUsize::new(0)),
+                acceleration: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Reports `accel` as the guests' accelerator from now on (once per backend).
+    pub fn report_acceleration(&self, accel: super::Accel) {
+        let _ = self.shared.acceleration.set(accel);
     }
 
     /// Boots and restores fail (the VMM "exits early") while set.
@@ -299,6 +307,10 @@ impl VmBackend for FakeBackend {
 
     fn version(&self) -> String {
         "fake 1".to_owned()
+    }
+
+    fn acceleration(&self) -> Option<super::Accel> {
+        self.shared.acceleration.get().copied()
     }
 
     async fn start(&self, spec: &BootSpec) -> Result<Box<dyn Vm>, VmmError> {
