@@ -300,3 +300,58 @@ fn a_public_address_without_a_token_is_refused_at_start() {
     let log = start_public(builder().arg("--token-file").arg(&file));
     assert!(log.contains("is readable by every user"), "{log}");
 }
+
+#[tokio::test]
+async fn an_allowed_origin_gets_cors_answers_and_still_needs_the_token() {
+    let daemon = Daemon::start();
+    let app = app(&daemon, true, &["https://dash.example"]);
+    let preflight = [
+        (header::ORIGIN, "https://dash.example"),
+        (header::ACCESS_CONTROL_REQUEST_METHOD, "POST"),
+        (
+            header::ACCESS_CONTROL_REQUEST_HEADERS,
+            "authorization,content-type",
+        ),
+    ];
+    // A preflight carries no token; it is answered for the allowed origin only.
+    let (status, headers, _) = send(&app, Method::OPTIONS, "/sandboxes", &preflight).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://dash.example"
+    );
+    let allowed_headers = headers[header::ACCESS_CONTROL_ALLOW_HEADERS]
+        .to_str()
+        .unwrap();
+    assert!(
+        allowed_headers.contains("authorization"),
+        "{allowed_headers}"
+    );
+    let mut foreign = preflight;
+    foreign[0].1 = "https://evil.example";
+    let (status, headers, _) = send(&app, Method::OPTIONS, "/sandboxes", &foreign).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
+
+    let origin = (header::ORIGIN, "https://dash.example");
+    let (status, _, _) = send(&app, Method::GET, "/info", &[origin.clone()]).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "CORS is no way around the token"
+    );
+    let auth = bearer(TOKEN);
+    let (status, headers, _) = send(
+        &app,
+        Method::GET,
+        "/info",
+        &[origin, (header::AUTHORIZATION, &auth)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        headers[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+        "https://dash.example"
+    );
+    daemon.stop().await;
+}

@@ -1,26 +1,28 @@
 //! The layers every request passes before a route: a panic catcher (500,
-//! and the daemon keeps serving), the `Host`/`Origin` checks, the bearer
-//! token, and the bound on requests served at once. Decides who may call
-//! and how many at a time; knows nothing of sandboxes.
+//! and the daemon keeps serving), the `Host`/`Origin` checks, CORS for the
+//! allowed origins, the bearer token, and the bound on requests served at
+//! once. Decides who may call and how many at a time; knows nothing of
+//! sandboxes.
 
 use std::any::Any;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Request, State};
-use axum::http::Method;
+use axum::http::{header, HeaderValue, Method};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use super::auth::Tokens;
 use super::origin::{OriginPolicy, Refusal};
 use super::ApiError;
 
 /// Requests served at once unless `--max-concurrent-requests` says otherwise.
-pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 256;
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
 /// Body read timeout unless `--body-read-timeout` says otherwise.
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -50,11 +52,8 @@ impl Default for HttpConfig {
     }
 }
 
-#[derive(Clone)]
-struct Guard {
-    tokens: Tokens,
-    origins: OriginPolicy,
-}
+/// How long a browser may cache a preflight's answer.
+const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 
 #[derive(Clone)]
 struct Limit {
@@ -63,33 +62,70 @@ struct Limit {
 }
 
 /// Wraps `routes` in the edge layers; outermost first: panic catcher,
-/// `Host`/`Origin`/token guard, concurrency limit.
+/// `Host`/`Origin` checks, CORS (when origins are allowed), token,
+/// concurrency limit.
 pub fn with_edge(routes: Router, config: &HttpConfig) -> Router {
-    let guard = Guard {
-        tokens: config.tokens.clone(),
-        origins: config.origins.clone(),
-    };
     let max = config.max_concurrent_requests.max(1);
     let limit = Limit {
         permits: Arc::new(Semaphore::new(max)),
         max,
     };
-    routes
+    let mut router = routes
         .layer(middleware::from_fn_with_state(limit, limit_concurrency))
-        .layer(middleware::from_fn_with_state(guard, check_caller))
+        .layer(middleware::from_fn_with_state(
+            config.tokens.clone(),
+            check_token,
+        ));
+    if let Some(cors) = cors(&config.origins) {
+        // Outside the token check: a preflight carries no credentials.
+        router = router.layer(cors);
+    }
+    router
+        .layer(middleware::from_fn_with_state(
+            config.origins.clone(),
+            check_origin,
+        ))
         .layer(CatchPanicLayer::custom(panic_response))
 }
 
-/// `Host` and `Origin` first (a browser's request is refused whatever it
-/// carries), then the token, which every route but `GET /healthz` needs.
-async fn check_caller(State(guard): State<Guard>, request: Request, next: Next) -> Response {
-    match guard.origins.check(request.headers()) {
-        Err(Refusal::Host) => return ApiError::ForeignHost.into_response(),
-        Err(Refusal::Origin) => return ApiError::ForeignOrigin.into_response(),
-        Ok(()) => {}
+/// CORS answers for the allowed origins, so that a page served from one can
+/// call with its token; none when no origin is allowed.
+fn cors(origins: &OriginPolicy) -> Option<CorsLayer> {
+    let allowed: Vec<HeaderValue> = origins
+        .allowed()
+        .iter()
+        .filter_map(|origin| HeaderValue::from_str(origin).ok())
+        .collect();
+    if allowed.is_empty() {
+        return None;
     }
+    Some(
+        CorsLayer::new()
+            .allow_origin(AllowOrigin::list(allowed))
+            .allow_methods([Method::GET, Method::POST, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .max_age(PREFLIGHT_MAX_AGE),
+    )
+}
+
+/// A browser's request from a foreign page, or through a rebound name, is
+/// refused whatever it carries.
+async fn check_origin(
+    State(origins): State<OriginPolicy>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match origins.check(request.headers()) {
+        Err(Refusal::Host) => ApiError::ForeignHost.into_response(),
+        Err(Refusal::Origin) => ApiError::ForeignOrigin.into_response(),
+        Ok(()) => next.run(request).await,
+    }
+}
+
+/// Every route but `GET /healthz` needs the token, when there is one.
+async fn check_token(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
     let open = request.method() == Method::GET && request.uri().path() == "/healthz";
-    if !open && !guard.tokens.is_empty() && !guard.tokens.authorizes(request.headers()) {
+    if !open && !tokens.is_empty() && !tokens.authorizes(request.headers()) {
         return ApiError::Unauthorized.into_response();
     }
     next.run(request).await

@@ -105,7 +105,7 @@ pub struct ServeArgs {
     #[arg(long, env = "EMBERD_ALLOW_ORIGIN", value_delimiter = ',')]
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub allow_origin: Vec<String>,
-    /// Requests served at once; more are answered 429 [default: 256].
+    /// Requests served at once; more are answered 429 [default: 64].
     #[arg(long, env = "EMBERD_MAX_CONCURRENT_REQUESTS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_requests: Option<usize>,

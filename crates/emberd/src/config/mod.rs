@@ -443,7 +443,7 @@ pub(crate) mod tests {
         let settings = Settings::default();
         assert_eq!(settings.token_file, None);
         assert!(settings.allow_origin.is_empty());
-        assert_eq!(settings.max_concurrent_requests, 256);
+        assert_eq!(settings.max_concurrent_requests, 64);
         assert_eq!(settings.header_read_timeout, Duration::from_secs(10));
         assert_eq!(settings.body_read_timeout, Duration::from_secs(60));
 
