@@ -334,7 +334,7 @@ async fn an_allowed_origin_gets_cors_answers_and_still_needs_the_token() {
     assert!(headers.get(header::ACCESS_CONTROL_ALLOW_ORIGIN).is_none());
 
     let origin = (header::ORIGIN, "https://dash.example");
-    let (status, _, _) = send(&app, Method::GET, "/info", &[origin.clone()]).await;
+    let (status, _, _) = send(&app, Method::GET, "/info", std::slice::from_ref(&origin)).await;
     assert_eq!(
         status,
         StatusCode::UNAUTHORIZED,
