@@ -518,6 +518,9 @@ async fn requests_over_the_concurrency_limit_are_429_until_one_ends() {
         StatusCode::TOO_MANY_REQUESTS,
         "too many requests in flight (limit 2); retry later",
     );
+    // A busy daemon is not a dead one.
+    let (status, _) = fixture::call(app.clone(), Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
 
     daemon.backend.release_blocked();
     for exec in [first, second] {

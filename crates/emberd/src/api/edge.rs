@@ -122,10 +122,15 @@ async fn check_origin(
     }
 }
 
+/// `GET /healthz`: open, and never refused for being busy, so that a
+/// supervisor does not take a busy daemon for a dead one.
+fn is_health_check(request: &Request) -> bool {
+    request.method() == Method::GET && request.uri().path() == "/healthz"
+}
+
 /// Every route but `GET /healthz` needs the token, when there is one.
 async fn check_token(State(tokens): State<Tokens>, request: Request, next: Next) -> Response {
-    let open = request.method() == Method::GET && request.uri().path() == "/healthz";
-    if !open && !tokens.is_empty() && !tokens.authorizes(request.headers()) {
+    if !is_health_check(&request) && !tokens.is_empty() && !tokens.authorizes(request.headers()) {
         return ApiError::Unauthorized.into_response();
     }
     next.run(request).await
@@ -134,6 +139,9 @@ async fn check_token(State(tokens): State<Tokens>, request: Request, next: Next)
 /// Serves the request if a permit is free, else answers 429 at once: a
 /// queue would only hold more connections open.
 async fn limit_concurrency(State(limit): State<Limit>, request: Request, next: Next) -> Response {
+    if is_health_check(&request) {
+        return next.run(request).await;
+    }
     let Ok(_permit) = limit.permits.clone().try_acquire_owned() else {
         return ApiError::TooManyRequests(limit.max).into_response();
     };
