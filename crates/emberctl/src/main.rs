@@ -118,13 +118,23 @@ fn describe(error: &anyhow::Error) -> String {
         Some(e @ ClientError::Unreachable { .. }) => {
             format!("{e} (is `emberd serve` running? start it with `make run`)")
         }
+        Some(e) if e.is_unauthorized() => {
+            format!("{e} (set EMBERD_TOKEN to one of the daemon's tokens)")
+        }
         Some(e) => e.to_string(),
         None => format!("{error:#}"),
     }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let client = Client::new(&cli.addr)?;
+    let mut client = Client::new(&cli.addr)?;
+    // From the environment only: a flag would show the token in `ps`.
+    if let Some(token) = std::env::var("EMBERD_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+    {
+        client = client.with_token(token.trim());
+    }
     match cli.command {
         Command::Bench(args) => bench::run(args).await?,
         Command::Create { pack } => {

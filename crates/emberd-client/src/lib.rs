@@ -70,6 +70,11 @@ impl ClientError {
         matches!(self, ClientError::Unreachable { .. })
     }
 
+    /// True for a 401 answer: the daemon wants a (different) bearer token.
+    pub fn is_unauthorized(&self) -> bool {
+        self.status() == Some(StatusCode::UNAUTHORIZED)
+    }
+
     /// True for a 404 answer (unknown sandbox or route).
     pub fn is_not_found(&self) -> bool {
         self.status() == Some(StatusCode::NOT_FOUND)
@@ -109,11 +114,22 @@ pub fn parse_addr(addr: &str) -> Result<Url, ClientError> {
 }
 
 /// Async client of one emberd daemon.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     base: Url,
     http: reqwest::Client,
     request_timeout: Option<Duration>,
+    token: Option<String>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base.as_str())
+            .field("request_timeout", &self.request_timeout)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl Client {
@@ -129,7 +145,15 @@ impl Client {
             base,
             http,
             request_timeout: None,
+            token: None,
         })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every call (a daemon with
+    /// a token file or `EMBERD_TOKEN` wants it).
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
     }
 
     /// Sets a deadline for every call except exec, whose deadline follows its
@@ -238,6 +262,9 @@ impl Client {
                 reason: e.to_string(),
             })?;
         let mut request = self.http.request(method, url);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
         if let Some(body) = body {
             request = request.json(body);
         }

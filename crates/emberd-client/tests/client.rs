@@ -153,6 +153,30 @@ async fn error_answers_keep_status_and_message() {
 }
 
 #[tokio::test]
+async fn the_token_goes_as_a_bearer_header() {
+    const TOKEN: &str = "client-test-token-0123456789";
+    let http = emberd::api::HttpConfig {
+        tokens: emberd::api::auth::Tokens::new([TOKEN]),
+        ..emberd::api::HttpConfig::default()
+    };
+    let daemon = Daemon::start_with(&http).await;
+    let without = Client::new(&daemon.url()).unwrap();
+    let err = without.list_sandboxes().await.unwrap_err();
+    assert!(err.is_unauthorized(), "{err:?}");
+    assert_eq!(err.to_string(), "missing or invalid bearer token");
+    let wrong = Client::new(&daemon.url())
+        .unwrap()
+        .with_token("not-the-token-0123456789");
+    assert!(wrong.info().await.unwrap_err().is_unauthorized());
+
+    let client = Client::new(&daemon.url()).unwrap().with_token(TOKEN);
+    assert!(!format!("{client:?}").contains(TOKEN));
+    let id = client.create_sandbox(None).await.unwrap();
+    client.delete_sandbox(&id).await.unwrap();
+    daemon.stop().await;
+}
+
+#[tokio::test]
 async fn refused_connection_is_unreachable() {
     // Bind then drop a listener to get a port with nothing behind it.
     let port = {

@@ -3,7 +3,7 @@
 
 use std::ffi::{OsStr, OsString};
 use std::io::{Read as _, Write as _};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -66,6 +66,8 @@ pub struct DaemonBuilder {
     env: Vec<(OsString, Option<OsString>)>,
     ready_bound: Duration,
     stop_grace: Duration,
+    bind_ip: IpAddr,
+    token: Option<String>,
 }
 
 impl DaemonBuilder {
@@ -80,7 +82,25 @@ impl DaemonBuilder {
             env: vec![("EMBERD_LOG".into(), Some("info".into()))],
             ready_bound: Duration::from_secs(60),
             stop_grace: Duration::from_secs(10),
+            bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            token: None,
         }
+    }
+
+    /// Listens on `ip` (default 127.0.0.1); the harness still connects
+    /// over loopback when `ip` is unspecified (0.0.0.0 or ::).
+    pub fn bind_ip(mut self, ip: IpAddr) -> Self {
+        self.bind_ip = ip;
+        self
+    }
+
+    /// Gives the daemon `token` (as `EMBERD_TOKEN`); [`Daemon::client`] sends it.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        let token = token.into();
+        self.env
+            .push(("EMBERD_TOKEN".into(), Some(OsString::from(&token))));
+        self.token = Some(token);
+        self
     }
 
     /// `--backend <name>` (default: the daemon's own choice).
@@ -164,13 +184,14 @@ impl DaemonBuilder {
             .map_or_else(|| work_dir.clone(), Path::to_owned);
         let mut attempt = 1;
         loop {
-            let addr = free_port()?;
+            let addr = free_port(self.bind_ip)?;
             let log = log_dir.join(format!("daemon-{}.log", addr.port()));
             let child = self.spawn(addr, &work_dir, &log)?;
             let mut daemon = Daemon {
                 pid: child.id(),
                 child: Some(child),
-                addr,
+                addr: connect_addr(addr),
+                token: self.token.clone(),
                 work_dir: work_dir.clone(),
                 log,
                 stop_grace: self.stop_grace,
@@ -236,6 +257,7 @@ pub struct Daemon {
     work_dir: PathBuf,
     log: PathBuf,
     stop_grace: Duration,
+    token: Option<String>,
     _root: Option<tempfile::TempDir>,
 }
 
@@ -245,8 +267,14 @@ impl Daemon {
         DaemonBuilder::new(binary)
     }
 
+    /// Where to reach the daemon (loopback when it listens on every address).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The token the daemon was given, if any.
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
     }
 
     /// `http://<addr>`.
@@ -261,7 +289,11 @@ impl Daemon {
 
     /// A client of this daemon's API.
     pub fn client(&self) -> Result<emberd_client::Client, emberd_client::ClientError> {
-        emberd_client::Client::new(&self.addr.to_string())
+        let client = emberd_client::Client::new(&self.addr.to_string())?;
+        Ok(match &self.token {
+            Some(token) => client.with_token(token),
+            None => client,
+        })
     }
 
     /// The daemon's process id (also after it exited).
@@ -394,9 +426,18 @@ impl Drop for Daemon {
 
 /// A port nobody listens on now. Another process may take it before the
 /// daemon binds it; [`DaemonBuilder::start`] then tries another.
-fn free_port() -> Result<SocketAddr, HarnessError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(HarnessError::Port)?;
+fn free_port(ip: IpAddr) -> Result<SocketAddr, HarnessError> {
+    let listener = std::net::TcpListener::bind((ip, 0)).map_err(HarnessError::Port)?;
     listener.local_addr().map_err(HarnessError::Port)
+}
+
+/// `addr`, or loopback on its port when `addr` is unspecified.
+fn connect_addr(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
 }
 
 /// `GET /healthz` answers 200.

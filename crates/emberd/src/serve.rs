@@ -1,17 +1,21 @@
 //! `emberd serve`: start-up checks, the backend choice, the HTTP server and
 //! graceful shutdown.
 //!
-//! Order: resolve settings → load and verify the images → pick the backend
+//! Order: resolve settings → load the tokens (refusing a non-loopback
+//! address without one) → load and verify the images → pick the backend
 //! (and say why) → take the work dir (clearing a crashed daemon's leftovers)
 //! → bind → serve until SIGINT/SIGTERM → drain HTTP within a bound → stop
 //! every VM → exit 0.
 
-use std::future::IntoFuture;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::auth::{TokenError, Tokens};
+use crate::api::origin::OriginPolicy;
+use crate::api::HttpConfig;
 use crate::backend_choice::{choose_backend, choose_jailer, Backend, Reason, Unjailed};
 use crate::config::{ConfigError, ServeArgs, Settings};
 use crate::image::{Manifest, ManifestError};
@@ -29,6 +33,13 @@ pub enum ServeError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
+    Tokens(#[from] TokenError),
+    #[error(
+        "refusing to serve on {addr} without authentication: set --token-file or EMBERD_TOKEN, \
+         or listen on a loopback address (127.0.0.1, ::1)"
+    )]
+    NoToken { addr: SocketAddr },
+    #[error(transparent)]
     Images(#[from] ManifestError),
     #[error(transparent)]
     Qemu(#[from] QemuSetupError),
@@ -42,14 +53,13 @@ pub enum ServeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the HTTP server failed")]
-    Server(#[source] std::io::Error),
 }
 
 /// Runs the daemon until a termination signal; returns once every VM is stopped.
 pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     let settings = args.resolve()?;
     tracing::debug!(?settings, "settings resolved");
+    let http = http_config(&settings, std::env::var("EMBERD_TOKEN").ok().as_deref())?;
     let manifest = Manifest::load(&settings.data_dir)?;
     manifest.verify()?;
     let backend = make_backend(&settings)?;
@@ -69,11 +79,11 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     );
 
     let stop = CancellationToken::new();
-    let server = axum::serve(listener, crate::api::app(manager.clone()))
-        .with_graceful_shutdown(stop.clone().cancelled_owned());
-    let mut server = std::pin::pin!(server.into_future());
+    let app = crate::api::app_with(manager.clone(), &http);
+    let server = crate::api::serve(listener, app, settings.header_read_timeout, stop.clone());
+    let mut server = std::pin::pin!(server);
     tokio::select! {
-        result = &mut server => result.map_err(ServeError::Server)?,
+        () = &mut server => {}
         () = termination_signal() => {
             tracing::info!(bound = ?settings.shutdown_timeout, "shutting down: draining requests");
             stop.cancel();
@@ -85,6 +95,30 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
     manager.shutdown().await;
     tracing::info!("emberd stopped");
     Ok(())
+}
+
+/// The HTTP edge's settings; no token is a start-up error on any address
+/// but loopback. `env_token` is `EMBERD_TOKEN`.
+fn http_config(settings: &Settings, env_token: Option<&str>) -> Result<HttpConfig, ServeError> {
+    let tokens = Tokens::load(settings.token_file.as_deref(), env_token)?;
+    let loopback = settings.addr.ip().is_loopback();
+    if tokens.is_empty() && !loopback {
+        return Err(ServeError::NoToken {
+            addr: settings.addr,
+        });
+    }
+    tracing::info!(
+        authentication = if tokens.is_empty() { "off" } else { "bearer token" },
+        allowed_origins = ?settings.allow_origin,
+        max_concurrent_requests = settings.max_concurrent_requests,
+        "HTTP edge"
+    );
+    Ok(HttpConfig {
+        tokens,
+        origins: OriginPolicy::new(&settings.allow_origin, loopback),
+        max_concurrent_requests: settings.max_concurrent_requests,
+        body_read_timeout: settings.body_read_timeout,
+    })
 }
 
 /// Makes the backend [`choose_backend`] picks, and logs the choice and why.
@@ -176,5 +210,29 @@ async fn termination_signal() {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_serves_without_a_token() {
+        let on = |addr: &str| Settings {
+            addr: addr.parse().unwrap(),
+            ..Settings::default()
+        };
+        for addr in ["0.0.0.0:7777", "192.0.2.1:7777", "[::]:7777"] {
+            let err = http_config(&on(addr), None).unwrap_err();
+            assert!(matches!(err, ServeError::NoToken { .. }), "{addr}: {err}");
+            assert!(err.to_string().contains("EMBERD_TOKEN"), "{err}");
+            let config = http_config(&on(addr), Some("a-token-of-sixteen-chars")).unwrap();
+            assert!(!config.tokens.is_empty());
+        }
+        for addr in ["127.0.0.1:7777", "127.3.2.1:1", "[::1]:7777"] {
+            let config = http_config(&on(addr), None).unwrap();
+            assert!(config.tokens.is_empty(), "{addr}");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The HTTP API through `api::app()` (no socket) over the fake VM backend:
 //! the shape of every route's answer, the status of every refusal, and the
-//! exec contract (output caps, non-UTF-8 output, timeouts, signal deaths).
+//! exec contract (output caps, non-UTF-8 output, timeouts, signal deaths),
+//! and the bounds every request meets (a 404 before the body is read, the
+//! concurrency limit).
 
 mod fixture;
 
@@ -260,6 +262,16 @@ async fn unknown_sandboxes_are_404_whatever_the_body() {
         .await;
     let body: Value = serde_json::from_slice(&body).unwrap();
     assert_error(status, &body, StatusCode::NOT_FOUND, "sandbox not found");
+
+    // The 404 comes before a byte of the body is read: a body that never
+    // ends does not delay it.
+    let endless = Body::from_stream(futures::stream::pending::<Result<Vec<u8>, std::io::Error>>());
+    let answer = daemon.call_raw(Method::POST, "/sandboxes/sb_000000000000/exec", endless);
+    let (status, body) = tokio::time::timeout(fixture::BOUND, answer)
+        .await
+        .expect("the 404 waited for the body");
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert_error(status, &body, StatusCode::NOT_FOUND, "sandbox not found");
     daemon.stop().await;
 }
 
@@ -450,5 +462,84 @@ async fn info_reports_the_pools() {
     })
     .await;
     assert_eq!(daemon.info().await["boot_path"], "warm-pool");
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn info_reports_the_isolation_of_the_accelerator() {
+    // A backend that reports no accelerator has no isolation to name.
+    let daemon = Daemon::start();
+    let info = daemon.info().await;
+    assert_eq!(info.get("isolation"), None, "{info}");
+    daemon.stop().await;
+
+    for (accel, isolation) in [
+        (emberd::vmm::Accel::Tcg, "tcg-emulation"),
+        (emberd::vmm::Accel::Kvm, "kvm"),
+    ] {
+        let daemon = Daemon::start();
+        daemon.backend.report_acceleration(accel);
+        let info = daemon.info().await;
+        assert_eq!(info["isolation"], isolation, "{info}");
+        assert_eq!(info["accel"], accel.as_str(), "{info}");
+        daemon.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn requests_over_the_concurrency_limit_are_429_until_one_ends() {
+    let daemon = Daemon::start();
+    let config = emberd::api::HttpConfig {
+        max_concurrent_requests: 2,
+        ..emberd::api::HttpConfig::default()
+    };
+    let app = emberd::api::app_with(daemon.manager.clone(), &config);
+    let id = daemon.create("shell").await;
+    let exec = |app: axum::Router| {
+        let uri = format!("/sandboxes/{id}/exec");
+        async move {
+            let body = json!({ "code": "block\necho:done" });
+            fixture::call(app, Method::POST, &uri, Some(body)).await
+        }
+    };
+    let first = tokio::spawn(exec(app.clone()));
+    let second = tokio::spawn(exec(app.clone()));
+    wait_until("both execs hold a permit", || {
+        daemon.backend.blocked_execs() == 2
+    })
+    .await;
+
+    let response = tower::ServiceExt::oneshot(
+        app.clone(),
+        axum::http::Request::get("/info")
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "1");
+    let (status, body) = fixture::call(app.clone(), Method::GET, "/sandboxes", None).await;
+    assert_error(
+        status,
+        &body,
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many requests in flight (limit 2); retry later",
+    );
+    // A busy daemon is not a dead one.
+    let (status, _) = fixture::call(app.clone(), Method::GET, "/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    daemon.backend.release_blocked();
+    for exec in [first, second] {
+        let (status, body) = exec.await.unwrap();
+        assert_eq!(
+            (status, &body["stdout"]),
+            (StatusCode::OK, &json!("done\n")),
+            "{body}"
+        );
+    }
+    let (status, _) = fixture::call(app, Method::GET, "/info", None).await;
+    assert_eq!(status, StatusCode::OK, "the permits came back");
     daemon.stop().await;
 }

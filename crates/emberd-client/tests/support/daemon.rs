@@ -24,6 +24,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start() -> Self {
+        Self::start_with(&emberd::api::HttpConfig::default()).await
+    }
+
+    /// A daemon whose HTTP edge is set up as `http` says (tokens, origins).
+    pub async fn start_with(http: &emberd::api::HttpConfig) -> Self {
         let root = tempfile::Builder::new()
             .prefix("emberd-client")
             .tempdir()
@@ -44,7 +49,7 @@ impl Daemon {
         let manifest = emberd::image::fake_manifest(&root.path().join("data"), "echo:warm");
         let manager = Arc::new(Manager::new(Arc::new(backend.clone()), manifest, config).unwrap());
         manager.start_background();
-        let app = emberd::api::app(manager.clone());
+        let app = emberd::api::app_with(manager.clone(), http);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let server = tokio::spawn(async move {

@@ -1,6 +1,6 @@
 //! The one mapping from errors to HTTP status codes, and the JSON error body.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use emberd_api::ErrorBody;
@@ -16,6 +16,18 @@ pub enum ApiError {
     BodyTooLarge(usize),
     #[error("cannot read the request body: {0}")]
     BadBody(String),
+    #[error("the request body did not arrive within {}", humantime::format_duration(*.0))]
+    BodyTimeout(std::time::Duration),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("requests from this Origin are not allowed")]
+    ForeignOrigin,
+    #[error("the Host header does not name this daemon's loopback address")]
+    ForeignHost,
+    #[error("too many requests in flight (limit {0}); retry later")]
+    TooManyRequests(usize),
+    #[error("internal error")]
+    Internal,
     #[error("no such route")]
     RouteNotFound,
     #[error("method not allowed")]
@@ -30,6 +42,11 @@ impl ApiError {
         match self {
             ApiError::BadJson(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::ForeignOrigin | ApiError::ForeignHost => StatusCode::FORBIDDEN,
+            ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::RouteNotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::Sandbox(e) => match e {
@@ -80,12 +97,24 @@ impl IntoResponse for ApiError {
         }
         let body = ErrorBody { error: message };
         let mut response = (status, Json(body)).into_response();
-        if let ApiError::Sandbox(SandboxError::AtCapacity { retry_after, .. }) = &self {
-            let seconds = retry_after.as_secs().max(1);
-            response.headers_mut().insert(
-                axum::http::header::RETRY_AFTER,
-                axum::http::HeaderValue::from(seconds),
-            );
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Sandbox(SandboxError::AtCapacity { retry_after, .. }) => {
+                let seconds = retry_after.as_secs().max(1);
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            }
+            ApiError::TooManyRequests(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
+            }
+            ApiError::Unauthorized => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            // The rest of the body may still be on its way: the connection
+            // cannot carry another request.
+            ApiError::BodyTooLarge(_) | ApiError::BodyTimeout(_) => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
         }
         response
     }
@@ -182,6 +211,35 @@ mod tests {
         .into_response();
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(response.headers()[axum::http::header::RETRY_AFTER], "2");
+    }
+
+    #[test]
+    fn edge_refusals_carry_their_status_and_headers() {
+        let response = ApiError::Unauthorized.into_response();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(response.headers()[header::WWW_AUTHENTICATE], "Bearer");
+        for refusal in [ApiError::ForeignOrigin, ApiError::ForeignHost] {
+            assert_eq!(refusal.status(), StatusCode::FORBIDDEN);
+        }
+        let response = ApiError::TooManyRequests(8).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        for unread in [
+            ApiError::BodyTooLarge(1),
+            ApiError::BodyTimeout(std::time::Duration::from_secs(60)),
+        ] {
+            let response = unread.into_response();
+            assert_eq!(response.headers()[header::CONNECTION], "close");
+        }
+        assert_eq!(
+            ApiError::BodyTimeout(std::time::Duration::from_secs(60)).status(),
+            StatusCode::REQUEST_TIMEOUT
+        );
+        assert_eq!(
+            ApiError::Internal.status(),
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(ApiError::Internal.to_string(), "internal error");
     }
 
     #[test]

@@ -143,6 +143,36 @@ pub struct ServeArgs {
     #[arg(long, env = "EMBERD_JAILER_CHROOT_BASE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jailer_chroot_base: Option<PathBuf>,
+    // The HTTP edge: who may call, and what one request may take.
+    /// File of bearer tokens, one a line (`#` comments); must not be
+    /// world-readable. Needed on any address but loopback (or `EMBERD_TOKEN`).
+    #[arg(long, env = "EMBERD_TOKEN_FILE")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_file: Option<PathBuf>,
+    /// A browser Origin allowed to call, e.g. https://dash.example; repeatable
+    /// (comma-separated in the variable) [default: none].
+    #[arg(long, env = "EMBERD_ALLOW_ORIGIN", value_delimiter = ',')]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub allow_origin: Vec<String>,
+    /// Requests served at once; more are answered 429 [default: 64].
+    #[arg(long, env = "EMBERD_MAX_CONCURRENT_REQUESTS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_concurrent_requests: Option<usize>,
+    /// Bound on receiving a request's headers, and on an idle keep-alive
+    /// connection [default: 10s].
+    #[arg(long, env = "EMBERD_HEADER_READ_TIMEOUT", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_some"
+    )]
+    pub header_read_timeout: Option<Duration>,
+    /// Bound on receiving a request's body [default: 60s].
+    #[arg(long, env = "EMBERD_BODY_READ_TIMEOUT", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_some"
+    )]
+    pub body_read_timeout: Option<Duration>,
 }
 
 /// `--backend`: the choice's names, with `auto` explained in `--help`.
@@ -259,5 +289,37 @@ mod tests {
             settings.jailer_chroot_base,
             Some(PathBuf::from("/srv/jails"))
         );
+    }
+
+    #[test]
+    fn http_edge_flags_parse_and_origins_repeat() {
+        let parsed = Serve::try_parse_from([
+            "emberd",
+            "--token-file",
+            "/etc/emberd/tokens",
+            "--allow-origin",
+            "https://a.example",
+            "--allow-origin",
+            "http://localhost:3000",
+            "--max-concurrent-requests",
+            "16",
+            "--header-read-timeout",
+            "3s",
+            "--body-read-timeout",
+            "20",
+        ])
+        .unwrap();
+        let settings = parsed.args.resolve().unwrap();
+        assert_eq!(
+            settings.token_file,
+            Some(PathBuf::from("/etc/emberd/tokens"))
+        );
+        assert_eq!(
+            settings.allow_origin,
+            ["https://a.example", "http://localhost:3000"]
+        );
+        assert_eq!(settings.max_concurrent_requests, 16);
+        assert_eq!(settings.header_read_timeout, Duration::from_secs(3));
+        assert_eq!(settings.body_read_timeout, Duration::from_secs(20));
     }
 }

@@ -89,6 +89,15 @@ pub struct Settings {
     pub max_guest_memory_mib: Option<u64>,
     /// VMs booting at once; `None`: the host's CPUs.
     pub max_concurrent_boots: Option<usize>,
+    // The HTTP edge: who may call, and what one request may take.
+    // (`EMBERD_TOKEN` is read by `serve` alone, so that no token is a setting.)
+    pub token_file: Option<PathBuf>,
+    pub allow_origin: Vec<String>,
+    pub max_concurrent_requests: usize,
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
 }
 
 impl Default for Settings {
@@ -121,6 +130,11 @@ impl Default for Settings {
             max_sandboxes: crate::sandbox::limits::DEFAULT_MAX_SANDBOXES,
             max_guest_memory_mib: None,
             max_concurrent_boots: None,
+            token_file: None,
+            allow_origin: Vec::new(),
+            max_concurrent_requests: crate::api::DEFAULT_MAX_CONCURRENT_REQUESTS,
+            header_read_timeout: crate::api::DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: crate::api::DEFAULT_BODY_READ_TIMEOUT,
         }
     }
 }
@@ -216,6 +230,7 @@ impl Settings {
             return Err(ConfigError::Invalid("overlay-mib must be positive".into()));
         }
         self.check_limits()?;
+        self.check_http()?;
         // Unix socket paths under the work dir must fit in sun_path (108 bytes).
         let longest = self.work_dir.join("sb_0123456789ab").join("agent.sock");
         if longest.as_os_str().len() >= 100 {
@@ -223,6 +238,35 @@ impl Settings {
                 "work dir {} is too long for Unix socket paths; pick a shorter one",
                 self.work_dir.display()
             )));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    fn check_http(&self) -> Result<(), ConfigError> {
+        if self.max_concurrent_requests == 0 {
+            return Err(ConfigError::Invalid(
+                "max-concurrent-requests must be positive".into(),
+            ));
+        }
+        if self.header_read_timeout.is_zero() || self.body_read_timeout.is_zero() {
+            return Err(ConfigError::Invalid(
+                "header-read-timeout and body-read-timeout must be positive".into(),
+            ));
+        }
+        for origin in &self.allow_origin {
+            let rest = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            let valid = rest.is_some_and(|host| {
+                !host.is_empty() && !host.trim_end_matches('/').contains(['/', '?', '#', ' '])
+            });
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "allow-origin {origin:?} is not an origin like https://host[:port]"
+                )));
+            }
         }
         Ok(())
     }
@@ -430,6 +474,56 @@ pub(crate) mod tests {
         .resolve()
         .unwrap_err();
         assert!(err.to_string().contains("too long"), "{err}");
+    }
+
+    #[test]
+    fn http_edge_settings_have_defaults_and_are_checked() {
+        let settings = Settings::default();
+        assert_eq!(settings.token_file, None);
+        assert!(settings.allow_origin.is_empty());
+        assert_eq!(settings.max_concurrent_requests, 64);
+        assert_eq!(settings.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(settings.body_read_timeout, Duration::from_secs(60));
+
+        let (_dir, file) = write_file(
+            "token-file = \"/etc/emberd/tokens\"\nallow-origin = [\"https://dash.example\"]\n\
+             max-concurrent-requests = 8\nheader-read-timeout = \"5s\"\nbody-read-timeout = 30\n",
+        );
+        let settings = ServeArgs {
+            config: Some(file),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .unwrap();
+        assert_eq!(
+            settings.token_file,
+            Some(PathBuf::from("/etc/emberd/tokens"))
+        );
+        assert_eq!(settings.allow_origin, ["https://dash.example"]);
+        assert_eq!(settings.max_concurrent_requests, 8);
+        assert_eq!(settings.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(settings.body_read_timeout, Duration::from_secs(30));
+
+        for wrong in [
+            ServeArgs {
+                max_concurrent_requests: Some(0),
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                allow_origin: vec!["dash.example".into()],
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                allow_origin: vec!["https://dash.example/app".into()],
+                ..ServeArgs::default()
+            },
+            ServeArgs {
+                body_read_timeout: Some(Duration::ZERO),
+                ..ServeArgs::default()
+            },
+        ] {
+            assert!(wrong.resolve().is_err(), "{wrong:?}");
+        }
     }
 
     #[test]

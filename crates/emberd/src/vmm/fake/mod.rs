@@ -84,6 +84,8 @@ struct Shared {
     unanswered: AtomicUsize,
     /// The `drain_limit_ms` of the last exec request.
     last_drain_limit_ms: AtomicU64,
+    /// The accelerator reported, once a test sets one (none by default).
+    acceleration: std::sync::OnceLock<super::Accel>,
 }
 
 impl Shared {
@@ -156,8 +158,14 @@ impl FakeBackend {
                 running_execs: Arc::new(AtomicUsize::new(0)),
                 unanswered: AtomicUsize::new(0),
                 last_drain_limit_ms: AtomicU64::new(0),
+                acceleration: std::sync::OnceLock::new(),
             }),
         }
+    }
+
+    /// Reports `accel` as the guests' accelerator from now on (once per backend).
+    pub fn report_acceleration(&self, accel: super::Accel) {
+        let _ = self.shared.acceleration.set(accel);
     }
 
     /// Boots and restores fail (the VMM "exits early") while set.
@@ -352,6 +360,10 @@ impl VmBackend for FakeBackend {
 
     fn version(&self) -> String {
         "fake 1".to_owned()
+    }
+
+    fn acceleration(&self) -> Option<super::Accel> {
+        self.shared.acceleration.get().copied()
     }
 
     async fn start(&self, spec: &BootSpec) -> Result<Box<dyn Vm>, VmmError> {
