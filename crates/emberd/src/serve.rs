@@ -16,9 +16,11 @@ use crate::backend_choice::{choose_backend, Backend, Reason};
 use crate::config::{ConfigError, ServeArgs, Settings};
 use crate::image::{Manifest, ManifestError};
 use crate::sandbox::{Manager, WorkDirError};
+use crate::vmm::cgroup::VmmCgroups;
 use crate::vmm::firecracker::{FirecrackerBackend, FirecrackerSetupError};
 use crate::vmm::kvm::hardware_kvm;
 use crate::vmm::qemu::{QemuBackend, QemuSetupError};
+use crate::vmm::vmm_user::{VmmUser, VmmUserError};
 use crate::vmm::VmBackend;
 
 /// Why the daemon could not start.
@@ -34,6 +36,8 @@ pub enum ServeError {
     Firecracker(#[from] FirecrackerSetupError),
     #[error(transparent)]
     WorkDir(#[from] WorkDirError),
+    #[error(transparent)]
+    VmmUser(#[from] VmmUserError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -95,9 +99,12 @@ fn make_backend(settings: &Settings) -> Result<Arc<dyn VmBackend>, ServeError> {
             if let (Reason::NoFirecracker, Err(e)) = (&decision.reason, &firecracker) {
                 tracing::info!(error = %e, "Firecracker is not usable");
             }
-            let backend = QemuBackend::new(settings.qemu_bin.clone(), settings.accel)?;
+            let vmm_user = VmmUser::for_daemon(nix::unistd::geteuid(), &settings.vmm_user)?;
+            let backend = QemuBackend::new(settings.qemu_bin.clone(), settings.accel)?
+                .with_vmm_user(vmm_user)
+                .with_cgroups(vmm_cgroups());
             let accel = backend.accel_decision();
-            tracing::info!(backend = %decision.backend, why = %decision.reason, version = %backend.version(), accel = %accel.accel, accel_reason = %accel.reason, "backend chosen");
+            tracing::info!(backend = %decision.backend, why = %decision.reason, version = %backend.version(), accel = %accel.accel, accel_reason = %accel.reason, vmm_user = backend.vmm_user().map_or("the daemon's own", |u| u.name.as_str()), "backend chosen");
             Ok(Arc::new(backend))
         }
         Backend::Firecracker => {
@@ -107,6 +114,21 @@ fn make_backend(settings: &Settings) -> Result<Arc<dyn VmBackend>, ServeError> {
             }
             tracing::info!(backend = %decision.backend, why = %decision.reason, version = %backend.version(), "backend chosen");
             Ok(Arc::new(backend))
+        }
+    }
+}
+
+/// The cgroup layout for VMMs, or none (with the reason) where the host
+/// does not delegate the controllers.
+fn vmm_cgroups() -> Option<Arc<VmmCgroups>> {
+    match VmmCgroups::setup() {
+        Ok(cgroups) => {
+            tracing::info!(parent = %cgroups.parent().display(), "VMMs get cgroup v2 cpu, memory and pids limits");
+            Some(Arc::new(cgroups))
+        }
+        Err(e) => {
+            tracing::info!(reason = %crate::error_chain::render(&e), "VMMs run without cgroup limits");
+            None
         }
     }
 }

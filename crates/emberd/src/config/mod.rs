@@ -64,6 +64,9 @@ pub struct Settings {
     pub pool_memory_mib: u64,
     pub snapshots: bool,
     pub skip_warm: bool,
+    // VMM confinement.
+    /// The unprivileged user VMMs run as when the daemon is root.
+    pub vmm_user: String,
 }
 
 impl Default for Settings {
@@ -85,6 +88,7 @@ impl Default for Settings {
             pool_memory_mib: 2048,
             snapshots: true,
             skip_warm: false,
+            vmm_user: crate::vmm::vmm_user::DEFAULT_VMM_USER.to_owned(),
         }
     }
 }
@@ -177,6 +181,9 @@ impl Settings {
         }
         if self.overlay_mib == 0 {
             return Err(ConfigError::Invalid("overlay-mib must be positive".into()));
+        }
+        if self.vmm_user.is_empty() {
+            return Err(ConfigError::Invalid("vmm-user must not be empty".into()));
         }
         // Unix socket paths under the work dir must fit in sun_path (108 bytes).
         let longest = self.work_dir.join("sb_0123456789ab").join("agent.sock");
@@ -343,6 +350,7 @@ pub(crate) mod tests {
         assert_eq!(settings.backend, BackendChoice::Auto);
         assert_eq!(settings.accel, AccelChoice::Auto);
         assert_eq!(settings.data_dir, default_data_dir());
+        assert_eq!(settings.vmm_user, "emberd-vmm");
     }
 
     #[test]
@@ -350,7 +358,8 @@ pub(crate) mod tests {
         let (_dir, file) = write_file(
             "addr = \"0.0.0.0:8080\"\nbackend = \"firecracker\"\naccel = \"tcg\"\n\
              boot-timeout = 30\nshutdown-timeout = \"1500ms\"\npool-size = -1\n\
-             snapshots = false\nskip-warm = true\nqemu-bin = \"/opt/qemu\"\n",
+             snapshots = false\nskip-warm = true\nqemu-bin = \"/opt/qemu\"\n\
+             vmm-user = \"nobody\"\n",
         );
         let settings = ServeArgs {
             config: Some(file),
@@ -367,6 +376,7 @@ pub(crate) mod tests {
         assert!(!settings.snapshots);
         assert!(settings.skip_warm);
         assert_eq!(settings.qemu_bin, Some(PathBuf::from("/opt/qemu")));
+        assert_eq!(settings.vmm_user, "nobody");
     }
 
     #[test]
