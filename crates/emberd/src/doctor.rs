@@ -286,7 +286,7 @@ fn cgroup_check() -> Check {
 fn cgroup_verdict(mounts: &str, controllers: impl Fn(&str) -> Option<String>) -> Check {
     /// What the jailer's limits use.
     const NEEDED: [&str; 3] = ["cpu", "memory", "pids"];
-    const FIX: &str = "boot with the unified hierarchy (systemd.unified_cgroup_hierarchy=1); only the jailer needs it";
+    const FIX: &str = "boot with the unified hierarchy (systemd.unified_cgroup_hierarchy=1); per-VMM limits need it";
     let cgroup2: Vec<&str> = mounts
         .lines()
         .filter_map(|line| {

@@ -22,8 +22,9 @@ pub const CGROUP_MOUNT: &str = "/sys/fs/cgroup";
 pub const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 /// The scheduler period `cpu.max` is expressed in, microseconds.
 pub const CPU_PERIOD_US: u64 = 100_000;
-/// Memory a VMM may use beyond its guest's RAM: QEMU's own heap, device
-/// state, TCG's translation cache and page cache of the files it writes.
+/// Memory a VMM may use beyond its guest's RAM and translation cache:
+/// QEMU's own heap, device state, libraries and page cache of the files it
+/// writes (a 256 MiB TCG guest measured 330 to 410 MiB resident in all).
 pub const MEMORY_OVERHEAD_MIB: u64 = 256;
 /// Tasks (threads) a VMM may have: QEMU's I/O thread pool tops out at 64
 /// workers, plus one thread per vCPU and a handful of its own.
@@ -66,6 +67,8 @@ fn io<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -
 pub struct VmmLimits {
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// TCG's bounded translation cache (`tb-size`); 0 under KVM.
+    pub translation_cache_mib: u32,
 }
 
 impl VmmLimits {
@@ -74,9 +77,11 @@ impl VmmLimits {
         format!("{} {CPU_PERIOD_US}", u64::from(self.vcpus) * CPU_PERIOD_US)
     }
 
-    /// `memory.max`, bytes: guest RAM plus [`MEMORY_OVERHEAD_MIB`].
+    /// `memory.max`, bytes: guest RAM, translation cache and
+    /// [`MEMORY_OVERHEAD_MIB`].
     pub fn memory_max(&self) -> u64 {
-        (u64::from(self.memory_mib) + MEMORY_OVERHEAD_MIB) << 20
+        (u64::from(self.memory_mib) + u64::from(self.translation_cache_mib) + MEMORY_OVERHEAD_MIB)
+            << 20
     }
 
     /// `pids.max`.
@@ -331,6 +336,7 @@ mod tests {
         let limits = VmmLimits {
             vcpus: 2,
             memory_mib: 512,
+            translation_cache_mib: 0,
         };
         let vm = cgroups.create("sb_0123456789ab", limits).unwrap();
         let dir = group.join("emberd/sb_0123456789ab");
@@ -351,6 +357,7 @@ mod tests {
         let limits = VmmLimits {
             vcpus: 1,
             memory_mib: 256,
+            translation_cache_mib: 0,
         };
         let vm = cgroups.create("sb_000000000001", limits).unwrap();
         let dir = group.join("emberd/sb_000000000001");
@@ -405,7 +412,8 @@ mod tests {
                 "../escape",
                 VmmLimits {
                     vcpus: 1,
-                    memory_mib: 64
+                    memory_mib: 64,
+                    translation_cache_mib: 0,
                 }
             )
             .is_err());
@@ -416,6 +424,7 @@ mod tests {
         let limits = VmmLimits {
             vcpus: 4,
             memory_mib: 1024,
+            translation_cache_mib: 0,
         };
         assert_eq!(limits.cpu_max(), "400000 100000");
         assert_eq!(

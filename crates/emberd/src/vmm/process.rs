@@ -330,6 +330,7 @@ mod tests {
         let limits = VmmLimits {
             vcpus: 1,
             memory_mib: 64,
+            translation_cache_mib: 0,
         };
         let group = cgroups.create("sb_000000000002", limits).unwrap();
         let dir = group.path().to_owned();

@@ -20,6 +20,11 @@ use super::super::{Accel, BootSpec};
 /// start (see docs/design-notes.md).
 pub const SANDBOX: &str = "on,obsolete=deny,spawn=deny,resourcecontrol=deny";
 
+/// TCG's translation cache, MiB. QEMU's default grows to 1 GiB on a large
+/// host; a bound keeps a VMM's memory predictable (and its cgroup's
+/// `memory.max` honest).
+pub const TCG_TRANSLATION_CACHE_MIB: u32 = 256;
+
 /// What varies between the QEMU processes of one backend.
 #[derive(Debug, Clone, Copy)]
 pub struct Launch<'a> {
@@ -52,10 +57,14 @@ pub fn command(launch: &Launch<'_>, spec: &BootSpec) -> Command {
     append.extend(launch.accel_kernel_args.iter().cloned());
     append.extend(spec.extra_kernel_args.iter().cloned());
     let machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on";
-    cmd.args(["-M", machine, "-accel", launch.accel.as_str()]);
-    if launch.accel == Accel::Kvm {
-        cmd.args(["-cpu", "host"]);
-    }
+    cmd.args(["-M", machine]);
+    match launch.accel {
+        Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
+        Accel::Tcg => cmd.args([
+            "-accel",
+            &format!("tcg,tb-size={TCG_TRANSLATION_CACHE_MIB}"),
+        ]),
+    };
     cmd.args(["-sandbox", SANDBOX]);
     if let Some(user) = launch.runas {
         cmd.args(["-runas", &user.name]);
@@ -196,6 +205,19 @@ mod tests {
             };
             assert_eq!(value_of(&args, "-runas", ""), expected);
         }
+    }
+
+    #[test]
+    fn tcg_gets_a_bounded_translation_cache() {
+        let args = args(&launch(None, None), &spec("/run/emberd/sb_1"));
+        assert_eq!(value_of(&args, "-accel", ""), ["tcg,tb-size=256"]);
+        let kvm = Launch {
+            accel: Accel::Kvm,
+            ..launch(None, None)
+        };
+        let args = self::args(&kvm, &spec("/run/emberd/sb_1"));
+        assert_eq!(value_of(&args, "-accel", ""), ["kvm"]);
+        assert_eq!(value_of(&args, "-cpu", ""), ["host"]);
     }
 
     #[test]

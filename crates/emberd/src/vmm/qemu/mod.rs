@@ -32,7 +32,7 @@ use tokio::sync::Mutex;
 
 use self::accel::{host_tsc_khz, tcg_clock_args};
 pub use self::accel::{AccelChoice, AccelDecision, UnknownAccel};
-use self::command::{command, Launch, SANDBOX};
+use self::command::{command, Launch, SANDBOX, TCG_TRANSLATION_CACHE_MIB};
 use self::qmp::{Qmp, QmpError};
 use super::cgroup::{VmmCgroups, VmmLimits};
 use super::console::ConsoleRing;
@@ -157,6 +157,10 @@ impl QemuBackend {
                 let limits = VmmLimits {
                     vcpus: spec.vcpus,
                     memory_mib: spec.memory_mib,
+                    translation_cache_mib: match self.accel.accel {
+                        Accel::Tcg => TCG_TRANSLATION_CACHE_MIB,
+                        Accel::Kvm => 0,
+                    },
                 };
                 let group = cgroups
                     .create(&spec.sandbox_id, limits)
