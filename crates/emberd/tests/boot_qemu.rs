@@ -287,3 +287,22 @@ async fn the_daemons_vmm_runs_unprivileged_under_seccomp() {
     }
     api.delete(&id).await;
 }
+
+#[test]
+fn a_root_daemon_without_its_vmm_user_refuses_to_start() {
+    let started = support::builder(&["--vmm-user", "no-such-user-emberd"]).start();
+    if nix::unistd::geteuid().is_root() {
+        let err = started
+            .err()
+            .expect("a root daemon started without its VMM user");
+        let text = err.to_string();
+        assert!(
+            text.contains("\"no-such-user-emberd\" does not exist"),
+            "{text}"
+        );
+        assert!(text.contains("make setup"), "{text}");
+    } else {
+        // An unprivileged daemon passes no -runas, so it needs no VMM user.
+        started.expect("an unprivileged daemon serves without a VMM user");
+    }
+}
