@@ -292,9 +292,9 @@ async fn the_daemons_vmm_runs_unprivileged_under_seccomp() {
 fn a_root_daemon_without_its_vmm_user_refuses_to_start() {
     let started = support::builder(&["--vmm-user", "no-such-user-emberd"]).start();
     if nix::unistd::geteuid().is_root() {
-        let err = started
-            .err()
-            .expect("a root daemon started without its VMM user");
+        let Err(err) = started else {
+            panic!("a root daemon started without its VMM user");
+        };
         let text = err.to_string();
         assert!(
             text.contains("\"no-such-user-emberd\" does not exist"),
