@@ -5,6 +5,13 @@
 //! before exec) and signalling. Signals go through a pidfd opened right
 //! after the spawn, never through a pid that may have been reaped and
 //! reused by another process.
+//!
+//! Dying with the daemon takes two tethers: `PR_SET_PDEATHSIG(SIGKILL)`,
+//! which the kernel clears when the VMM changes its credentials (QEMU's
+//! `-runas`), and a terminal: each VMM leads its own session whose
+//! controlling terminal is a pty the daemon alone holds the master of. When
+//! the daemon dies, however it dies, the master closes and the kernel hangs
+//! the terminal up, sending the VMM SIGHUP whatever its uid.
 
 use std::os::fd::{OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
@@ -13,6 +20,8 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use nix::fcntl::OFlag;
+use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
 use rustix::process::{pidfd_open, pidfd_send_signal, Pid, PidfdFlags, Signal};
 use tokio::process::Command;
 use tokio::sync::watch;
@@ -28,6 +37,9 @@ pub const STOP_GRACE: Duration = Duration::from_secs(2);
 pub struct VmProcess {
     pid: u32,
     pidfd: OwnedFd,
+    /// The master of the VMM's controlling terminal: closing it (the
+    /// daemon's death closes it) hangs the VMM up.
+    tether: Option<PtyMaster>,
     exit: watch::Receiver<Option<VmExit>>,
 }
 
@@ -89,8 +101,10 @@ impl VmProcess {
             .stdout(stdout)
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
+        let (tether, terminal) = tether()?;
         let child_setup = ChildSetup {
             parent: std::process::id() as libc::pid_t,
+            terminal: std::os::fd::AsRawFd::as_raw_fd(&terminal),
             cgroup_procs: options.cgroup.as_ref().and_then(VmmCgroup::procs_fd),
             inherit: options.inherit,
         };
@@ -101,6 +115,7 @@ impl VmProcess {
             command.pre_exec(move || child_setup.run());
         }
         let mut child = command.spawn().map_err(VmmError::Launch)?;
+        drop(terminal);
         if let (Some(ring), Some(pipe)) = (options.console, child.stdout.take()) {
             ring.drain_from(pipe);
         }
@@ -139,6 +154,7 @@ impl VmProcess {
         Ok(VmProcess {
             pid,
             pidfd,
+            tether: Some(tether),
             exit: exit_rx,
         })
     }
@@ -194,10 +210,30 @@ impl Drop for VmProcess {
     }
 }
 
+/// A pty whose master only the daemon holds (both ends close-on-exec, so
+/// no other child inherits either), and its slave, for the child to make
+/// its controlling terminal.
+fn tether() -> Result<(PtyMaster, std::fs::File), VmmError> {
+    let launch = |e: nix::Error| VmmError::Launch(std::io::Error::from(e));
+    let master =
+        posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC).map_err(launch)?;
+    grantpt(&master).map_err(launch)?;
+    unlockpt(&master).map_err(launch)?;
+    let name = ptsname_r(&master).map_err(launch)?;
+    let slave = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(name)?;
+    Ok((master, slave))
+}
+
 /// What the child does between fork and exec, prepared before the fork.
 struct ChildSetup {
     /// The daemon's pid, read before the fork.
     parent: libc::pid_t,
+    /// The slave of the tether pty.
+    terminal: RawFd,
     cgroup_procs: Option<RawFd>,
     inherit: Vec<RawFd>,
 }
@@ -217,6 +253,13 @@ impl ChildSetup {
         // SAFETY: getppid has no preconditions.
         if unsafe { libc::getppid() } != self.parent {
             return Err(std::io::Error::other("daemon exited during launch"));
+        }
+        // A session of its own, with the tether as controlling terminal.
+        // SAFETY: setsid has no preconditions; TIOCSCTTY takes an int.
+        if unsafe { libc::setsid() } < 0
+            || unsafe { libc::ioctl(self.terminal, libc::TIOCSCTTY, 0) } < 0
+        {
+            return Err(std::io::Error::last_os_error());
         }
         if let Some(fd) = self.cgroup_procs {
             // SAFETY: writes one byte from a static buffer to an fd the
@@ -283,6 +326,20 @@ mod tests {
         assert_eq!(exit.signal, Some(libc::SIGTERM), "{exit:?}");
         // The pid is gone; a second stop signals nothing and returns.
         process.stop().await;
+    }
+
+    #[tokio::test]
+    async fn closing_the_tether_hangs_the_vmm_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut process = VmProcess::spawn(sh("exec sleep 60"), &dir.path().join("log")).unwrap();
+        // What the daemon's death does to its descriptors, whatever uid
+        // the VMM has switched to by then.
+        drop(process.tether.take());
+        let exit = tokio::time::timeout(Duration::from_secs(10), process.wait())
+            .await
+            .expect("the VMM outlived its tether")
+            .unwrap();
+        assert_eq!(exit.signal, Some(libc::SIGHUP), "{exit:?}");
     }
 
     #[tokio::test]
