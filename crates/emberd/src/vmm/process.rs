@@ -207,6 +207,8 @@ impl Drop for VmProcess {
         if self.exited().is_none() {
             self.signal(Signal::KILL);
         }
+        // The hang-up is the last word, should the kill not have landed.
+        drop(self.tether.take());
     }
 }
 
@@ -255,10 +257,12 @@ impl ChildSetup {
             return Err(std::io::Error::other("daemon exited during launch"));
         }
         // A session of its own, with the tether as controlling terminal.
-        // SAFETY: setsid has no preconditions; TIOCSCTTY takes an int.
-        if unsafe { libc::setsid() } < 0
-            || unsafe { libc::ioctl(self.terminal, libc::TIOCSCTTY, 0) } < 0
-        {
+        // SAFETY: setsid has no preconditions.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: TIOCSCTTY on the pty slave the parent opened takes an int.
+        if unsafe { libc::ioctl(self.terminal, libc::TIOCSCTTY, 0) } < 0 {
             return Err(std::io::Error::last_os_error());
         }
         if let Some(fd) = self.cgroup_procs {
