@@ -66,3 +66,12 @@ else
   echo "setup: installing cargo-nextest"
   cargo install cargo-nextest --locked </dev/null
 fi
+
+# The unprivileged user QEMU drops to (`-runas`) when the daemon runs as root.
+vmm_user=emberd-vmm
+if id -u "$vmm_user" >/dev/null 2>&1; then
+  echo "setup: system user $vmm_user present"
+else
+  echo "setup: creating the system user $vmm_user (VMMs run as it)"
+  as_root useradd --system --no-create-home --shell /usr/sbin/nologin "$vmm_user" </dev/null
+fi

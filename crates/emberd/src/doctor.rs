@@ -7,9 +7,11 @@ use std::path::Path;
 use crate::backend_choice::{choose_backend, Backend, BackendDecision};
 use crate::config::{ServeArgs, Settings};
 use crate::image::Manifest;
+use crate::vmm::cgroup::{CgroupError, VmmCgroups};
 use crate::vmm::firecracker::FirecrackerBackend;
 use crate::vmm::kvm::{hardware_kvm, KvmStatus};
-use crate::vmm::qemu::QemuBackend;
+use crate::vmm::qemu::{QemuBackend, QemuSetupError};
+use crate::vmm::vmm_user::{VmmUser, VmmUserError};
 use crate::vmm::{Accel, VmBackend};
 
 /// One check's outcome.
@@ -83,17 +85,27 @@ fn checks(settings: &Settings) -> (Vec<Check>, bool) {
         )),
         Err(e) => Check::fail(format!("QEMU: {e}"), "make setup"),
     });
+    checks.push(seccomp_check(&qemu));
+    checks.push(vmm_user_check(
+        nix::unistd::geteuid().is_root(),
+        &settings.vmm_user,
+        VmmUser::for_daemon(nix::unistd::geteuid(), &settings.vmm_user),
+    ));
     let images = images_check(&settings.data_dir);
     let images_ok = images.ok;
     checks.push(images);
     checks.push(disk_check(&settings.data_dir));
     checks.push(cgroup_check());
+    checks.push(vmm_cgroup_check(VmmCgroups::probe()));
 
     let decision = choose_backend(settings.backend, firecracker.is_ok(), &kvm);
     let accel = match decision.backend {
         Backend::Qemu => qemu.as_ref().ok().and_then(|b| b.acceleration()),
         Backend::Firecracker => firecracker.as_ref().ok().and_then(|b| b.acceleration()),
     };
+    if decision.backend == Backend::Qemu && accel == Some(Accel::Tcg) {
+        checks.push(tcg_check());
+    }
     let backend = verdict(&decision, accel, qemu.is_ok());
     let backend_ok = backend.ok;
     checks.push(backend);
@@ -132,6 +144,61 @@ fn verdict(decision: &BackendDecision, accel: Option<Accel>, qemu_usable: bool) 
             "fix the lines above, or choose another --backend",
         ),
     }
+}
+
+/// QEMU's seccomp sandbox, which every QEMU VMM runs under.
+fn seccomp_check(qemu: &Result<QemuBackend, QemuSetupError>) -> Check {
+    match qemu {
+        Ok(_) => Check::pass("QEMU seccomp sandbox: supported; VMMs run under -sandbox on with spawning, obsolete and resource-control calls denied"),
+        Err(e @ QemuSetupError::NoSeccomp { .. }) => Check::fail(
+            format!("QEMU seccomp sandbox: {e}"),
+            "install Debian's qemu-system-x86 (built with seccomp)",
+        ),
+        Err(QemuSetupError::NotFound { .. } | QemuSetupError::Version { .. }) => {
+            Check::fail("QEMU seccomp sandbox: no usable QEMU to ask", "make setup")
+        }
+    }
+}
+
+/// Which user VMMs run as.
+fn vmm_user_check(root: bool, name: &str, user: Result<Option<VmmUser>, VmmUserError>) -> Check {
+    match (root, user) {
+        (_, Ok(Some(user))) => Check::pass(format!(
+            "VMM user: QEMU drops to {} (uid {}, gid {}) with -runas",
+            user.name, user.uid, user.gid
+        )),
+        (false, Ok(None)) => Check::pass(format!(
+            "VMM user: not used (the daemon is not root, so VMMs run as its own unprivileged uid {}); {name} would be used as root",
+            nix::unistd::geteuid()
+        )),
+        (true, Ok(None)) => Check::fail("VMM user: none", "make setup"),
+        (_, Err(e)) => Check::fail(
+            format!("VMM user: {e}"),
+            "make setup (creates emberd-vmm), or pass --vmm-user",
+        ),
+    }
+}
+
+/// Whether each VMM gets its own cgroup with limits.
+fn vmm_cgroup_check(probe: Result<std::path::PathBuf, CgroupError>) -> Check {
+    match probe {
+        Ok(group) => Check::pass(format!(
+            "VMM cgroups: each VMM gets cpu, memory and pids limits in its own group under {}/emberd",
+            group.display()
+        )),
+        Err(e) => Check::fail(
+            format!("VMM cgroups: VMMs run without cpu, memory and pids limits: {e}"),
+            "boot with the unified cgroup v2 hierarchy and run the daemon in a group that delegates cpu, memory and pids (systemd: Delegate=yes)",
+        ),
+    }
+}
+
+/// What running under TCG means for containment.
+fn tcg_check() -> Check {
+    Check::fail(
+        "TCG: guests are emulated, and QEMU's security policy does not treat TCG as a security boundary",
+        "use KVM (a host with hardware virtualisation) for hostile code",
+    )
 }
 
 fn kvm_check(kvm: &KvmStatus) -> Check {
@@ -219,7 +286,7 @@ fn cgroup_check() -> Check {
 fn cgroup_verdict(mounts: &str, controllers: impl Fn(&str) -> Option<String>) -> Check {
     /// What the jailer's limits use.
     const NEEDED: [&str; 3] = ["cpu", "memory", "pids"];
-    const FIX: &str = "boot with the unified hierarchy (systemd.unified_cgroup_hierarchy=1); only the jailer needs it";
+    const FIX: &str = "boot with the unified hierarchy (systemd.unified_cgroup_hierarchy=1); per-VMM limits need it";
     let cgroup2: Vec<&str> = mounts
         .lines()
         .filter_map(|line| {
@@ -325,6 +392,51 @@ mod tests {
         let check = cgroup_verdict("proc /proc proc rw 0 0\n", |_| None);
         assert!(!check.ok);
         assert!(check.fix.unwrap().contains("unified"));
+    }
+
+    #[test]
+    fn the_vmm_user_line_says_who_the_vmms_run_as() {
+        let user = VmmUser {
+            name: "emberd-vmm".into(),
+            uid: 999,
+            gid: 995,
+        };
+        let check = vmm_user_check(true, "emberd-vmm", Ok(Some(user)));
+        assert!(check.ok, "{check:?}");
+        assert!(check.what.contains("emberd-vmm (uid 999"), "{check:?}");
+        let check = vmm_user_check(
+            true,
+            "emberd-vmm",
+            Err(VmmUserError::Missing {
+                name: "emberd-vmm".into(),
+            }),
+        );
+        assert!(!check.ok);
+        assert!(check.fix.unwrap().contains("make setup"));
+        let check = vmm_user_check(false, "emberd-vmm", Ok(None));
+        assert!(check.ok);
+        assert!(check.what.contains("not root"), "{check:?}");
+    }
+
+    #[test]
+    fn the_cgroup_line_says_whether_vmms_get_limits() {
+        let check = vmm_cgroup_check(Ok("/sys/fs/cgroup/emberd.service".into()));
+        assert!(check.ok);
+        assert!(
+            check.what.contains("cpu, memory and pids limits"),
+            "{check:?}"
+        );
+        let check = vmm_cgroup_check(Err(CgroupError::NotUnified("/sys/fs/cgroup".into())));
+        assert!(!check.ok);
+        assert!(check.what.contains("run without"), "{check:?}");
+    }
+
+    #[test]
+    fn tcg_is_not_called_a_security_boundary() {
+        let check = tcg_check();
+        assert!(!check.ok);
+        assert!(check.what.contains("not treat TCG as a security boundary"));
+        assert!(check.fix.unwrap().contains("KVM"));
     }
 
     #[test]

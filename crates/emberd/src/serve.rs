@@ -20,11 +20,13 @@ use crate::backend_choice::{choose_backend, choose_jailer, Backend, Reason, Unja
 use crate::config::{ConfigError, ServeArgs, Settings};
 use crate::image::{Manifest, ManifestError};
 use crate::sandbox::{Manager, WorkDirError};
+use crate::vmm::cgroup::VmmCgroups;
 use crate::vmm::firecracker::{
     cgroup_v2_usable, FirecrackerBackend, FirecrackerSetupError, JailerConfig,
 };
 use crate::vmm::kvm::hardware_kvm;
 use crate::vmm::qemu::{QemuBackend, QemuSetupError};
+use crate::vmm::vmm_user::{VmmUser, VmmUserError};
 use crate::vmm::VmBackend;
 
 /// Why the daemon could not start.
@@ -47,6 +49,8 @@ pub enum ServeError {
     Firecracker(#[from] FirecrackerSetupError),
     #[error(transparent)]
     WorkDir(#[from] WorkDirError),
+    #[error(transparent)]
+    VmmUser(#[from] VmmUserError),
     #[error("cannot listen on {addr}")]
     Bind {
         addr: std::net::SocketAddr,
@@ -131,9 +135,12 @@ fn make_backend(settings: &Settings) -> Result<Arc<dyn VmBackend>, ServeError> {
             if let (Reason::NoFirecracker, Err(e)) = (&decision.reason, &firecracker) {
                 tracing::info!(error = %e, "Firecracker is not usable");
             }
-            let backend = QemuBackend::new(settings.qemu_bin.clone(), settings.accel)?;
+            let vmm_user = VmmUser::for_daemon(nix::unistd::geteuid(), &settings.vmm_user)?;
+            let backend = QemuBackend::new(settings.qemu_bin.clone(), settings.accel)?
+                .with_vmm_user(vmm_user)
+                .with_cgroups(vmm_cgroups());
             let accel = backend.accel_decision();
-            tracing::info!(backend = %decision.backend, why = %decision.reason, version = %backend.version(), accel = %accel.accel, accel_reason = %accel.reason, "backend chosen");
+            tracing::info!(backend = %decision.backend, why = %decision.reason, version = %backend.version(), accel = %accel.accel, accel_reason = %accel.reason, vmm_user = backend.vmm_user().map_or("the daemon's own", |u| u.name.as_str()), "backend chosen");
             Ok(Arc::new(backend))
         }
         Backend::Firecracker => {
@@ -174,16 +181,15 @@ fn jail_firecracker(
             return Ok(backend);
         }
     };
-    // The VMM user: `emberd-vmm` unless EMBERD_VMM_USER names another.
-    let name = std::env::var("EMBERD_VMM_USER").unwrap_or_else(|_| "emberd-vmm".into());
-    let user = nix::unistd::User::from_name(&name)
+    // The same unprivileged user QEMU drops to (`--vmm-user`).
+    let user = VmmUser::lookup(&settings.vmm_user)
         .ok()
         .flatten()
-        .ok_or(FirecrackerSetupError::NoVmmUser(name))?;
+        .ok_or_else(|| FirecrackerSetupError::NoVmmUser(settings.vmm_user.clone()))?;
     let config = JailerConfig {
         binary,
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
+        uid: user.uid,
+        gid: user.gid,
         chroot_base: (settings.jailer_chroot_base.clone())
             .unwrap_or_else(|| settings.data_dir.join("jail")),
         cgroups: cgroup_v2_usable(),
@@ -201,6 +207,21 @@ fn jail_firecracker(
         );
     }
     Ok(backend)
+}
+
+/// The cgroup layout for VMMs, or none (with the reason) where the host
+/// does not delegate the controllers.
+fn vmm_cgroups() -> Option<Arc<VmmCgroups>> {
+    match VmmCgroups::setup() {
+        Ok(cgroups) => {
+            tracing::info!(parent = %cgroups.parent().display(), "VMMs get cgroup v2 cpu, memory and pids limits");
+            Some(Arc::new(cgroups))
+        }
+        Err(e) => {
+            tracing::info!(reason = %crate::error_chain::render(&e), "VMMs run without cgroup limits");
+            None
+        }
+    }
 }
 
 async fn termination_signal() {

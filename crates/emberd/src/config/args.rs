@@ -173,6 +173,12 @@ pub struct ServeArgs {
         serialize_with = "duration::serialize_some"
     )]
     pub body_read_timeout: Option<Duration>,
+    // VMM confinement.
+    /// Unprivileged user the VMMs run as when the daemon runs as root
+    /// (created by `make setup`) [default: emberd-vmm].
+    #[arg(long, env = "EMBERD_VMM_USER")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vmm_user: Option<String>,
 }
 
 /// `--backend`: the choice's names, with `auto` explained in `--help`.
@@ -253,6 +259,8 @@ mod tests {
             "--boot-timeout",
             "1500ms",
             "--skip-warm",
+            "--vmm-user",
+            "nobody",
         ])
         .unwrap();
         let settings = parsed.args.resolve().unwrap();
@@ -261,6 +269,7 @@ mod tests {
         assert_eq!(settings.pool_size, 0);
         assert_eq!(settings.boot_timeout, Duration::from_millis(1500));
         assert!(settings.skip_warm);
+        assert_eq!(settings.vmm_user, "nobody");
         assert!(Serve::try_parse_from(["emberd", "--backend", "kvm"]).is_err());
     }
 

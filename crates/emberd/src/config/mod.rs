@@ -98,6 +98,9 @@ pub struct Settings {
     pub header_read_timeout: Duration,
     #[serde(with = "duration")]
     pub body_read_timeout: Duration,
+    // VMM confinement.
+    /// The unprivileged user VMMs run as when the daemon is root.
+    pub vmm_user: String,
 }
 
 impl Default for Settings {
@@ -135,6 +138,7 @@ impl Default for Settings {
             max_concurrent_requests: crate::api::DEFAULT_MAX_CONCURRENT_REQUESTS,
             header_read_timeout: crate::api::DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: crate::api::DEFAULT_BODY_READ_TIMEOUT,
+            vmm_user: crate::vmm::vmm_user::DEFAULT_VMM_USER.to_owned(),
         }
     }
 }
@@ -231,6 +235,9 @@ impl Settings {
         }
         self.check_limits()?;
         self.check_http()?;
+        if self.vmm_user.is_empty() {
+            return Err(ConfigError::Invalid("vmm-user must not be empty".into()));
+        }
         // Unix socket paths under the work dir must fit in sun_path (108 bytes).
         let longest = self.work_dir.join("sb_0123456789ab").join("agent.sock");
         if longest.as_os_str().len() >= 100 {
@@ -425,6 +432,7 @@ pub(crate) mod tests {
         assert_eq!(settings.backend, BackendChoice::Auto);
         assert_eq!(settings.accel, AccelChoice::Auto);
         assert_eq!(settings.data_dir, default_data_dir());
+        assert_eq!(settings.vmm_user, "emberd-vmm");
     }
 
     #[test]
@@ -432,7 +440,8 @@ pub(crate) mod tests {
         let (_dir, file) = write_file(
             "addr = \"0.0.0.0:8080\"\nbackend = \"firecracker\"\naccel = \"tcg\"\n\
              boot-timeout = 30\nshutdown-timeout = \"1500ms\"\npool-size = -1\n\
-             snapshots = false\nskip-warm = true\nqemu-bin = \"/opt/qemu\"\n",
+             snapshots = false\nskip-warm = true\nqemu-bin = \"/opt/qemu\"\n\
+             vmm-user = \"nobody\"\n",
         );
         let settings = ServeArgs {
             config: Some(file),
@@ -449,6 +458,7 @@ pub(crate) mod tests {
         assert!(!settings.snapshots);
         assert!(settings.skip_warm);
         assert_eq!(settings.qemu_bin, Some(PathBuf::from("/opt/qemu")));
+        assert_eq!(settings.vmm_user, "nobody");
     }
 
     #[test]

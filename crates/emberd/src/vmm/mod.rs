@@ -5,6 +5,7 @@
 //! stop, wait). The sandbox manager only ever talks to these traits; the
 //! QEMU and Firecracker modules implement them. Nothing here knows HTTP.
 
+pub mod cgroup;
 pub mod console;
 #[cfg(any(test, feature = "fake-backend"))]
 pub mod fake;
@@ -13,6 +14,7 @@ pub mod kvm;
 pub mod pid_record;
 pub mod process;
 pub mod qemu;
+pub mod vmm_user;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -125,6 +127,8 @@ pub enum VmmError {
     AgentConnect(#[source] std::io::Error),
     #[error("VMM control channel failed")]
     Control(#[source] std::io::Error),
+    #[error("the VMM did not answer {request} within {after:?}")]
+    Unresponsive { request: String, after: Duration },
     #[error("{0}")]
     Config(String),
     #[error(transparent)]

@@ -1,29 +1,44 @@
 //! The QEMU backend: `qemu-system-x86_64 -M microvm`.
 //!
-//! Owns the QEMU command line of a sandbox, the choice between KVM and TCG,
-//! the QEMU process (launched with `PR_SET_PDEATHSIG`, reaped by one task),
-//! and its control channel (QMP on a Unix socket in the sandbox dir).
+//! Owns the choice between KVM and TCG, the QEMU process (launched with
+//! `PR_SET_PDEATHSIG`, under QEMU's seccomp sandbox, as the VMM user when
+//! the daemon is root, in its own cgroup where the host delegates one,
+//! reaped by one task), its control channel (QMP on a Unix socket in the
+//! sandbox dir, every call under a deadline), its console (a pipe drained
+//! into a bounded ring) and migrations to and from files through
+//! descriptors the daemon opens. Must never let QEMU spawn a program.
 //!
 //! Per sandbox dir: `qmp.sock` (control), `agent.sock` (the chardev behind
-//! the virtio-serial port `org.emberd.agent`), `console.log` (serial
-//! console), `qemu.log` (QEMU's own stderr). The pack is a read-only
-//! virtio-blk disk; there is no network device.
+//! the virtio-serial port `org.emberd.agent`), `qemu.log` (QEMU's own
+//! stderr). The pack is a read-only virtio-blk disk; there is no network
+//! device.
 
+mod accel;
+mod command;
 mod qmp;
 
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use emberd_proto::boundary::AGENT_SERIAL_PORT;
 use serde_json::json;
 use tokio::net::UnixStream;
-use tokio::process::Command;
 use tokio::sync::Mutex;
 
+use self::accel::{host_tsc_khz, tcg_clock_args};
+pub use self::accel::{AccelChoice, AccelDecision, UnknownAccel};
+use self::command::{command, Launch, SANDBOX, TCG_TRANSLATION_CACHE_MIB};
 use self::qmp::{Qmp, QmpError};
-use super::kvm::{hardware_kvm, KvmStatus};
-use super::process::{describe_exit, version_line, VmProcess};
+use super::cgroup::{VmmCgroups, VmmLimits};
+use super::console::ConsoleRing;
+use super::kvm::hardware_kvm;
+use super::process::{describe_exit, version_line, SpawnOptions, VmProcess};
+use super::vmm_user::VmmUser;
 use super::{
     Accel, AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError,
 };
@@ -31,81 +46,14 @@ use crate::host_tools::find_in_path;
 
 /// File of a snapshot directory holding the migration stream.
 const MIGRATION_FILE: &str = "vm.migration";
-
-/// Which accelerator to ask for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AccelChoice {
-    /// KVM where hardware KVM works, TCG elsewhere.
-    Auto,
-    Kvm,
-    Tcg,
-}
-
-impl AccelChoice {
-    pub const ALL: [AccelChoice; 3] = [AccelChoice::Auto, AccelChoice::Kvm, AccelChoice::Tcg];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AccelChoice::Auto => "auto",
-            AccelChoice::Kvm => "kvm",
-            AccelChoice::Tcg => "tcg",
-        }
-    }
-}
-
-impl std::fmt::Display for AccelChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A name that is not an [`AccelChoice`].
-#[derive(Debug, thiserror::Error)]
-#[error("unknown accelerator {0:?}: expected auto, kvm or tcg")]
-pub struct UnknownAccel(String);
-
-impl std::str::FromStr for AccelChoice {
-    type Err = UnknownAccel;
-
-    fn from_str(name: &str) -> Result<Self, Self::Err> {
-        AccelChoice::ALL
-            .into_iter()
-            .find(|choice| choice.as_str() == name)
-            .ok_or_else(|| UnknownAccel(name.to_owned()))
-    }
-}
-
-/// The accelerator in use and why it was chosen.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AccelDecision {
-    pub accel: Accel,
-    pub reason: String,
-}
-
-impl AccelDecision {
-    /// Decides from the user's choice and what the host offers.
-    pub fn decide(choice: AccelChoice, kvm: &KvmStatus) -> Self {
-        match (choice, kvm) {
-            (AccelChoice::Tcg, _) => AccelDecision {
-                accel: Accel::Tcg,
-                reason: "asked for with --accel tcg".into(),
-            },
-            (AccelChoice::Kvm, _) => AccelDecision {
-                accel: Accel::Kvm,
-                reason: "asked for with --accel kvm".into(),
-            },
-            (AccelChoice::Auto, KvmStatus::Hardware { module }) => AccelDecision {
-                accel: Accel::Kvm,
-                reason: format!("hardware KVM ({module}) is usable"),
-            },
-            (AccelChoice::Auto, other) => AccelDecision {
-                accel: Accel::Tcg,
-                reason: format!("no usable hardware KVM: {}", other.explain()),
-            },
-        }
-    }
-}
+/// Bound on one QMP command.
+const QMP_DEADLINE: Duration = Duration::from_secs(10);
+/// Bound on writing a snapshot (a migration of the guest's RAM to a file).
+const MIGRATION_BOUND: Duration = Duration::from_secs(120);
+/// The name the outgoing migration's descriptor gets in QEMU (`getfd`).
+const MIGRATION_FD_NAME: &str = "migration";
+/// How much of the end of `qemu.log` an early-exit error quotes from.
+const LOG_TAIL_BYTES: u64 = 4096;
 
 /// Errors setting up the QEMU backend.
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +68,8 @@ pub enum QemuSetupError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{binary} has no seccomp sandbox (-sandbox {SANDBOX} is refused): install a QEMU built with libseccomp")]
+    NoSeccomp { binary: String },
 }
 
 /// Makes QEMU microvm VMs.
@@ -129,11 +79,16 @@ pub struct QemuBackend {
     accel: AccelDecision,
     /// Kernel arguments that depend on the accelerator.
     accel_kernel_args: Vec<String>,
+    /// The user QEMU drops to (`-runas`), when the daemon is root.
+    runas: Option<VmmUser>,
+    /// Where each VMM's cgroup goes, when the host delegates controllers.
+    cgroups: Option<Arc<VmmCgroups>>,
 }
 
 impl QemuBackend {
-    /// Finds QEMU (`binary`, or `qemu-system-x86_64` on PATH) and picks the
-    /// accelerator.
+    /// Finds QEMU (`binary`, or `qemu-system-x86_64` on PATH), checks that
+    /// it has a seccomp sandbox, and picks the accelerator. VMMs run as the
+    /// daemon's user and in no cgroup until told otherwise.
     pub fn new(binary: Option<PathBuf>, choice: AccelChoice) -> Result<Self, QemuSetupError> {
         let binary = binary.unwrap_or_else(|| PathBuf::from("qemu-system-x86_64"));
         let resolved = find_in_path(&binary).ok_or_else(|| QemuSetupError::NotFound {
@@ -143,6 +98,11 @@ impl QemuBackend {
             binary: resolved.display().to_string(),
             source,
         })?;
+        if !seccomp_supported(&resolved) {
+            return Err(QemuSetupError::NoSeccomp {
+                binary: resolved.display().to_string(),
+            });
+        }
         let accel = AccelDecision::decide(choice, &hardware_kvm());
         let accel_kernel_args = if accel.accel == Accel::Tcg {
             tcg_clock_args(host_tsc_khz())
@@ -154,7 +114,26 @@ impl QemuBackend {
             version,
             accel,
             accel_kernel_args,
+            runas: None,
+            cgroups: None,
         })
+    }
+
+    /// Runs every VMM as `user` (`-runas`), or as the daemon's user.
+    pub fn with_vmm_user(mut self, user: Option<VmmUser>) -> Self {
+        self.runas = user;
+        self
+    }
+
+    /// Puts every VMM in its own group under `cgroups`, or in none.
+    pub fn with_cgroups(mut self, cgroups: Option<Arc<VmmCgroups>>) -> Self {
+        self.cgroups = cgroups;
+        self
+    }
+
+    /// The user VMMs run as, when not the daemon's.
+    pub fn vmm_user(&self) -> Option<&VmmUser> {
+        self.runas.as_ref()
     }
 
     /// The accelerator decision, for logging.
@@ -162,72 +141,49 @@ impl QemuBackend {
         &self.accel
     }
 
-    fn command(&self, spec: &BootSpec, incoming: Option<&Path>) -> Command {
+    /// Starts QEMU for `spec`, with an incoming migration on `incoming`
+    /// when given, and waits until it answers QMP.
+    async fn launch(&self, spec: &BootSpec, incoming: Option<&File>) -> Result<QemuVm, VmmError> {
         let dir = &spec.sandbox_dir;
-        let mut cmd = Command::new(&self.binary);
-        let mut append = vec![
-            "console=ttyS0".to_owned(),
-            "reboot=t".to_owned(),
-            "panic=-1".to_owned(),
-            "quiet".to_owned(),
-        ];
-        append.extend(self.accel_kernel_args.iter().cloned());
-        append.extend(spec.extra_kernel_args.iter().cloned());
-        let machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on";
-        cmd.args(["-M", machine, "-accel", self.accel.accel.as_str()]);
-        if self.accel.accel == Accel::Kvm {
-            cmd.args(["-cpu", "host"]);
-        }
-        cmd.args(["-smp", &spec.vcpus.to_string()])
-            .args(["-m", &format!("{}M", spec.memory_mib)])
-            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-            .arg("-kernel")
-            .arg(&spec.kernel_bzimage)
-            .arg("-initrd")
-            .arg(&spec.initramfs)
-            .args(["-append", &append.join(" ")])
-            .args([
-                "-chardev",
-                &format!("file,id=console,path={}", dir.join("console.log").display()),
-            ])
-            .args(["-serial", "chardev:console"])
-            .args([
-                "-drive",
-                &format!(
-                    "id=pack,file={},format=raw,if=none,readonly=on",
-                    spec.root_disk.display()
-                ),
-            ])
-            .args(["-device", "virtio-blk-device,drive=pack"])
-            .args(["-device", "virtio-serial-device"])
-            .args([
-                "-chardev",
-                &format!(
-                    "socket,id=agent,path={},server=on,wait=off",
-                    dir.join("agent.sock").display()
-                ),
-            ])
-            .args([
-                "-device",
-                &format!("virtserialport,chardev=agent,name={AGENT_SERIAL_PORT}"),
-            ])
-            .args([
-                "-qmp",
-                &format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()),
-            ]);
-        if let Some(file) = incoming {
-            cmd.args(["-incoming", &format!("exec:cat {}", shell_quote(file))]);
-        }
-        cmd
-    }
-
-    async fn launch(&self, spec: &BootSpec, incoming: Option<&Path>) -> Result<QemuVm, VmmError> {
-        let dir = &spec.sandbox_dir;
-        let process = VmProcess::spawn(self.command(spec, incoming), &dir.join("qemu.log"))?;
+        let launch = Launch {
+            binary: &self.binary,
+            accel: self.accel.accel,
+            accel_kernel_args: &self.accel_kernel_args,
+            runas: self.runas.as_ref(),
+            incoming_fd: incoming.map(AsRawFd::as_raw_fd),
+        };
+        let cgroup = match &self.cgroups {
+            Some(cgroups) => {
+                let limits = VmmLimits {
+                    vcpus: spec.vcpus,
+                    memory_mib: spec.memory_mib,
+                    translation_cache_mib: match self.accel.accel {
+                        Accel::Tcg => TCG_TRANSLATION_CACHE_MIB,
+                        Accel::Kvm => 0,
+                    },
+                };
+                let group = cgroups
+                    .create(&spec.sandbox_id, limits)
+                    .map_err(|e| VmmError::Launch(std::io::Error::other(e)))?;
+                Some(group)
+            }
+            None => None,
+        };
+        let console = Arc::new(ConsoleRing::default());
+        let process = VmProcess::spawn_with(
+            command(&launch, spec),
+            &dir.join("qemu.log"),
+            SpawnOptions {
+                console: Some(&console),
+                inherit: launch.incoming_fd.into_iter().collect(),
+                cgroup,
+            },
+        )?;
         let vm = QemuVm {
             process,
             dir: dir.clone(),
             qmp: Mutex::new(None),
+            console,
         };
         match tokio::time::timeout(spec.boot_timeout, vm.wait_for_control()).await {
             Ok(Ok(())) => Ok(vm),
@@ -241,6 +197,18 @@ impl QemuBackend {
             }
         }
     }
+}
+
+/// Whether QEMU accepts the seccomp sandbox emberd runs it under (a QEMU
+/// built without libseccomp refuses `-sandbox` while parsing options).
+pub fn seccomp_supported(binary: &Path) -> bool {
+    std::process::Command::new(binary)
+        .args(["-sandbox", SANDBOX, "-version"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|status| status.success())
 }
 
 #[async_trait]
@@ -270,14 +238,24 @@ impl VmBackend for QemuBackend {
         spec: &BootSpec,
         snapshot: &SnapshotFiles,
     ) -> Result<Box<dyn Vm>, VmmError> {
-        let file = snapshot.dir.join(MIGRATION_FILE);
-        if !file.is_file() {
-            return Err(VmmError::Config(format!(
+        let path = snapshot.dir.join(MIGRATION_FILE);
+        let no_file = || {
+            VmmError::Config(format!(
                 "snapshot {} has no migration file",
                 snapshot.dir.display()
-            )));
+            ))
+        };
+        // Read by QEMU through an inherited descriptor: it opens nothing.
+        let file = File::options()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|_| no_file())?;
+        if !file.metadata().is_ok_and(|m| m.is_file()) {
+            return Err(no_file());
         }
         let vm = self.launch(spec, Some(&file)).await?;
+        drop(file);
         if let Err(e) = vm.finish_incoming(spec.boot_timeout).await {
             vm.stop().await.ok();
             return Err(e);
@@ -290,7 +268,10 @@ impl VmBackend for QemuBackend {
 pub struct QemuVm {
     process: VmProcess,
     dir: PathBuf,
+    /// The QMP session; `None` before the first connect and after a call
+    /// timed out (the next call reconnects).
     qmp: Mutex<Option<Qmp>>,
+    console: Arc<ConsoleRing>,
 }
 
 impl QemuVm {
@@ -299,7 +280,7 @@ impl QemuVm {
     }
 
     fn early_exit_error(&self, exit: &VmExit) -> VmmError {
-        let log = std::fs::read_to_string(self.dir.join("qemu.log")).unwrap_or_default();
+        let log = log_tail(&self.dir.join("qemu.log"));
         let last = log
             .lines()
             .rev()
@@ -321,7 +302,7 @@ impl QemuVm {
                 return Err(self.early_exit_error(&exit));
             }
             if qmp_path.exists() && self.dir.join("agent.sock").exists() {
-                if let Ok(qmp) = Qmp::connect(&qmp_path).await {
+                if let Ok(qmp) = Qmp::connect(&qmp_path, QMP_DEADLINE).await {
                     *self.qmp.lock().await = Some(qmp);
                     return Ok(());
                 }
@@ -330,48 +311,147 @@ impl QemuVm {
         }
     }
 
+    /// The session, connecting when there is none.
+    async fn session<'a>(
+        &self,
+        guard: &'a mut tokio::sync::MutexGuard<'_, Option<Qmp>>,
+    ) -> Result<&'a mut Qmp, VmmError> {
+        if guard.is_none() {
+            let qmp = Qmp::connect(&self.dir.join("qmp.sock"), QMP_DEADLINE)
+                .await
+                .map_err(qmp_error)?;
+            **guard = Some(qmp);
+        }
+        Ok(guard.as_mut().expect("connected above"))
+    }
+
     async fn qmp(
         &self,
         command: &str,
         arguments: Option<serde_json::Value>,
     ) -> Result<serde_json::Value, VmmError> {
         let mut guard = self.qmp.lock().await;
-        let qmp = guard
-            .as_mut()
-            .ok_or_else(|| VmmError::Control(std::io::Error::other("QMP is not connected")))?;
-        qmp.execute(command, arguments).await.map_err(|e| match e {
-            QmpError::Command { command, message } => VmmError::Api {
-                request: command,
-                message,
-            },
-            other => VmmError::Control(std::io::Error::other(other.to_string())),
-        })
+        let result = self
+            .session(&mut guard)
+            .await?
+            .execute(command, arguments, QMP_DEADLINE)
+            .await;
+        if result.as_ref().is_err_and(out_of_step) {
+            *guard = None;
+        }
+        result.map_err(qmp_error)
     }
 
-    /// Waits for an incoming migration to complete, then resumes the guest.
+    /// Hands `file` to QEMU as [`MIGRATION_FD_NAME`].
+    async fn pass_fd(&self, file: &File) -> Result<(), VmmError> {
+        let mut guard = self.qmp.lock().await;
+        let result = self
+            .session(&mut guard)
+            .await?
+            .pass_fd(MIGRATION_FD_NAME, file.as_fd(), QMP_DEADLINE)
+            .await;
+        if result.as_ref().is_err_and(out_of_step) {
+            *guard = None;
+        }
+        result.map_err(qmp_error)
+    }
+
+    /// Waits for an incoming migration to complete, then resumes the
+    /// guest, all within `bound`.
     async fn finish_incoming(&self, bound: Duration) -> Result<(), VmmError> {
-        let deadline = tokio::time::Instant::now() + bound;
-        loop {
-            let status = self.qmp("query-status", None).await?;
-            match status.get("status").and_then(|s| s.as_str()) {
-                Some("inmigrate") => {}
-                Some("paused") | Some("postmigrate") | Some("prelaunch") => break,
-                Some("running") => return Ok(()),
-                other => {
-                    return Err(VmmError::Api {
-                        request: "restore".into(),
-                        message: format!("unexpected VM status {other:?} after migration"),
-                    })
+        let wait = async {
+            loop {
+                let status = self.qmp("query-status", None).await?;
+                match status.get("status").and_then(|s| s.as_str()) {
+                    Some("inmigrate") => {}
+                    Some("paused") | Some("postmigrate") | Some("prelaunch") => break,
+                    Some("running") => return Ok(()),
+                    other => {
+                        return Err(VmmError::Api {
+                            request: "restore".into(),
+                            message: format!("unexpected VM status {other:?} after migration"),
+                        })
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            self.qmp("cont", None).await.map(drop)
+        };
+        tokio::time::timeout(bound, wait)
+            .await
+            .unwrap_or(Err(VmmError::BootTimeout(bound)))
+    }
+
+    /// Polls `query-migrate` until the outgoing migration ends, within
+    /// `bound`; cancels it when the bound passes.
+    async fn wait_for_migration(&self, bound: Duration) -> Result<(), VmmError> {
+        let wait = async {
+            loop {
+                let info = self.qmp("query-migrate", None).await?;
+                match info.get("status").and_then(|s| s.as_str()) {
+                    Some("completed") => return Ok(()),
+                    Some("failed") | Some("cancelled") => {
+                        return Err(VmmError::Api {
+                            request: "migrate".into(),
+                            message: info
+                                .get("error-desc")
+                                .and_then(|d| d.as_str())
+                                .unwrap_or("migration failed")
+                                .chars()
+                                .take(512)
+                                .collect(),
+                        })
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(5)).await,
                 }
             }
-            if tokio::time::Instant::now() > deadline {
-                return Err(VmmError::BootTimeout(bound));
+        };
+        match tokio::time::timeout(bound, wait).await {
+            Ok(result) => result,
+            Err(_) => {
+                let _ = self.qmp("migrate_cancel", None).await;
+                Err(VmmError::Unresponsive {
+                    request: "migrate".into(),
+                    after: bound,
+                })
             }
-            tokio::time::sleep(Duration::from_millis(2)).await;
         }
-        self.qmp("cont", None).await?;
-        Ok(())
     }
+}
+
+/// Whether a failed call leaves the session with an answer still owed.
+fn out_of_step(error: &QmpError) -> bool {
+    !matches!(error, QmpError::Command { .. })
+}
+
+fn qmp_error(error: QmpError) -> VmmError {
+    match error {
+        QmpError::Command { command, message } => VmmError::Api {
+            request: command,
+            message,
+        },
+        QmpError::Timeout { command, after } => VmmError::Unresponsive {
+            request: command,
+            after,
+        },
+        other => VmmError::Control(std::io::Error::other(other)),
+    }
+}
+
+/// The end of `path` (a log QEMU writes), read without following a symlink.
+fn log_tail(path: &Path) -> String {
+    let Ok(mut file) = File::options()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+    else {
+        return String::new();
+    };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(len.saturating_sub(LOG_TAIL_BYTES)));
+    let mut bytes = Vec::new();
+    let _ = file.take(LOG_TAIL_BYTES).read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 #[async_trait]
@@ -407,26 +487,19 @@ impl Vm for QemuVm {
     }
 
     async fn snapshot(&self, dest: &SnapshotFiles) -> Result<(), VmmError> {
-        let file = dest.dir.join(MIGRATION_FILE);
-        let uri = format!("exec:cat > {}", shell_quote(&file));
+        // The daemon makes the file and QEMU only writes to the descriptor
+        // it is handed: no program runs, and nothing is opened by name.
+        let file = File::options()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(dest.dir.join(MIGRATION_FILE))?;
+        self.pass_fd(&file).await?;
+        drop(file);
+        let uri = format!("fd:{MIGRATION_FD_NAME}");
         self.qmp("migrate", Some(json!({ "uri": uri }))).await?;
-        loop {
-            let info = self.qmp("query-migrate", None).await?;
-            match info.get("status").and_then(|s| s.as_str()) {
-                Some("completed") => return Ok(()),
-                Some("failed") | Some("cancelled") => {
-                    return Err(VmmError::Api {
-                        request: "migrate".into(),
-                        message: info
-                            .get("error-desc")
-                            .and_then(|d| d.as_str())
-                            .unwrap_or("migration failed")
-                            .to_owned(),
-                    })
-                }
-                _ => tokio::time::sleep(Duration::from_millis(5)).await,
-            }
-        }
+        self.wait_for_migration(MIGRATION_BOUND).await
     }
 
     async fn stop(&self) -> Result<(), VmmError> {
@@ -437,109 +510,11 @@ impl Vm for QemuVm {
     async fn wait(&self) -> Result<VmExit, VmmError> {
         self.process.wait().await
     }
-}
 
-/// Under TCG the guest's TSC is the host's, but calibrating it against the
-/// emulated PIT fails when the host is busy, and the kernel then hangs in
-/// early boot. Telling it the frequency skips the calibration; `tsc=reliable`
-/// stops the watchdog from distrusting a TSC whose reference (timer ticks)
-/// is the thing that lags.
-fn tcg_clock_args(tsc_khz: Option<u64>) -> Vec<String> {
-    match tsc_khz {
-        Some(khz) => vec![format!("tsc_early_khz={khz}"), "tsc=reliable".into()],
-        None => Vec::new(),
+    fn console_tail(&self, max_bytes: usize) -> Vec<u8> {
+        self.console.tail(max_bytes)
     }
-}
-
-/// The host's TSC frequency: sysfs where the kernel exports it, else the
-/// `cpu MHz` of /proc/cpuinfo.
-fn host_tsc_khz() -> Option<u64> {
-    let sysfs = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz").ok();
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").ok();
-    tsc_khz_from(sysfs.as_deref(), cpuinfo.as_deref())
-}
-
-/// [`host_tsc_khz`] from the two files' contents, where they could be read.
-fn tsc_khz_from(sysfs: Option<&str>, cpuinfo: Option<&str>) -> Option<u64> {
-    if let Some(khz) = sysfs.and_then(|text| text.trim().parse().ok()) {
-        return Some(khz);
-    }
-    let mhz: f64 = cpuinfo?
-        .lines()
-        .find(|l| l.starts_with("cpu MHz"))?
-        .split(':')
-        .nth(1)?
-        .trim()
-        .parse()
-        .ok()?;
-    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
-}
-
-/// Quotes a path for the `exec:` migration URIs, which QEMU runs with `/bin/sh -c`.
-fn shell_quote(path: &Path) -> String {
-    format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn auto_uses_tcg_on_paravirtual_kvm() {
-        let decision = AccelDecision::decide(AccelChoice::Auto, &KvmStatus::Paravirtual);
-        assert_eq!(decision.accel, Accel::Tcg);
-        assert!(
-            decision.reason.contains("no usable hardware KVM"),
-            "{}",
-            decision.reason
-        );
-    }
-
-    #[test]
-    fn auto_uses_kvm_on_hardware_kvm() {
-        let kvm = KvmStatus::Hardware {
-            module: "kvm_intel".into(),
-        };
-        assert_eq!(
-            AccelDecision::decide(AccelChoice::Auto, &kvm).accel,
-            Accel::Kvm
-        );
-        assert_eq!(
-            AccelDecision::decide(AccelChoice::Tcg, &kvm).accel,
-            Accel::Tcg
-        );
-    }
-
-    #[test]
-    fn tcg_guests_are_told_the_tsc_frequency() {
-        assert_eq!(
-            tcg_clock_args(Some(2_596_138)),
-            ["tsc_early_khz=2596138", "tsc=reliable"]
-        );
-        assert!(tcg_clock_args(None).is_empty());
-    }
-
-    #[test]
-    fn the_tsc_frequency_comes_from_sysfs_else_cpuinfo_else_nowhere() {
-        let cpuinfo = "processor\t: 0\ncpu MHz\t\t: 2596.138\nflags\t\t: tsc\n";
-        assert_eq!(
-            tsc_khz_from(Some("2596000\n"), Some(cpuinfo)),
-            Some(2_596_000)
-        );
-        // Hosts without sysfs's tsc_freq_khz (most VMs) fall back to cpuinfo.
-        assert_eq!(tsc_khz_from(None, Some(cpuinfo)), Some(2_596_138));
-        assert_eq!(
-            tsc_khz_from(Some("garbage"), Some(cpuinfo)),
-            Some(2_596_138)
-        );
-        // Hosts that expose neither: no frequency, so no clock arguments.
-        assert_eq!(tsc_khz_from(None, Some("processor\t: 0\n")), None);
-        assert_eq!(tsc_khz_from(None, Some("cpu MHz\t\t: 0.000\n")), None);
-        assert_eq!(tsc_khz_from(None, None), None);
-    }
-
-    #[test]
-    fn migration_paths_are_quoted_for_the_shell() {
-        assert_eq!(shell_quote(Path::new("/a b/it's")), r"'/a b/it'\''s'");
-    }
-}
+mod tests;
