@@ -146,7 +146,10 @@ async fn a_guest_that_stops_answering_cannot_hang_exec_delete_or_shutdown() {
 
     let started = Instant::now();
     let (status, body) = exec_as_root(&api, &frozen, "print(1)", 1_000).await;
-    eprintln!("exec on a frozen VM answered {status} after {:?}", started.elapsed());
+    eprintln!(
+        "exec on a frozen VM answered {status} after {:?}",
+        started.elapsed()
+    );
     assert!(status >= 400, "{status} {body}");
     assert!(body["error"].is_string(), "{body}");
     assert_answers(&api, &bystander).await;
@@ -199,7 +202,13 @@ async fn fork_memory_and_disk_bombs_stay_inside_their_sandbox() {
             "{name} grew a host file"
         );
         // Clean up what the bomb left, so the next one starts fresh.
-        exec_as_root(&api, &victim, "import os\nos.system('rm -f /tmp/fill')", 30_000).await;
+        exec_as_root(
+            &api,
+            &victim,
+            "import os\nos.system('rm -f /tmp/fill')",
+            30_000,
+        )
+        .await;
     }
     assert_deleted(&daemon, &api, &victim).await;
     assert_deleted(&daemon, &api, &bystander).await;
