@@ -11,3 +11,18 @@ pub const AGENT_SERIAL_PORT: &str = "org.emberd.agent";
 
 /// The largest gRPC message either side sends or accepts.
 pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The unprivileged user guest code runs as unless an exec asks for root.
+pub const SANDBOX_USER: &str = "sandbox";
+
+/// The sandbox user's uid in the guest.
+pub const SANDBOX_UID: u32 = 1000;
+
+/// The sandbox user's primary (and only) group id in the guest.
+pub const SANDBOX_GID: u32 = 1000;
+
+/// The sandbox user's home: its default working directory.
+pub const SANDBOX_HOME: &str = "/home/sandbox";
+
+/// The name an exec gives to run as root instead.
+pub const ROOT_USER: &str = "root";

@@ -89,6 +89,8 @@ pub struct RunSpec {
     pub output_limit_bytes: u64,
     /// Ask for the agent's pre-started interpreter of this language.
     pub warm_language: Option<WarmLanguage>,
+    /// Who runs it in the guest (`ExecStart.user`): empty for the sandbox user.
+    pub user: String,
 }
 
 /// How a program ended, with its collected output.
@@ -228,6 +230,7 @@ impl AgentClient {
                 .warm_language
                 .map(|l| l.as_str().to_owned())
                 .unwrap_or_default(),
+            user: spec.user,
             ..ExecStart::default()
         };
         let first = ExecInput {

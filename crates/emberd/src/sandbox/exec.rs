@@ -51,6 +51,7 @@ pub(super) async fn run(
         timeout: Some(timeout),
         output_limit_bytes: DEFAULT_OUTPUT_LIMIT,
         warm_language: pack.warm_language,
+        user: params.user.as_str().to_owned(),
     };
     let started = Instant::now();
     let outcome = tokio::select! {
