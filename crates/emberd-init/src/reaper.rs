@@ -141,3 +141,22 @@ impl Reaper {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_registered_unreaped_leader_is_signalled() {
+        let reaper = Reaper::start().unwrap();
+        let (child, exit) = reaper.spawn_group(Command::new("sleep").arg("30")).unwrap();
+        assert!(reaper.signal_group(child.id() as i32, Signal::SIGKILL));
+        assert_eq!(exit.await.unwrap(), Exit::Signal(libc::SIGKILL));
+        // Reaped: its number may be someone else's now.
+        assert!(!reaper.signal_group(child.id() as i32, Signal::SIGKILL));
+
+        let (child, exit) = reaper.spawn_group(&mut Command::new("true")).unwrap();
+        assert_eq!(exit.await.unwrap(), Exit::Code(0));
+        assert!(!reaper.signal_group(child.id() as i32, Signal::SIGTERM));
+    }
+}
