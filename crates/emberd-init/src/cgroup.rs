@@ -2,8 +2,8 @@
 //!
 //! Every exec's processes go into a group of their own under
 //! `/sys/fs/cgroup/execs`, whose limits bound all execs together: memory
-//! leaves a reserve for the agent and the kernel, and the number of tasks is
-//! capped. A group whose memory runs out is OOM-killed whole. When an exec
+//! leaves a reserve for the agent and the kernel, the number of tasks is
+//! capped, and for the CPU all execs weigh as one task of the root group. A group whose memory runs out is OOM-killed whole. When an exec
 //! ends, its group is killed (`cgroup.kill`), which also reaches processes
 //! that left the exec's process group or session. The agent itself stays in
 //! the root group: this module must never put it under a limit.
@@ -78,6 +78,19 @@ impl Cgroups {
             Path::new(MOUNT_POINT).join("cgroup.subtree_control"),
             "+memory +pids",
         )?;
+        // All execs together weigh as much as one of the agent's threads:
+        // a fork bomb's hundreds of runnable processes cannot starve it.
+        // Optional: a kernel without the cpu controller still gets the rest.
+        if let Err(e) = write(
+            Path::new(MOUNT_POINT).join("cgroup.subtree_control"),
+            "+cpu",
+        ) {
+            let cause = std::error::Error::source(&e).map(ToString::to_string);
+            eprintln!(
+                "emberd-init: execs share the CPU without weights ({e}: {})",
+                cause.unwrap_or_default()
+            );
+        }
         std::fs::create_dir_all(EXECS).map_err(|source| CgroupError::Write {
             path: EXECS.into(),
             source,

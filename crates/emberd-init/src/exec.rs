@@ -8,7 +8,9 @@
 //! have been reused) and, in the guest, everything in the exec's cgroup.
 //! Exactly one `exit` message ends the output stream.
 
+use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -150,7 +152,8 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
     let (argv, code_file) = if !start.argv.is_empty() {
         (start.argv.clone(), CodeFile(None))
     } else if !start.interpreter.is_empty() {
-        let file = write_code_file(&env.code_dir, &start.code, &start.file_suffix)
+        let owner = if env.switch_users { user.ids() } else { None };
+        let file = write_code_file(&env.code_dir, &start.code, &start.file_suffix, owner)
             .map_err(|e| format!("cannot write the code file: {e}"))?;
         let mut argv = start.interpreter.clone();
         argv.push(file.display().to_string());
@@ -322,7 +325,14 @@ async fn warm_child(
         .ok()
 }
 
-fn write_code_file(dir: &Path, code: &[u8], suffix: &str) -> std::io::Result<PathBuf> {
+/// Writes the code file, readable by its exec's user alone (`owner`, else
+/// the agent's): a concurrent exec of another user cannot read it.
+fn write_code_file(
+    dir: &Path,
+    code: &[u8],
+    suffix: &str,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<PathBuf> {
     let suffix: String = suffix
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
@@ -330,7 +340,20 @@ fn write_code_file(dir: &Path, code: &[u8], suffix: &str) -> std::io::Result<Pat
         .collect();
     let n = NEXT_CODE_FILE.fetch_add(1, Ordering::Relaxed);
     let path = dir.join(format!("emberd-exec-{}-{n}{suffix}", std::process::id()));
-    std::fs::write(&path, code)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    let written = owner
+        .map_or(Ok(()), |(uid, gid)| {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+        })
+        .and_then(|()| file.write_all(code));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(path)
 }
 

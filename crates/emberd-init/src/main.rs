@@ -157,12 +157,12 @@ async fn serve_guest() -> String {
             None
         }
     };
-    // The fork server's socket and script: root's alone. Code files and the
-    // spare node's script: readable by the sandbox user, writable by root
-    // only, outside the space guest code can fill.
+    // The fork server's socket and script: root's alone. Code files (each
+    // readable by its exec's user) and the spare node's script: in a
+    // directory only root writes, outside the space guest code can fill.
     let private = Path::new(PRIVATE_DIR);
     let code_dir = Path::new(CODE_DIR);
-    for (dir, mode) in [(private, 0o700), (code_dir, 0o755)] {
+    for (dir, mode) in [(private, 0o700), (code_dir, 0o711)] {
         let made = std::fs::create_dir_all(dir)
             .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)));
         if let Err(e) = made {
