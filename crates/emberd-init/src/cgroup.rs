@@ -19,8 +19,10 @@ const MOUNT_POINT: &str = "/sys/fs/cgroup";
 const EXECS: &str = "/sys/fs/cgroup/execs";
 /// Tasks (processes and threads) all execs may have together.
 pub const EXEC_MAX_TASKS: u64 = 2048;
-/// Memory kept out of the execs' reach: at least this much...
-const RESERVE_MIN_BYTES: u64 = 32 << 20;
+/// Memory kept out of the execs' reach beyond what is in use when the
+/// agent starts (for the pre-started interpreters, the agent, the kernel's
+/// own growth): at least this much...
+const RESERVE_MIN_BYTES: u64 = 48 << 20;
 /// ...or this fraction of the guest's memory, whichever is more.
 const RESERVE_FRACTION: u64 = 8;
 /// How long a killed group's removal waits for its last process.
@@ -95,14 +97,14 @@ impl Cgroups {
             path: EXECS.into(),
             source,
         })?;
-        let total = mem_total_bytes().unwrap_or(0);
+        // Under the memory still available, so that the execs' group runs
+        // out (and is OOM-killed at once) before the guest as a whole does
+        // (whose reclaim would thrash the agent's pages first).
+        let total = meminfo_bytes("MemTotal:").unwrap_or(0);
+        let available = meminfo_bytes("MemAvailable:").unwrap_or(0);
         let reserve = (total / RESERVE_FRACTION).max(RESERVE_MIN_BYTES);
-        if total > reserve {
-            write(
-                Path::new(EXECS).join("memory.max"),
-                &(total - reserve).to_string(),
-            )?;
-        }
+        let limit = available.saturating_sub(reserve).max(RESERVE_MIN_BYTES);
+        write(Path::new(EXECS).join("memory.max"), &limit.to_string())?;
         write(
             Path::new(EXECS).join("pids.max"),
             &EXEC_MAX_TASKS.to_string(),
@@ -176,11 +178,11 @@ impl Drop for ExecCgroup {
     }
 }
 
-fn mem_total_bytes() -> Option<u64> {
+fn meminfo_bytes(field: &str) -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib = meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .find_map(|l| l.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
