@@ -21,12 +21,16 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// host names no limit.
 pub const DEFAULT_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
-/// The drain limit an exec asked for (`0`: the default).
+/// The longest drain limit the agent accepts.
+const MAX_DRAIN_LIMIT: Duration = Duration::from_secs(60);
+
+/// The drain limit an exec asked for (`0`: the default), at most
+/// [`MAX_DRAIN_LIMIT`].
 pub fn drain_limit(drain_limit_ms: u64) -> Duration {
     if drain_limit_ms == 0 {
         DEFAULT_DRAIN_LIMIT
     } else {
-        Duration::from_millis(drain_limit_ms)
+        Duration::from_millis(drain_limit_ms).min(MAX_DRAIN_LIMIT)
     }
 }
 
@@ -146,6 +150,13 @@ mod tests {
         // yet the reader has ended.
         assert!(!task.await.unwrap());
         drop(writer);
+    }
+
+    #[test]
+    fn the_drain_limit_is_the_hosts_within_bounds() {
+        assert_eq!(drain_limit(0), DEFAULT_DRAIN_LIMIT);
+        assert_eq!(drain_limit(1500), Duration::from_millis(1500));
+        assert_eq!(drain_limit(u64::MAX), MAX_DRAIN_LIMIT);
     }
 
     #[tokio::test]
