@@ -1,12 +1,16 @@
 //! One exec: a process in its own group, its stdio streamed, its end reported.
 //!
 //! The process gets a clean environment, stdin piped, stdout and stderr
-//! forwarded in chunks up to a per-stream cap (beyond it output is read and
-//! dropped, so the process never blocks on a full pipe). A timeout, a host
-//! that goes away, or the main process exiting SIGKILLs the whole process
-//! group. Exactly one `exit` message ends the output stream.
+//! forwarded by [`crate::output`]. In the guest it runs as the exec's user
+//! ([`crate::user`]) in a cgroup of its own ([`crate::cgroup`]). A timeout,
+//! a host that goes away, or the main process exiting SIGKILLs the whole
+//! process group (through whoever reaps its leader, never by a pid that may
+//! have been reused) and, in the guest, everything in the exec's cgroup.
+//! Exactly one `exit` message ends the output stream.
 
+use std::io::Write;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -14,43 +18,40 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use emberd_proto::boundary::SANDBOX_HOME;
 use emberd_proto::v1::{
     exec_input, exec_output, ExecExit, ExecInput, ExecOutput, ExecStart, ExecStarted,
 };
 use emberd_proto::warm::WarmLanguage;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use nix::sys::signal::Signal;
+use tokio::io::AsyncWriteExt;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
+use crate::cgroup::{Cgroups, ExecCgroup};
 use crate::forkserver::ForkServer;
+use crate::group::Group;
 use crate::node_spare::NodeSpares;
+use crate::output::{drain_limit, forward};
 use crate::process_env::default_env;
 use crate::reaper::{Exit, Reaper};
+use crate::user::{become_user, User, SANDBOX_MAX_PROCESSES};
 use crate::warm::WarmChild;
 
 /// Output forwarded per stream when the host asks for no particular cap.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
-/// Largest chunk of output in one message.
-const CHUNK: usize = 64 * 1024;
-/// Once the process group is gone, how long a reader waits for more output
-/// before it takes the pipe as abandoned: a process that escaped the group
-/// may hold it open forever.
-const DRAIN_GRACE: Duration = Duration::from_millis(500);
-/// Once the process group is gone, how long a reader may go on at most
-/// (including time spent waiting for the host to take the output).
-const DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 static NEXT_CODE_FILE: AtomicU64 = AtomicU64::new(0);
 
 /// Where execs run.
 #[derive(Debug, Clone)]
 pub struct ExecEnv {
-    /// Working directory when the request names none.
+    /// Working directory when the request names none (for root, or for
+    /// everyone when the agent does not switch users).
     pub default_cwd: PathBuf,
-    /// Directory for code files.
+    /// Directory for code files (readable by the sandbox user, writable by
+    /// the agent alone, so that a full disk does not stop the next exec).
     pub code_dir: PathBuf,
     /// Prefix applied to a requested cwd (host mode: the served root).
     pub root: Option<PathBuf>,
@@ -58,6 +59,11 @@ pub struct ExecEnv {
     pub python: Option<Arc<ForkServer>>,
     /// The spare Node, when there is node.
     pub node: Option<Arc<NodeSpares>>,
+    /// Whether each exec runs as its user (the guest); as a host process
+    /// the agent runs everything as itself.
+    pub switch_users: bool,
+    /// Per-exec cgroups, when the agent has them (the guest).
+    pub cgroups: Option<Arc<Cgroups>>,
 }
 
 /// Validates the start message and launches the exec; output flows into `out`.
@@ -101,15 +107,33 @@ struct Launched {
     pid: i32,
     warm: bool,
     exit: tokio::sync::oneshot::Receiver<Exit>,
+    group: Group,
     stdin: Option<pipe::Sender>,
     stdout: pipe::Receiver,
     stderr: pipe::Receiver,
     code_file: Option<PathBuf>,
+    cgroup: Option<ExecCgroup>,
+}
+
+/// Removes the code file when the launch fails.
+struct CodeFile(Option<PathBuf>);
+
+impl Drop for CodeFile {
+    fn drop(&mut self) {
+        if let Some(file) = self.0.take() {
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }
 
 async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Launched, String> {
+    let user = User::from_wire(&start.user)?;
     let cwd = if start.cwd.is_empty() {
-        env.default_cwd.clone()
+        if env.switch_users && user == User::Sandbox {
+            PathBuf::from(SANDBOX_HOME)
+        } else {
+            env.default_cwd.clone()
+        }
     } else {
         match &env.root {
             Some(root) => {
@@ -126,20 +150,38 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
         }
     };
     let (argv, code_file) = if !start.argv.is_empty() {
-        (start.argv.clone(), None)
+        (start.argv.clone(), CodeFile(None))
     } else if !start.interpreter.is_empty() {
-        let file = write_code_file(&env.code_dir, &start.code, &start.file_suffix)
+        let owner = if env.switch_users { user.ids() } else { None };
+        let file = write_code_file(&env.code_dir, &start.code, &start.file_suffix, owner)
             .map_err(|e| format!("cannot write the code file: {e}"))?;
         let mut argv = start.interpreter.clone();
         argv.push(file.display().to_string());
-        (argv, Some(file))
+        (argv, CodeFile(Some(file)))
     } else {
         return Err("exec needs argv or an interpreter".into());
     };
-    if let Some(child) = match &code_file {
-        Some(file) => warm_child(env, start, file, &cwd).await,
+    let cgroup = match &env.cgroups {
+        Some(cgroups) => Some(
+            cgroups
+                .create()
+                .map_err(|e| format!("cannot make the exec's cgroup: {e}"))?,
+        ),
         None => None,
-    } {
+    };
+    let mut vars = default_env();
+    if env.switch_users {
+        vars.extend(user.env());
+    }
+    vars.extend(start.env.clone());
+    let warm = match &code_file.0 {
+        Some(file) => {
+            let as_user = env.switch_users.then_some(user);
+            warm_child(env, start, file, &cwd, &vars, as_user, cgroup.as_ref()).await
+        }
+        None => None,
+    };
+    if let Some(child) = warm {
         let pipes = (
             pipe::Sender::from_owned_fd(child.stdin),
             pipe::Receiver::from_owned_fd(child.stdout),
@@ -150,34 +192,44 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
                 pid: child.pid,
                 warm: true,
                 exit: child.exit,
+                group: child.group,
                 stdin: Some(stdin),
                 stdout,
                 stderr,
-                code_file,
+                code_file: code_file.take(),
+                cgroup,
             });
         }
-        let _ = killpg(Pid::from_raw(child.pid), Signal::SIGKILL);
+        child.group.signal(Signal::SIGKILL);
+        if let Some(cgroup) = &cgroup {
+            cgroup.kill();
+        }
     }
     let mut command = Command::new(&argv[0]);
     command
         .args(&argv[1..])
         .current_dir(&cwd)
         .env_clear()
-        .envs(default_env())
-        .envs(&start.env)
+        .envs(&vars)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0);
-    let cleanup = |e: String| {
-        if let Some(file) = &code_file {
-            let _ = std::fs::remove_file(file);
+        .stderr(Stdio::piped());
+    if env.switch_users {
+        let procs = cgroup.as_ref().map(ExecCgroup::procs_fd);
+        // SAFETY: `become_user` makes only async-signal-safe calls, and the
+        // cgroup's `cgroup.procs` stays open until spawn has returned.
+        unsafe {
+            command.pre_exec(move || become_user(user, procs));
         }
-        e
-    };
+    }
     let (mut child, exit) = reaper
-        .spawn(&mut command)
-        .map_err(|e| cleanup(format!("failed to start {}: {e}", argv[0])))?;
+        .spawn_group(&mut command)
+        .map_err(|e| format!("failed to start {}: {e}", argv[0]))?;
+    let pid = child.id() as i32;
+    let group = Group::Agent {
+        reaper: reaper.clone(),
+        pid,
+    };
     let to_fd = |fd: Option<OwnedFd>| fd.ok_or_else(|| "missing pipe".to_owned());
     let stdin = to_fd(child.stdin.take().map(OwnedFd::from))
         .and_then(|fd| pipe::Sender::from_owned_fd(fd).map_err(|e| e.to_string()));
@@ -185,39 +237,50 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
         .and_then(|fd| pipe::Receiver::from_owned_fd(fd).map_err(|e| e.to_string()));
     let stderr = to_fd(child.stderr.take().map(OwnedFd::from))
         .and_then(|fd| pipe::Receiver::from_owned_fd(fd).map_err(|e| e.to_string()));
-    let pid = child.id() as i32;
     match (stdin, stdout, stderr) {
         (Ok(stdin), Ok(stdout), Ok(stderr)) => Ok(Launched {
             pid,
             warm: false,
             exit,
+            group,
             stdin: Some(stdin),
             stdout,
             stderr,
-            code_file,
+            code_file: code_file.take(),
+            cgroup,
         }),
         (a, b, c) => {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            group.signal(Signal::SIGKILL);
             let reason = [a.err(), b.err(), c.err()]
                 .into_iter()
                 .flatten()
                 .collect::<Vec<_>>()
                 .join(", ");
-            Err(cleanup(format!(
-                "cannot set up the process's pipes: {reason}"
-            )))
+            Err(format!("cannot set up the process's pipes: {reason}"))
         }
     }
 }
 
+impl CodeFile {
+    /// Hands the file over to the exec, which removes it when it ends.
+    fn take(mut self) -> Option<PathBuf> {
+        self.0.take()
+    }
+}
+
 /// The exec's process from the pre-started interpreter of
-/// `start.warm_language`, when there is one and the exec's environment does
-/// not change how that interpreter starts up (which it already has).
+/// `start.warm_language`, when there is one, it can run as the exec's user,
+/// and the exec's environment does not change how that interpreter starts
+/// up (which it already has). `as_user` is `None` when the agent does not
+/// switch users.
 async fn warm_child(
     env: &ExecEnv,
     start: &ExecStart,
     file: &Path,
     cwd: &Path,
+    vars: &std::collections::HashMap<String, String>,
+    as_user: Option<User>,
+    cgroup: Option<&ExecCgroup>,
 ) -> Option<WarmChild> {
     // Variables an interpreter reads as it starts, which the pre-started one
     // has done already.
@@ -233,16 +296,26 @@ async fn warm_child(
     {
         return None;
     }
-    let mut vars = default_env();
-    vars.extend(start.env.clone());
     let launched = match language {
         WarmLanguage::Python => {
             let python = env.python.as_ref().filter(|p| p.ready())?;
-            python.launch(file.to_owned(), cwd.to_owned(), vars).await
+            let request = crate::warm::Request {
+                path: file,
+                cwd,
+                env: vars,
+                ids: as_user.and_then(User::ids),
+                cgroup_procs: cgroup.map(ExecCgroup::procs_path),
+                max_processes: as_user.and_then(User::ids).map(|_| SANDBOX_MAX_PROCESSES),
+            };
+            python.launch(&request).await
         }
         WarmLanguage::Node => {
+            // The spare already runs as the sandbox user: root goes one-shot.
+            if as_user.is_some_and(|user| user != User::Sandbox) {
+                return None;
+            }
             let node = env.node.as_ref().filter(|n| n.has_spare())?;
-            node.launch(file, cwd, &vars).await
+            node.launch(file, cwd, vars, cgroup).await
         }
     };
     launched
@@ -252,7 +325,14 @@ async fn warm_child(
         .ok()
 }
 
-fn write_code_file(dir: &Path, code: &[u8], suffix: &str) -> std::io::Result<PathBuf> {
+/// Writes the code file, readable by its exec's user alone (`owner`, else
+/// the agent's): a concurrent exec of another user cannot read it.
+fn write_code_file(
+    dir: &Path,
+    code: &[u8],
+    suffix: &str,
+    owner: Option<(u32, u32)>,
+) -> std::io::Result<PathBuf> {
     let suffix: String = suffix
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
@@ -260,43 +340,69 @@ fn write_code_file(dir: &Path, code: &[u8], suffix: &str) -> std::io::Result<Pat
         .collect();
     let n = NEXT_CODE_FILE.fetch_add(1, Ordering::Relaxed);
     let path = dir.join(format!("emberd-exec-{}-{n}{suffix}", std::process::id()));
-    std::fs::write(&path, code)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)?;
+    let written = owner
+        .map_or(Ok(()), |(uid, gid)| {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+        })
+        .and_then(|()| file.write_all(code));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
     Ok(path)
 }
 
 async fn supervise(
-    mut launched: Launched,
+    launched: Launched,
     start: &ExecStart,
     mut input: Streaming<ExecInput>,
     out: &mpsc::Sender<Result<ExecOutput, Status>>,
 ) -> ExecExit {
-    let pgid = Pid::from_raw(launched.pid);
     let limit = if start.output_limit_bytes == 0 {
         DEFAULT_OUTPUT_LIMIT
     } else {
         start.output_limit_bytes
     };
+    let drain = drain_limit(start.drain_limit_ms);
+    let Launched {
+        pid,
+        warm,
+        exit: mut exit_rx,
+        group,
+        stdin,
+        stdout,
+        stderr,
+        code_file,
+        cgroup,
+    } = launched;
     let _ = out
         .send(Ok(ExecOutput {
             kind: Some(exec_output::Kind::Started(ExecStarted {
-                pid: launched.pid as u32,
-                warm: launched.warm,
+                pid: pid as u32,
+                warm,
             })),
         }))
         .await;
     let (group_gone, gone) = tokio::sync::watch::channel(false);
     let stdout_task = tokio::spawn(forward(
-        launched.stdout,
+        stdout,
         out.clone(),
         limit,
         true,
         gone.clone(),
+        drain,
     ));
-    let stderr_task = tokio::spawn(forward(launched.stderr, out.clone(), limit, false, gone));
+    let stderr_task = tokio::spawn(forward(stderr, out.clone(), limit, false, gone, drain));
 
     // Input from the host: stdin, close, signals. A broken host stream kills.
     let (gone_tx, mut gone_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut stdin = launched.stdin.take();
+    let mut stdin = stdin;
+    let signals = group.clone();
     let input_task = tokio::spawn(async move {
         let mut gone_tx = Some(gone_tx);
         loop {
@@ -312,7 +418,7 @@ async fn supervise(
                     exec_input::Kind::CloseStdin(_) => stdin = None,
                     exec_input::Kind::Signal(number) => {
                         if let Ok(signal) = Signal::try_from(number) {
-                            let _ = killpg(pgid, signal);
+                            signals.signal(signal);
                         }
                     }
                     exec_input::Kind::Start(_) => {}
@@ -341,32 +447,42 @@ async fn supervise(
             None => std::future::pending().await,
         }
     };
-    let mut exit_rx = launched.exit;
+    let kill = || {
+        group.signal(Signal::SIGKILL);
+        if let Some(cgroup) = &cgroup {
+            cgroup.kill();
+        }
+    };
     let exit = tokio::select! {
         exit = &mut exit_rx => exit.ok(),
         () = timeout => {
             timed_out = true;
-            let _ = killpg(pgid, Signal::SIGKILL);
+            kill();
             exit_rx.await.ok()
         }
         _ = &mut gone_rx => {
-            let _ = killpg(pgid, Signal::SIGKILL);
+            kill();
             exit_rx.await.ok()
         }
         () = out.closed() => {
-            let _ = killpg(pgid, Signal::SIGKILL);
+            kill();
             exit_rx.await.ok()
         }
     };
-    // Whatever the main process left running in its group goes with it.
-    let _ = killpg(pgid, Signal::SIGKILL);
+    // Whatever the main process left in its group went with it (killed by
+    // its reaper before the leader was reaped); in the guest, so does
+    // anything that left the group but not the exec's cgroup.
+    if let Some(cgroup) = &cgroup {
+        cgroup.kill();
+    }
     group_gone.send_replace(true);
     input_task.abort();
     let stdout_truncated = stdout_task.await.unwrap_or(false);
     let stderr_truncated = stderr_task.await.unwrap_or(false);
-    if let Some(file) = launched.code_file.take() {
+    if let Some(file) = code_file {
         let _ = std::fs::remove_file(file);
     }
+    drop(cgroup);
     let (exit_code, signal) = match exit {
         Some(Exit::Code(code)) => (code, 0),
         Some(Exit::Signal(signal)) => (128 + signal, signal),
@@ -384,138 +500,5 @@ async fn supervise(
         } else {
             String::new()
         },
-    }
-}
-
-/// Forwards one output stream until EOF; returns whether it was cut at
-/// `limit`. After `gone` turns true (the process group is dead) the reader
-/// ends once the pipe stays idle for [`DRAIN_GRACE`] or [`DRAIN_LIMIT`] has
-/// passed; what the group wrote before it died is still forwarded.
-async fn forward(
-    mut pipe: pipe::Receiver,
-    out: mpsc::Sender<Result<ExecOutput, Status>>,
-    limit: u64,
-    is_stdout: bool,
-    mut gone: tokio::sync::watch::Receiver<bool>,
-) -> bool {
-    let mut buf = vec![0u8; CHUNK];
-    let mut sent: u64 = 0;
-    let mut truncated = false;
-    let mut gone_at: Option<Instant> = None;
-    loop {
-        let read = match gone_at {
-            None => tokio::select! {
-                read = pipe.read(&mut buf) => read,
-                // A closed sender means the supervisor is gone too.
-                _ = gone.wait_for(|gone| *gone) => {
-                    gone_at = Some(Instant::now());
-                    continue;
-                }
-            },
-            Some(at) => {
-                let left = DRAIN_LIMIT.saturating_sub(at.elapsed());
-                if left.is_zero() {
-                    return truncated;
-                }
-                match tokio::time::timeout(DRAIN_GRACE.min(left), pipe.read(&mut buf)).await {
-                    Ok(read) => read,
-                    Err(_idle) => return truncated,
-                }
-            }
-        };
-        let n = match read {
-            Ok(0) | Err(_) => return truncated,
-            Ok(n) => n,
-        };
-        let room = usize::try_from(limit.saturating_sub(sent)).unwrap_or(usize::MAX);
-        let take = n.min(room);
-        if take < n {
-            truncated = true;
-        }
-        if take == 0 {
-            continue;
-        }
-        sent += take as u64;
-        let data = buf[..take].to_vec();
-        let kind = if is_stdout {
-            exec_output::Kind::Stdout(data)
-        } else {
-            exec_output::Kind::Stderr(data)
-        };
-        if out.send(Ok(ExecOutput { kind: Some(kind) })).await.is_err() {
-            return truncated;
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::io::Write;
-
-    use super::*;
-
-    fn output_pipe() -> (std::fs::File, pipe::Receiver) {
-        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-        (
-            std::fs::File::from(write),
-            pipe::Receiver::from_owned_fd(read).unwrap(),
-        )
-    }
-
-    fn data(message: ExecOutput) -> Vec<u8> {
-        match message.kind {
-            Some(exec_output::Kind::Stdout(data)) => data,
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn output_written_before_the_group_died_reaches_a_slow_host() {
-        let (mut writer, reader) = output_pipe();
-        let (tx, mut rx) = mpsc::channel(1);
-        // The host has not taken the last message yet: the channel is full.
-        tx.send(Ok(ExecOutput {
-            kind: Some(exec_output::Kind::Stdout(b"first".to_vec())),
-        }))
-        .await
-        .unwrap();
-        writer.write_all(&[7u8; 60_000]).unwrap();
-        let (gone_tx, gone) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(forward(reader, tx, u64::MAX, true, gone));
-        gone_tx.send_replace(true);
-        // Longer than the grace: the reader is waiting on the host, not the pipe.
-        tokio::time::sleep(DRAIN_GRACE * 3).await;
-        assert_eq!(data(rx.recv().await.unwrap().unwrap()), b"first");
-        let mut received = 0;
-        while let Some(message) = rx.recv().await {
-            received += data(message.unwrap()).len();
-        }
-        assert_eq!(received, 60_000);
-        // The write end is still open (as if a process escaped the group),
-        // yet the reader has ended.
-        assert!(!task.await.unwrap());
-        drop(writer);
-    }
-
-    #[tokio::test]
-    async fn output_beyond_the_limit_is_drained_and_flagged() {
-        let (mut writer, reader) = output_pipe();
-        let (tx, mut rx) = mpsc::channel(64);
-        let (_gone_tx, gone) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(forward(reader, tx, 1000, true, gone));
-        // Far more than a pipe holds: the writer only finishes if the
-        // reader keeps draining past the limit.
-        let written = tokio::task::spawn_blocking(move || {
-            for _ in 0..64 {
-                writer.write_all(&[1u8; 16 * 1024]).unwrap();
-            }
-        });
-        written.await.unwrap();
-        assert!(task.await.unwrap());
-        let mut received = 0;
-        while let Some(message) = rx.recv().await {
-            received += data(message.unwrap()).len();
-        }
-        assert_eq!(received, 1000);
     }
 }

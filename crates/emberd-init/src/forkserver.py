@@ -2,17 +2,41 @@
 # imported the common modules forks a fresh child per exec.
 #
 # Protocol, one Unix-socket connection per exec: the agent sends one JSON line
-# {"path", "cwd", "env"} with three descriptors (stdin, stdout, stderr) as
-# SCM_RIGHTS; the server forks and answers {"pid": N}; when the child ends it
-# sends {"exit": code} or {"signal": number} and closes the connection.
+# {"path", "cwd", "env", and optionally "cgroup_procs", "ids": [uid, gid],
+# "max_processes"} with three descriptors (stdin, stdout, stderr) as
+# SCM_RIGHTS; the server forks and answers {"pid": N}; the child joins the
+# cgroup and drops to uid/gid (no supplementary groups, RLIMIT_NPROC set)
+# before it runs any code. While the child runs the agent may send
+# {"signal": number} lines: the server signals the child's process group
+# while the child is unreaped (never a pid that may have been reused). When
+# the child ends the server kills what is left of its group, reaps it, sends
+# {"exit": code} or {"signal": number} and closes the connection.
 # Single-threaded (selectors + SIGCHLD wake-ups), so fork never copies a
-# lock held by another thread.
-import array, json, os, selectors, signal, socket, sys
+# lock held by another thread, and reaping never races a signal.
+import array, json, os, resource, selectors, signal, socket, sys
 
 # What a typical exec imports, paid for once here instead of in every child.
 import atexit, collections, datetime, functools, io, itertools, math, random, re, runpy, subprocess, time, traceback  # noqa: E401,F401
 
 SOCKET_PATH = sys.argv[1]
+
+
+def become_user(request):
+    procs = request.get("cgroup_procs")
+    if procs:
+        with open(procs, "w") as f:
+            f.write("0")
+    ids = request.get("ids")
+    if ids:
+        uid, gid = ids
+        limit = request.get("max_processes")
+        if limit:
+            resource.setrlimit(resource.RLIMIT_NPROC, (limit, limit))
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+        if os.getuid() != uid or os.geteuid() != uid or os.getgroups():
+            raise OSError("the user switch did not hold")
 
 
 def run_child(request, fds):
@@ -21,6 +45,11 @@ def run_child(request, fds):
         os.dup2(fd, target)
         if fd > 2:
             os.close(fd)
+    try:
+        become_user(request)
+    except BaseException as e:
+        os.write(2, f"emberd: cannot run as the exec's user: {e}\n".encode())
+        os._exit(126)
     os.chdir(request["cwd"])
     os.environ.clear()
     os.environ.update(request["env"])
@@ -114,6 +143,9 @@ def main():
                     conn.close()
                     os.close(wake_r)
                     os.close(wake_w)
+                    # Other execs' connections: not this child's to touch.
+                    for other in children.values():
+                        other.close()
                     run_child(request, list(fds))
                 # Also here, so the group exists before the agent learns the pid.
                 try:
@@ -124,21 +156,54 @@ def main():
                     os.close(fd)
                 children[pid] = conn
                 conn.sendall((json.dumps({"pid": pid}) + "\n").encode())
+                selector.register(conn, selectors.EVENT_READ, ("signals", pid))
+            elif isinstance(key.data, tuple):
+                conn, pid = key.fileobj, key.data[1]
+                try:
+                    data = conn.recv(4096)
+                except OSError:
+                    data = b""
+                if not data:
+                    selector.unregister(conn)
+                    continue
+                for line in data.splitlines():
+                    try:
+                        number = int(json.loads(line)["signal"])
+                    except (ValueError, KeyError, TypeError):
+                        continue
+                    if pid in children:
+                        try:
+                            os.killpg(pid, number)
+                        except OSError:
+                            pass
             else:
                 try:
                     os.read(wake_r, 4096)
                 except BlockingIOError:
                     pass
                 while True:
+                    # Look before reaping: while the child is a zombie its
+                    # group id cannot be anyone else's.
                     try:
-                        pid, status = os.waitpid(-1, os.WNOHANG)
+                        info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
                     except ChildProcessError:
                         break
-                    if pid == 0:
+                    if info is None or info.si_pid == 0:
                         break
+                    pid = info.si_pid
+                    if pid in children:
+                        try:
+                            os.killpg(pid, signal.SIGKILL)
+                        except OSError:
+                            pass
+                    _, status = os.waitpid(pid, 0)
                     conn = children.pop(pid, None)
                     if conn is None:
                         continue
+                    try:
+                        selector.unregister(conn)
+                    except (KeyError, ValueError):
+                        pass
                     if os.WIFSIGNALED(status):
                         reply = {"signal": os.WTERMSIG(status)}
                     else:

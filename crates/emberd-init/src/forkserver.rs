@@ -6,8 +6,12 @@
 //! fresh process forked from it: the agent hands over the three pipe ends
 //! over a Unix socket and learns the child's pid and, later, how it ended.
 //! If the server is not there or refuses, the exec runs one-shot instead.
+//!
+//! The server runs as root, its socket in a directory only root can enter:
+//! a child drops to the exec's user itself before it runs any code. The
+//! server reaps its children, so signals for a child's group go through it
+//! (on the exec's connection), never by pid from the agent.
 
-use std::collections::HashMap;
 use std::io::{IoSlice, Read};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -20,12 +24,14 @@ use std::time::Duration;
 
 use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 use serde::Deserialize;
-use tokio::io::AsyncBufReadExt;
-use tokio::sync::oneshot;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, oneshot};
 
+use crate::group::Group;
 use crate::process_env::default_env;
 use crate::reaper::{Exit, Reaper};
-use crate::warm::{interpreter_and_script, request_line, WarmChild};
+use crate::user::User;
+use crate::warm::{interpreter_and_script, prepare_interpreter, Request, WarmChild};
 
 const SCRIPT: &str = include_str!("forkserver.py");
 const STARTUP_BOUND: Duration = Duration::from_secs(30);
@@ -46,9 +52,11 @@ struct Reply {
 }
 
 impl ForkServer {
-    /// Starts `python3` with the fork-server script, serving on `dir/python.sock`.
+    /// Starts `python3` with the fork-server script, serving on
+    /// `dir/emberd-python.sock` (`dir` must be the agent's alone). With
+    /// `switch_users` (the guest) its children drop to their exec's user.
     /// Returns `None` when there is no python3.
-    pub fn start(reaper: &Reaper, dir: &Path) -> Option<Arc<ForkServer>> {
+    pub fn start(reaper: &Reaper, dir: &Path, switch_users: bool) -> Option<Arc<ForkServer>> {
         let (python, script) =
             interpreter_and_script("python3", dir, "emberd-forkserver.py", SCRIPT)?;
         let socket = dir.join("emberd-python.sock");
@@ -63,15 +71,15 @@ impl ForkServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
-        // SAFETY: prctl(2) is async-signal-safe and takes no pointers. As a host
-        // process the agent can be killed; its fork server must not outlive it.
+        let parent = std::process::id() as libc::pid_t;
+        // The server stays root (its children drop); in the guest it only
+        // sheds the agent's OOM protection.
+        let user = switch_users.then_some(User::Root);
+        // SAFETY: `prepare_interpreter` makes only async-signal-safe calls.
+        // As a host process the agent can be killed; its fork server must
+        // not outlive it.
         unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            command.pre_exec(move || prepare_interpreter(user, parent));
         }
         let (_child, exit) = match reaper.spawn(&mut command) {
             Ok(spawned) => spawned,
@@ -107,23 +115,29 @@ impl ForkServer {
         self.alive.load(Ordering::SeqCst) && self.socket.exists()
     }
 
-    /// Forks a child that runs the code file at `path`.
-    pub async fn launch(
-        &self,
-        path: PathBuf,
-        cwd: PathBuf,
-        env: HashMap<String, String>,
-    ) -> std::io::Result<WarmChild> {
+    /// Forks a child that runs the exec `request` describes.
+    pub async fn launch(&self, request: &Request<'_>) -> std::io::Result<WarmChild> {
         let socket = self.socket.clone();
-        let (child, stream) =
-            tokio::task::spawn_blocking(move || handoff(&socket, &path, &cwd, &env))
-                .await
-                .map_err(std::io::Error::other)??;
+        let line = request.line()?;
+        let (child, stream) = tokio::task::spawn_blocking(move || handoff(&socket, &line))
+            .await
+            .map_err(std::io::Error::other)??;
         let (tx, rx) = oneshot::channel();
         stream.set_nonblocking(true)?;
-        let stream = tokio::net::UnixStream::from_std(stream)?;
+        let (reader, mut writer) = tokio::net::UnixStream::from_std(stream)?.into_split();
+        // Signals for the child's group, for the server to send while the
+        // child is unreaped; ends when the exec drops its sender.
+        let (signals, mut requests) = mpsc::unbounded_channel::<i32>();
         tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stream).lines();
+            while let Some(signal) = requests.recv().await {
+                let line = format!("{{\"signal\": {signal}}}\n");
+                if writer.write_all(line.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(reader).lines();
             if let Ok(Some(line)) = lines.next_line().await {
                 if let Ok(reply) = serde_json::from_str::<Reply>(&line) {
                     let exit = match (reply.exit, reply.signal) {
@@ -137,24 +151,22 @@ impl ForkServer {
                 }
             }
         });
-        Ok(WarmChild { exit: rx, ..child })
+        Ok(WarmChild {
+            exit: rx,
+            group: Group::ForkServer(signals),
+            ..child
+        })
     }
 }
 
 /// Sends the request and the child's pipe ends; returns the child and the
 /// connection on which its end will be reported.
-fn handoff(
-    socket: &Path,
-    path: &Path,
-    cwd: &Path,
-    env: &HashMap<String, String>,
-) -> std::io::Result<(WarmChild, UnixStream)> {
+fn handoff(socket: &Path, request: &[u8]) -> std::io::Result<(WarmChild, UnixStream)> {
     let (stdin_child, stdin) = pipe()?;
     let (stdout, stdout_child) = pipe()?;
     let (stderr, stderr_child) = pipe()?;
     let stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(STARTUP_BOUND))?;
-    let request = request_line(path, cwd, env)?;
     let fds = [
         stdin_child.as_raw_fd(),
         stdout_child.as_raw_fd(),
@@ -163,7 +175,7 @@ fn handoff(
     let control = [ControlMessage::ScmRights(&fds)];
     sendmsg::<()>(
         stream.as_raw_fd(),
-        &[IoSlice::new(&request)],
+        &[IoSlice::new(request)],
         &control,
         MsgFlags::empty(),
         None,
@@ -193,9 +205,11 @@ fn handoff(
         .ok_or_else(|| std::io::Error::other("fork server sent no pid"))?;
     stream.set_read_timeout(None)?;
     let (_, never) = oneshot::channel();
+    let (no_signals, _) = mpsc::unbounded_channel();
     Ok((
         WarmChild {
             pid,
+            group: Group::ForkServer(no_signals),
             exit: never,
             stdin,
             stdout,

@@ -7,18 +7,23 @@
 //! and the fake Firecracker use it.
 
 mod agent;
+mod cgroup;
 mod exec;
 mod files;
 mod forkserver;
+mod group;
 mod identity;
 mod node_spare;
+mod output;
 mod pid1;
 mod process_env;
 mod reaper;
 mod transport;
+mod user;
 mod warm;
 
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,14 +75,16 @@ fn main() {
     let result = runtime.block_on(async move {
         let reaper = Reaper::start()?;
         let code_dir = args.tmp_dir.unwrap_or_else(std::env::temp_dir);
-        let python = forkserver::ForkServer::start(&reaper, &code_dir);
-        let node = node_spare::NodeSpares::start(&reaper, &code_dir);
+        let python = forkserver::ForkServer::start(&reaper, &code_dir, false);
+        let node = node_spare::NodeSpares::start(&reaper, &code_dir, false);
         let exec_env = ExecEnv {
             default_cwd: root.clone(),
             code_dir,
             root: Some(root.clone()),
             python,
             node,
+            switch_users: false,
+            cgroups: None,
         };
         let agent = Arc::new(AgentService::new(Mode::Host, reaper, exec_env));
         let routes = transport::routes(&agent, &FilesService::new(root));
@@ -101,6 +108,14 @@ fn boot_guest() -> ! {
     std::env::set_var("PATH", process_env::PATH);
     std::env::set_var("HOME", "/root");
     std::env::set_var("LANG", "C.UTF-8");
+    if let Err(e) = user::provision() {
+        eprintln!("emberd-init: cannot set up the sandbox user: {e}");
+    }
+    // The kernel spares PID 1 already; this also covers the agent's own
+    // threads' allocations. Every child resets it (see `user`).
+    if let Err(e) = user::protect_from_oom() {
+        eprintln!("emberd-init: cannot protect the agent from the OOM killer: {e}");
+    }
     let hostname = pid1::kernel_args().into_iter().find_map(|arg| match arg {
         KernelArg::Hostname(name) => Some(name),
         _ => None,
@@ -121,15 +136,42 @@ fn boot_guest() -> ! {
     pid1::fatal(&error)
 }
 
+/// The guest's directory for the agent's private files (root only).
+const PRIVATE_DIR: &str = "/run/emberd";
+/// The guest's directory for code files (root writes, everyone reads).
+const CODE_DIR: &str = "/run/emberd-code";
+
 /// Serves until every transport has failed; returns why.
 async fn serve_guest() -> String {
     let reaper = match Reaper::start() {
         Ok(reaper) => reaper,
         Err(e) => return format!("cannot start the reaper: {e}"),
     };
+    let cgroups = match cgroup::Cgroups::setup() {
+        Ok(cgroups) => Some(Arc::new(cgroups)),
+        Err(e) => {
+            eprintln!(
+                "emberd-init: no per-exec cgroups ({}); execs are bounded by their process groups only",
+                error_chain(&e)
+            );
+            None
+        }
+    };
+    // The fork server's socket and script: root's alone. Code files (each
+    // readable by its exec's user) and the spare node's script: in a
+    // directory only root writes, outside the space guest code can fill.
+    let private = Path::new(PRIVATE_DIR);
+    let code_dir = Path::new(CODE_DIR);
+    for (dir, mode) in [(private, 0o700), (code_dir, 0o711)] {
+        let made = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)));
+        if let Err(e) = made {
+            return format!("cannot create {}: {e}", dir.display());
+        }
+    }
     // The fork server warms up while the agent already serves: execs run
     // one-shot until it is ready, and `Health` says when it is.
-    let python = forkserver::ForkServer::start(&reaper, std::path::Path::new("/run"));
+    let python = forkserver::ForkServer::start(&reaper, private, true);
     if let Some(python) = python.clone() {
         tokio::spawn(async move {
             if !python.wait_ready().await {
@@ -139,13 +181,15 @@ async fn serve_guest() -> String {
             }
         });
     }
-    let node = node_spare::NodeSpares::start(&reaper, std::path::Path::new("/run"));
+    let node = node_spare::NodeSpares::start(&reaper, code_dir, true);
     let exec_env = ExecEnv {
         default_cwd: PathBuf::from("/"),
-        code_dir: PathBuf::from("/tmp"),
+        code_dir: code_dir.to_owned(),
         root: None,
         python,
         node,
+        switch_users: true,
+        cgroups,
     };
     let agent = Arc::new(AgentService::new(Mode::Guest, reaper, exec_env));
     let routes = transport::routes(&agent, &FilesService::new(PathBuf::from("/")));

@@ -9,6 +9,10 @@
 //! like any other. Each spare serves one exec; the next is started when that
 //! exec ends, so it never competes with the exec for the vCPU.
 //!
+//! In the guest the spare runs as the sandbox user from the start (an exec
+//! as root runs one-shot) and joins the exec's cgroup when it is taken,
+//! before it runs any of the exec's code.
+//!
 //! `Quiesce` stops the spare, so that no snapshot holds one: a spare restored
 //! into many clones would give them all the same `Math.random` seed. The
 //! `SetIdentity` that follows a restore starts the clone's own.
@@ -22,14 +26,16 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::oneshot;
 
+use crate::cgroup::ExecCgroup;
+use crate::group::Group;
 use crate::process_env::default_env;
 use crate::reaper::{Exit, Reaper};
-use crate::warm::{interpreter_and_script, request_line, WarmChild};
+use crate::user::User;
+use crate::warm::{interpreter_and_script, prepare_interpreter, Request, WarmChild};
 
 const SCRIPT: &str = include_str!("node_spare.js");
 /// The descriptor on which the spare talks to the agent.
@@ -40,6 +46,8 @@ pub struct NodeSpares {
     node: PathBuf,
     script: PathBuf,
     reaper: Reaper,
+    /// The user spares run as (the guest); `None`: as the agent.
+    user: Option<User>,
     slot: Mutex<Option<Spare>>,
 }
 
@@ -63,14 +71,17 @@ struct Spare {
 }
 
 impl NodeSpares {
-    /// Writes the spare's script into `dir` and starts the first spare.
-    /// Returns `None` when there is no node.
-    pub fn start(reaper: &Reaper, dir: &Path) -> Option<Arc<NodeSpares>> {
+    /// Writes the spare's script into `dir` (which the spare's user must be
+    /// able to read) and starts the first spare; with `switch_users` (the
+    /// guest) spares run as the sandbox user. Returns `None` when there is
+    /// no node.
+    pub fn start(reaper: &Reaper, dir: &Path, switch_users: bool) -> Option<Arc<NodeSpares>> {
         let (node, script) = interpreter_and_script("node", dir, "emberd-node-spare.js", SCRIPT)?;
         let spares = Arc::new(NodeSpares {
             node,
             script,
             reaper: reaper.clone(),
+            user: switch_users.then_some(User::Sandbox),
             slot: Mutex::new(None),
         });
         spares.replenish();
@@ -122,23 +133,43 @@ impl NodeSpares {
     /// Kills the spare, if any, without starting another.
     pub fn stop(&self) {
         if let Some(spare) = self.slot().take() {
-            let _ = killpg(Pid::from_raw(spare.pid), Signal::SIGKILL);
+            self.reaper.signal_group(spare.pid, Signal::SIGKILL);
         }
     }
 
-    /// Hands the exec to the spare; the spare becomes the exec's process.
-    /// Fails when there is no live spare; the caller then runs one-shot.
+    /// Hands the exec to the spare; the spare becomes the exec's process,
+    /// in `cgroup` when there is one. Fails when there is no live spare;
+    /// the caller then runs one-shot.
     pub async fn launch(
         &self,
         path: &Path,
         cwd: &Path,
         env: &HashMap<String, String>,
+        cgroup: Option<&ExecCgroup>,
     ) -> std::io::Result<WarmChild> {
         let mut spare = self
             .slot()
             .take()
             .ok_or_else(|| std::io::Error::other("no spare node"))?;
-        let request = request_line(path, cwd, env)?;
+        let kill = |spare: &Spare| self.reaper.signal_group(spare.pid, Signal::SIGKILL);
+        if let Some(cgroup) = cgroup {
+            // Before the spare runs anything of the exec's.
+            if let Err(e) = cgroup.add(spare.pid) {
+                kill(&spare);
+                return Err(std::io::Error::other(format!(
+                    "cannot move the spare into the exec's cgroup: {e}"
+                )));
+            }
+        }
+        let request = Request {
+            path,
+            cwd,
+            env,
+            ids: None,
+            cgroup_procs: None,
+            max_processes: None,
+        }
+        .line()?;
         // A spare still starting is taken too: it is further along than a
         // fresh process would be.
         let handed = async {
@@ -147,13 +178,17 @@ impl NodeSpares {
         }
         .await;
         if let Err(e) = handed {
-            let _ = killpg(Pid::from_raw(spare.pid), Signal::SIGKILL);
+            kill(&spare);
             return Err(std::io::Error::other(format!(
                 "the spare node is gone: {e}"
             )));
         }
         Ok(WarmChild {
             pid: spare.pid,
+            group: Group::Agent {
+                reaper: self.reaper.clone(),
+                pid: spare.pid,
+            },
             exit: spare.exit,
             stdin: spare.stdin,
             stdout: spare.stdout,
@@ -171,13 +206,13 @@ impl NodeSpares {
             .current_dir("/")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
+            .stderr(Stdio::piped());
         let spare_fd = spare_end.as_raw_fd();
-        // SAFETY: dup2(2), fcntl(2) and prctl(2) are async-signal-safe and take no
-        // pointers; `spare_fd` stays open in the parent until spawn returns.
-        // As a host process the agent can be killed; its spare must not
-        // outlive it.
+        let (user, parent) = (self.user, std::process::id() as libc::pid_t);
+        // SAFETY: dup2(2), fcntl(2) and `prepare_interpreter` are
+        // async-signal-safe; `spare_fd` stays open in the parent until spawn
+        // returns. As a host process the agent can be killed; its spare must
+        // not outlive it.
         unsafe {
             command.pre_exec(move || {
                 // dup2 onto itself would keep close-on-exec set.
@@ -189,13 +224,10 @@ impl NodeSpares {
                 if moved < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
+                prepare_interpreter(user, parent)
             });
         }
-        let (mut child, exit) = self.reaper.spawn(&mut command)?;
+        let (mut child, exit) = self.reaper.spawn_group(&mut command)?;
         drop(spare_end);
         let pid = child.id() as i32;
         let pipes = (
@@ -204,7 +236,7 @@ impl NodeSpares {
             child.stderr.take().map(OwnedFd::from),
         );
         let (Some(stdin), Some(stdout), Some(stderr)) = pipes else {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+            self.reaper.signal_group(pid, Signal::SIGKILL);
             return Err(std::io::Error::other("the spare's pipes are missing"));
         };
         agent_end.set_nonblocking(true)?;

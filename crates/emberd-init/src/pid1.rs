@@ -1,15 +1,18 @@
 //! Guest PID 1: the boot phases before the agent serves.
 //!
-//! 1. mount proc, sysfs, devtmpfs, devpts, tmpfs on /run and /tmp;
+//! 1. mount proc, sysfs, devtmpfs, devpts, tmpfs on /run;
 //! 2. load the kernel modules carried in the initramfs, in the order the
 //!    image builder wrote to `/lib/modules/order` (built-in ones are skipped);
 //! 3. root: the pack's squashfs (first virtio-blk disk) read-only under a
 //!    tmpfs upper layer (sized by the `OverlaySize` kernel argument, default
-//!    256 MiB), overlay, move the mounts, switch root.
+//!    256 MiB), overlay, move the mounts, switch root. `/tmp` and `/dev/shm`
+//!    are directories of that same tmpfs: everything guest code can write
+//!    shares the one size cap (a full disk is the overlay's, not RAM's).
 //!
 //! Any failure is fatal: the caller logs it, syncs and reboots, which ends
 //! the VM (the VMMs run with "reboot means exit").
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -86,24 +89,10 @@ pub fn mount_early() -> Result<(), BootError> {
     )?;
     mount_fs(
         "tmpfs",
-        "/dev/shm",
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
-    )?;
-    mount_fs(
-        "tmpfs",
         "/run",
         "tmpfs",
         MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
         Some("mode=0755"),
-    )?;
-    mount_fs(
-        "tmpfs",
-        "/tmp",
-        "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
-        Some("mode=1777"),
     )?;
     Ok(())
 }
@@ -168,6 +157,15 @@ pub fn switch_to_pack_root() -> Result<(), BootError> {
     )?;
     mkdir("/mnt/rw/upper")?;
     mkdir("/mnt/rw/work")?;
+    for shared in ["/mnt/rw/tmp", "/mnt/rw/shm"] {
+        mkdir(shared)?;
+        std::fs::set_permissions(shared, std::fs::Permissions::from_mode(0o1777)).map_err(
+            |source| BootError::Mkdir {
+                path: shared.to_owned(),
+                source,
+            },
+        )?;
+    }
     mount_fs(
         "overlay",
         "/mnt/root",
@@ -175,7 +173,7 @@ pub fn switch_to_pack_root() -> Result<(), BootError> {
         MsFlags::empty(),
         Some("lowerdir=/mnt/lower,upperdir=/mnt/rw/upper,workdir=/mnt/rw/work"),
     )?;
-    for point in ["/proc", "/sys", "/dev", "/run", "/tmp"] {
+    for point in ["/proc", "/sys", "/dev", "/run"] {
         let target = format!("/mnt/root{point}");
         mkdir(&target)?;
         mount(
@@ -190,12 +188,33 @@ pub fn switch_to_pack_root() -> Result<(), BootError> {
             source,
         })?;
     }
+    bind_nosuid("/mnt/rw/tmp", "/mnt/root/tmp")?;
+    bind_nosuid("/mnt/rw/shm", "/mnt/root/dev/shm")?;
     chdir("/mnt/root").map_err(BootError::SwitchRoot)?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
         .map_err(BootError::SwitchRoot)?;
     chroot(".").map_err(BootError::SwitchRoot)?;
     chdir("/").map_err(BootError::SwitchRoot)?;
     Ok(())
+}
+
+/// Binds `source` on `target`, without set-uid programs or devices.
+fn bind_nosuid(source: &str, target: &str) -> Result<(), BootError> {
+    mkdir(target)?;
+    let error = |source| BootError::Mount {
+        target: target.to_owned(),
+        source,
+    };
+    mount(
+        Some(source),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(error)?;
+    let flags = MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(error)
 }
 
 /// Logs a fatal error, syncs and ends the VM. Never returns.

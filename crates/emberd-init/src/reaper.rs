@@ -7,12 +7,20 @@
 //! the reaper takes around `waitpid`: a child can never be reaped before
 //! its waiter exists. Statuses of unregistered children (orphans) are
 //! dropped.
+//!
+//! A pid is only signalled while it is registered and unreaped
+//! ([`Reaper::signal_group`]), under that same lock: once reaped, its number
+//! may belong to someone else. For the same reason the group of a child
+//! spawned with [`Reaper::spawn_group`] is killed when the child has exited
+//! but before it is reaped (the zombie still holds the group's id).
 
 use std::collections::HashMap;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::signal::{killpg, Signal};
+use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::oneshot;
@@ -24,9 +32,15 @@ pub enum Exit {
     Signal(i32),
 }
 
+struct Waiter {
+    tx: oneshot::Sender<Exit>,
+    /// The child leads a process group that dies with it.
+    group: bool,
+}
+
 #[derive(Default)]
 struct Waiters {
-    by_pid: HashMap<i32, oneshot::Sender<Exit>>,
+    by_pid: HashMap<i32, Waiter>,
 }
 
 /// Shared handle to the reaper.
@@ -59,30 +73,90 @@ impl Reaper {
         Ok(reaper)
     }
 
+    fn lock(&self) -> MutexGuard<'_, Waiters> {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Spawns `command` and returns the child with a receiver for its exit.
     pub fn spawn(
         &self,
         command: &mut Command,
     ) -> std::io::Result<(Child, oneshot::Receiver<Exit>)> {
-        let mut waiters = self.waiters.lock().expect("reaper lock");
+        self.register(command, false)
+    }
+
+    /// Spawns `command` as the leader of a new process group; whatever is
+    /// left in the group is killed when the leader exits.
+    pub fn spawn_group(
+        &self,
+        command: &mut Command,
+    ) -> std::io::Result<(Child, oneshot::Receiver<Exit>)> {
+        self.register(command.process_group(0), true)
+    }
+
+    fn register(
+        &self,
+        command: &mut Command,
+        group: bool,
+    ) -> std::io::Result<(Child, oneshot::Receiver<Exit>)> {
+        let mut waiters = self.lock();
         let child = command.spawn()?;
         let (tx, rx) = oneshot::channel();
-        waiters.by_pid.insert(child.id() as i32, tx);
+        waiters
+            .by_pid
+            .insert(child.id() as i32, Waiter { tx, group });
         Ok((child, rx))
     }
 
+    /// Sends `signal` to the process group led by `pid`, if `pid` is still a
+    /// registered, unreaped child. Returns whether it was sent.
+    pub fn signal_group(&self, pid: i32, signal: Signal) -> bool {
+        let waiters = self.lock();
+        waiters.by_pid.contains_key(&pid) && killpg(Pid::from_raw(pid), signal).is_ok()
+    }
+
     fn reap_all(&self) {
+        let peek = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
         loop {
-            let mut waiters = self.waiters.lock().expect("reaper lock");
-            let (pid, exit) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::Exited(pid, code)) => (pid, Exit::Code(code)),
-                Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, Exit::Signal(signal as i32)),
-                Ok(WaitStatus::StillAlive) | Err(_) => return,
-                Ok(_) => continue,
+            let mut waiters = self.lock();
+            // Look at the next exited child without reaping it, so that its
+            // group can still be killed by number.
+            let pid = match waitid(Id::All, peek) {
+                Ok(WaitStatus::Exited(pid, _)) | Ok(WaitStatus::Signaled(pid, _, _)) => pid,
+                _ => return,
             };
-            if let Some(tx) = waiters.by_pid.remove(&pid.as_raw()) {
-                let _ = tx.send(exit);
+            if waiters.by_pid.get(&pid.as_raw()).is_some_and(|w| w.group) {
+                let _ = killpg(pid, Signal::SIGKILL);
+            }
+            let exit = match waitpid(pid, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => Exit::Code(code),
+                Ok(WaitStatus::Signaled(_, signal, _)) => Exit::Signal(signal as i32),
+                _ => return,
+            };
+            if let Some(waiter) = waiters.by_pid.remove(&pid.as_raw()) {
+                let _ = waiter.tx.send(exit);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_a_registered_unreaped_leader_is_signalled() {
+        let reaper = Reaper::start().unwrap();
+        let (child, exit) = reaper.spawn_group(Command::new("sleep").arg("30")).unwrap();
+        assert!(reaper.signal_group(child.id() as i32, Signal::SIGKILL));
+        assert_eq!(exit.await.unwrap(), Exit::Signal(libc::SIGKILL));
+        // Reaped: its number may be someone else's now.
+        assert!(!reaper.signal_group(child.id() as i32, Signal::SIGKILL));
+
+        let (child, exit) = reaper.spawn_group(&mut Command::new("true")).unwrap();
+        assert_eq!(exit.await.unwrap(), Exit::Code(0));
+        assert!(!reaper.signal_group(child.id() as i32, Signal::SIGTERM));
     }
 }

@@ -21,3 +21,18 @@ pub const DEFAULT_EXEC_DRAIN_LIMIT_MS: u64 = 10_000;
 
 /// The longest drain limit the host asks for (and the agent accepts).
 pub const MAX_EXEC_DRAIN_LIMIT_MS: u64 = 60_000;
+
+/// The unprivileged user guest code runs as unless an exec asks for root.
+pub const SANDBOX_USER: &str = "sandbox";
+
+/// The sandbox user's uid in the guest.
+pub const SANDBOX_UID: u32 = 1000;
+
+/// The sandbox user's primary (and only) group id in the guest.
+pub const SANDBOX_GID: u32 = 1000;
+
+/// The sandbox user's home: its default working directory.
+pub const SANDBOX_HOME: &str = "/home/sandbox";
+
+/// The name an exec gives to run as root instead.
+pub const ROOT_USER: &str = "root";

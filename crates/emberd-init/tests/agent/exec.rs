@@ -222,3 +222,56 @@ async fn a_dropped_connection_kills_its_execs_and_the_agent_takes_the_next() {
     let mut client = agent.agent().await;
     assert_eq!(run(&mut client, sh("echo next")).await.stdout, b"next\n");
 }
+
+#[tokio::test]
+async fn the_exec_drain_limit_bounds_how_long_an_escaped_writer_holds_it() {
+    let agent = Agent::start();
+    let mut client = agent.agent().await;
+    let marker = marker(4);
+    // The escaped writer never lets the pipe go idle: only the drain limit
+    // (here 1 s, against a default of 10 s) ends the exec.
+    let mut start = sh(&format!(
+        "setsid sh -c 'while :; do echo tick || exit; sleep 0.05; done; sleep {marker}' & sleep 0.2"
+    ));
+    start.drain_limit_ms = 1000;
+    let started = Instant::now();
+    let out = run(&mut client, start).await;
+    let elapsed = started.elapsed();
+    for pid in processes_with(&marker) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+    assert!(out.stdout.starts_with(b"tick\n"), "{out:?}");
+    assert_eq!(out.exit.exit_code, 0, "{out:?}");
+    assert!(elapsed < PROMPT_END, "took {elapsed:?}");
+}
+
+#[tokio::test]
+async fn what_an_exec_leaves_in_its_group_goes_when_it_ends() {
+    let agent = Agent::start();
+    let mut client = agent.agent().await;
+    let first = marker(5);
+    let second = marker(6);
+    // The leader exits at once; the background sleep holds no pipe, so
+    // only the kill at the leader's end takes it.
+    let out = run(
+        &mut client,
+        sh(&format!(
+            "sleep {first} >/dev/null 2>&1 </dev/null & echo left"
+        )),
+    )
+    .await;
+    assert_eq!(out.stdout, b"left\n");
+    assert_gone(&first).await;
+
+    // The same for a child of the pre-started Python, reaped by the fork server.
+    let code = format!(
+        "import subprocess\nsubprocess.Popen(['sleep', '{second}'], stdin=subprocess.DEVNULL, \
+         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\nprint('left')"
+    );
+    let out = crate::support::run_code(&mut client, Language::Python, Start::Warm, &code).await;
+    assert_eq!(out.stdout, b"left\n", "{out:?}");
+    assert_gone(&second).await;
+}

@@ -111,6 +111,8 @@ pub struct RunSpec {
     pub output_limit_bytes: u64,
     /// Ask for the agent's pre-started interpreter of this language.
     pub warm_language: Option<WarmLanguage>,
+    /// Who runs it in the guest (`ExecStart.user`): empty for the sandbox user.
+    pub user: String,
 }
 
 /// How a program ended, with its collected output.
@@ -322,6 +324,7 @@ impl AgentClient {
                 .map(|l| l.as_str().to_owned())
                 .unwrap_or_default(),
             drain_limit_ms: u64::try_from(drain_limit.as_millis()).unwrap_or(u64::MAX),
+            user: spec.user,
             ..ExecStart::default()
         };
         let first = ExecInput {

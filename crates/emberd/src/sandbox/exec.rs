@@ -54,6 +54,7 @@ pub(super) async fn run(
         drain_limit: Some(EXEC_DRAIN_LIMIT),
         output_limit_bytes: DEFAULT_OUTPUT_LIMIT,
         warm_language: pack.warm_language,
+        user: params.user.as_str().to_owned(),
     };
     let started = Instant::now();
     let outcome = tokio::select! {
