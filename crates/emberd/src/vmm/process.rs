@@ -53,6 +53,11 @@ pub struct SpawnOptions<'a> {
     pub inherit: Vec<RawFd>,
     /// The cgroup the VMM joins before exec; removed once it is reaped.
     pub cgroup: Option<VmmCgroup>,
+    /// The process is a launcher that starts the VMM and exits (Firecracker's
+    /// jailer): it gets no tether, because a session leader that exits hangs
+    /// up the VMM it leaves behind. Such VMMs are found again through their
+    /// `vmm.pid` record.
+    pub launcher_only: bool,
 }
 
 impl VmProcess {
@@ -101,10 +106,15 @@ impl VmProcess {
             .stdout(stdout)
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
-        let (tether, terminal) = tether()?;
+        let (tether, terminal) = if options.launcher_only {
+            (None, None)
+        } else {
+            let (master, slave) = tether()?;
+            (Some(master), Some(slave))
+        };
         let child_setup = ChildSetup {
             parent: std::process::id() as libc::pid_t,
-            terminal: std::os::fd::AsRawFd::as_raw_fd(&terminal),
+            terminal: terminal.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
             cgroup_procs: options.cgroup.as_ref().and_then(VmmCgroup::procs_fd),
             inherit: options.inherit,
         };
@@ -154,7 +164,7 @@ impl VmProcess {
         Ok(VmProcess {
             pid,
             pidfd,
-            tether: Some(tether),
+            tether,
             exit: exit_rx,
         })
     }
@@ -234,8 +244,8 @@ fn tether() -> Result<(PtyMaster, std::fs::File), VmmError> {
 struct ChildSetup {
     /// The daemon's pid, read before the fork.
     parent: libc::pid_t,
-    /// The slave of the tether pty.
-    terminal: RawFd,
+    /// The slave of the tether pty, if the child gets one.
+    terminal: Option<RawFd>,
     cgroup_procs: Option<RawFd>,
     inherit: Vec<RawFd>,
 }
@@ -256,14 +266,16 @@ impl ChildSetup {
         if unsafe { libc::getppid() } != self.parent {
             return Err(std::io::Error::other("daemon exited during launch"));
         }
-        // A session of its own, with the tether as controlling terminal.
-        // SAFETY: setsid has no preconditions.
-        if unsafe { libc::setsid() } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: TIOCSCTTY on the pty slave the parent opened takes an int.
-        if unsafe { libc::ioctl(self.terminal, libc::TIOCSCTTY, 0) } < 0 {
-            return Err(std::io::Error::last_os_error());
+        if let Some(terminal) = self.terminal {
+            // A session of its own, with the tether as controlling terminal.
+            // SAFETY: setsid has no preconditions.
+            if unsafe { libc::setsid() } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // SAFETY: TIOCSCTTY on the pty slave the parent opened takes an int.
+            if unsafe { libc::ioctl(terminal, libc::TIOCSCTTY, 0) } < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
         if let Some(fd) = self.cgroup_procs {
             // SAFETY: writes one byte from a static buffer to an fd the

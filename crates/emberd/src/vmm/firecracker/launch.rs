@@ -15,7 +15,7 @@ use super::jail::{cgroup_limits, Jail, JailerConfig};
 use super::pidfd::PidfdProcess;
 use super::{instance_id, SNAPSHOT_MEMORY, SNAPSHOT_STATE};
 use crate::vmm::console::ConsoleRing;
-use crate::vmm::process::{describe_exit, VmProcess};
+use crate::vmm::process::{describe_exit, SpawnOptions, VmProcess};
 use crate::vmm::{pid_record, BootSpec, SnapshotFiles, VmExit, VmmError};
 
 /// Firecracker's stderr (and the jailer's) in the sandbox dir; the guest
@@ -153,7 +153,15 @@ pub async fn spawn_jailed(
     command.envs(env.iter().map(|(k, v)| (k, v)));
     new_network_namespace(&mut command);
     let log = spec.sandbox_dir.join(VMM_LOG);
-    let jailer = VmProcess::spawn_with_console(command, &log, Some(console))?;
+    let jailer = VmProcess::spawn_with(
+        command,
+        &log,
+        SpawnOptions {
+            console: Some(console),
+            launcher_only: true,
+            ..SpawnOptions::default()
+        },
+    )?;
     let exit = match tokio::time::timeout(spec.boot_timeout, jailer.wait()).await {
         Ok(exit) => exit?,
         Err(_) => {

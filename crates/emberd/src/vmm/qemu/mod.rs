@@ -177,6 +177,7 @@ impl QemuBackend {
                 console: Some(&console),
                 inherit: launch.incoming_fd.into_iter().collect(),
                 cgroup,
+                launcher_only: false,
             },
         )?;
         let vm = QemuVm {
