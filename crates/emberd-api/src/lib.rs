@@ -168,6 +168,9 @@ pub struct InfoResponse {
     pub isolation: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub version: Option<String>,
+    /// Sandboxes deleted for their TTL or idle timeout since the daemon started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandboxes_reaped: Option<u64>,
     /// Ready VMs in each pack's warm pool (absent when pools are off).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pool_ready: Option<std::collections::BTreeMap<String, usize>>,

@@ -295,6 +295,8 @@ async fn a_sandbox_past_its_ttl_is_reaped() {
     let id = create_ok(&daemon, json!({ "ttl_s": 1, "idle_timeout_s": 0 })).await;
     let kept = create_ok(&daemon, json!({ "idle_timeout_s": 0 })).await;
     wait_until("the reaper deletes it", || daemon.manager.reaped() == 1).await;
+    let (_, info) = daemon.call(Method::GET, "/info", None).await;
+    assert_eq!(info["sandboxes_reaped"], 1, "{info}");
     let (status, _) = daemon
         .call(Method::GET, &format!("/sandboxes/{id}"), None)
         .await;

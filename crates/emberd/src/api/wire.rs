@@ -105,6 +105,7 @@ pub fn info_response(info: DaemonInfo) -> InfoResponse {
         isolation: info.accel.map(|accel| isolation(accel).to_owned()),
         version: Some(env!("CARGO_PKG_VERSION").to_owned()),
         pool_ready: info.pool_ready,
+        sandboxes_reaped: Some(info.reaped),
     }
 }
 

@@ -346,6 +346,7 @@ impl Manager {
             backend: launcher.backend.name(),
             accel: launcher.backend.acceleration(),
             pool_ready: self.pools.enabled().then(|| self.pools.ready_counts()),
+            reaped: self.reaped(),
         }
     }
 

@@ -153,6 +153,8 @@ pub struct DaemonInfo {
     pub accel: Option<Accel>,
     /// Ready VMs per pack, when pools are on.
     pub pool_ready: Option<BTreeMap<String, usize>>,
+    /// Sandboxes deleted for their TTL or idle timeout since the daemon started.
+    pub reaped: u64,
 }
 
 /// One exec as the manager takes it.

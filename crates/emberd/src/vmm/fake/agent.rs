@@ -132,7 +132,7 @@ impl Agent for ScriptedAgent {
             .answer_or_hang(AgentCall::SetIdentity)
             .await;
         let identity = request.into_inner();
-        *self.guest.identity.lock().expect("identity lock") = Some(identity.sandbox_id);
+        *self.guest.identity.lock() = Some(identity.sandbox_id);
         Ok(Response::new(SetIdentityResponse {}))
     }
 

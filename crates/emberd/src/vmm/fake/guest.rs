@@ -4,7 +4,9 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use tokio::sync::watch;
@@ -97,7 +99,7 @@ impl Guest {
             allowed
         });
         if changed {
-            for session in self.sessions.lock().expect("session lock").drain(..) {
+            for session in self.sessions.lock().drain(..) {
                 session.abort();
             }
         }

@@ -20,7 +20,9 @@ pub mod script;
 mod vm;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -90,7 +92,7 @@ struct Shared {
 
 impl Shared {
     fn faults(&self) -> Faults {
-        *self.faults.lock().expect("fault lock")
+        *self.faults.lock()
     }
 
     /// Never returns when `call` is set to go unanswered.
@@ -105,14 +107,11 @@ impl Shared {
     }
 
     fn set_faults(&self) -> MutexGuard<'_, Faults> {
-        self.faults.lock().expect("fault lock")
+        self.faults.lock()
     }
 
     fn warm_interpreters(&self) -> Vec<String> {
-        self.warm_interpreters
-            .lock()
-            .expect("warm interpreter lock")
-            .clone()
+        self.warm_interpreters.lock().clone()
     }
 }
 
@@ -214,11 +213,7 @@ impl FakeBackend {
 
     /// What agents report in `Health` as their warm interpreters.
     pub fn set_warm_interpreters(&self, languages: &[&str]) {
-        *self
-            .shared
-            .warm_interpreters
-            .lock()
-            .expect("warm interpreter lock") = languages.iter().map(|l| (*l).to_owned()).collect();
+        *self.shared.warm_interpreters.lock() = languages.iter().map(|l| (*l).to_owned()).collect();
     }
 
     /// Cold boots asked for, including held and failed ones.
@@ -256,7 +251,6 @@ impl FakeBackend {
         self.shared
             .vms
             .lock()
-            .expect("vm list lock")
             .iter()
             .map(|guest| FakeVmHandle {
                 guest: guest.clone(),
@@ -326,7 +320,7 @@ impl FakeBackend {
             .as_bytes(),
         );
         let live = {
-            let mut vms = self.shared.vms.lock().expect("vm list lock");
+            let mut vms = self.shared.vms.lock();
             vms.push(guest.clone());
             vms.iter().filter(|g| g.is_live()).count()
         };
