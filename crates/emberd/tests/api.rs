@@ -55,10 +55,12 @@ async fn every_route_answers_with_its_shape() {
             "guest_ram_mib",
             "guest_vcpus",
             "packs",
+            "sandboxes_reaped",
             "version",
             "work_dir"
         ]
     );
+    assert_eq!(info["sandboxes_reaped"], 0);
     assert_eq!(info["guest_ram_mib"], 256);
     assert_eq!(info["guest_vcpus"], 1);
     assert_eq!(info["boot_path"], "cold-boot");
