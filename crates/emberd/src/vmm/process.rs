@@ -134,12 +134,7 @@ impl VmProcess {
             .ok_or_else(|| VmmError::ExitedEarly("the VMM exited at once".into()))?;
         // Nothing reaps the child before the watcher below starts, so the
         // pid still names it (at worst as a zombie).
-        let pidfd = Pid::from_raw(pid as i32)
-            .ok_or_else(|| VmmError::Launch(std::io::Error::other("the VMM has no pid")))
-            .and_then(|p| {
-                pidfd_open(p, PidfdFlags::empty())
-                    .map_err(|e| VmmError::Launch(std::io::Error::from(e)))
-            })?;
+        let pidfd = open_pidfd(pid)?;
         let cgroup = options.cgroup;
         let (exit_tx, exit_rx) = watch::channel(None);
         tokio::spawn(async move {
@@ -180,7 +175,7 @@ impl VmProcess {
 
     /// Sends `signal` to this process, never to a later holder of its pid.
     fn signal(&self, signal: Signal) {
-        let _ = pidfd_send_signal(&self.pidfd, signal);
+        signal_pidfd(&self.pidfd, signal);
     }
 
     /// SIGTERM, then SIGKILL after [`STOP_GRACE`]; returns once reaped. Idempotent.
@@ -198,16 +193,37 @@ impl VmProcess {
 
     /// Waits for the process to end.
     pub async fn wait(&self) -> Result<VmExit, VmmError> {
-        let mut exit = self.exit.clone();
-        let value = exit
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| VmmError::Control(std::io::Error::other("VM watcher ended")))?;
-        Ok(value.clone().unwrap_or(VmExit {
-            code: None,
-            signal: None,
-        }))
+        wait_for_exit(&self.exit).await
     }
+}
+
+/// Waits until the watcher behind `exit` reports the process's end.
+pub async fn wait_for_exit(exit: &watch::Receiver<Option<VmExit>>) -> Result<VmExit, VmmError> {
+    let mut exit = exit.clone();
+    let value = exit
+        .wait_for(Option::is_some)
+        .await
+        .map_err(|_| VmmError::Control(std::io::Error::other("VM watcher ended")))?;
+    Ok(value.clone().unwrap_or(VmExit {
+        code: None,
+        signal: None,
+    }))
+}
+
+/// Opens a pidfd on `pid`, which must still name the process meant (a
+/// child not yet reaped, or a process known by other means).
+pub fn open_pidfd(pid: u32) -> Result<OwnedFd, VmmError> {
+    let launch = |e: std::io::Error| VmmError::Launch(e);
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| launch(std::io::Error::other("the VMM has no pid")))?;
+    pidfd_open(pid, PidfdFlags::empty()).map_err(|e| launch(std::io::Error::from(e)))
+}
+
+/// Sends `signal` through `pidfd`: to that process, never to a later holder of its pid.
+pub fn signal_pidfd(pidfd: &impl std::os::fd::AsFd, signal: Signal) {
+    let _ = pidfd_send_signal(pidfd, signal);
 }
 
 impl Drop for VmProcess {

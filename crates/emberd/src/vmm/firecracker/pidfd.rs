@@ -7,13 +7,16 @@
 //! through the pidfd). Must never signal a raw pid. The process is not the
 //! daemon's child: its exit status is not ours to read.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
 
+use rustix::process::Signal;
+
+use crate::vmm::process::{open_pidfd, signal_pidfd, wait_for_exit};
 use crate::vmm::{VmExit, VmmError};
 
 /// A process watched through its pidfd.
@@ -26,13 +29,7 @@ pub struct PidfdProcess {
 impl PidfdProcess {
     /// Opens `pid` and starts watching for its exit.
     pub fn open(pid: u32) -> Result<PidfdProcess, VmmError> {
-        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
-        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-        if raw < 0 {
-            return Err(VmmError::Launch(std::io::Error::last_os_error()));
-        }
-        // SAFETY: `raw` is a pidfd just returned to us, owned by nobody else.
-        let owned = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+        let owned = open_pidfd(pid)?;
         // SAFETY: `owned` is an open pidfd that the AsyncFd owns from here
         // on, so it stays the same open file for the AsyncFd's lifetime.
         let fd = unsafe { AsyncFd::register_with_interest(owned, tokio::io::Interest::READABLE) }
@@ -63,40 +60,22 @@ impl PidfdProcess {
         self.exit.borrow().clone()
     }
 
-    fn signal(&self, signal: libc::c_int) {
-        // SAFETY: pidfd_send_signal takes our pidfd, a signal number, a null
-        // siginfo and no flags.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.fd.as_raw_fd(),
-                signal,
-                std::ptr::null::<libc::siginfo_t>(),
-                0,
-            );
-        }
+    fn signal(&self, signal: Signal) {
+        signal_pidfd(self.fd.get_ref(), signal);
     }
 
     /// SIGKILL, and wait for the exit. (As the init of its PID namespace,
     /// Firecracker ignores SIGTERM, for which it sets no handler.) Idempotent.
     pub async fn stop(&self) {
         if self.exited().is_none() {
-            self.signal(libc::SIGKILL);
+            self.signal(Signal::KILL);
         }
         let mut exit = self.exit.clone();
         let _ = tokio::time::timeout(Duration::from_secs(10), exit.wait_for(Option::is_some)).await;
     }
 
     pub async fn wait(&self) -> Result<VmExit, VmmError> {
-        let mut exit = self.exit.clone();
-        let value = exit
-            .wait_for(Option::is_some)
-            .await
-            .map_err(|_| VmmError::Control(std::io::Error::other("VM watcher ended")))?;
-        Ok(value.clone().unwrap_or(VmExit {
-            code: None,
-            signal: None,
-        }))
+        wait_for_exit(&self.exit).await
     }
 }
 
@@ -104,7 +83,7 @@ impl Drop for PidfdProcess {
     /// A VMM dropped without a stop is killed.
     fn drop(&mut self) {
         if self.exited().is_none() {
-            self.signal(libc::SIGKILL);
+            self.signal(Signal::KILL);
         }
     }
 }
