@@ -78,7 +78,6 @@ struct Activity {
     execs: usize,
     /// When the sandbox last had an exec end (or came up).
     last_active: Instant,
-    last_active_at: SystemTime,
     /// Claimed by the reaper: no exec may start any more.
     reaped: bool,
 }
@@ -101,6 +100,11 @@ pub(super) struct Sandbox {
 }
 
 impl Sandbox {
+    /// The wall-clock time of `at`, a monotonic instant in this sandbox's life.
+    fn wall_clock(&self, at: Instant) -> SystemTime {
+        self.created_at + at.saturating_duration_since(self.created)
+    }
+
     /// A sandbox whose VM is about to be booted.
     pub fn booting(
         id: String,
@@ -121,7 +125,6 @@ impl Sandbox {
             activity: Mutex::new(Activity {
                 execs: 0,
                 last_active: created,
-                last_active_at: created_at,
                 reaped: false,
             }),
             reservation: Mutex::new(Some(reservation)),
@@ -156,7 +159,6 @@ impl Sandbox {
         }
         let mut activity = self.activity.lock();
         activity.last_active = Instant::now();
-        activity.last_active_at = SystemTime::now();
         Ok(())
     }
 
@@ -260,7 +262,7 @@ impl Sandbox {
                 .terms
                 .idle_timeout
                 .filter(|_| up && activity.execs == 0);
-            idle.and_then(|idle| activity.last_active_at.checked_add(idle))
+            idle.and_then(|idle| self.wall_clock(activity.last_active).checked_add(idle))
         };
         SandboxSummary {
             id: self.id.clone(),
@@ -309,7 +311,6 @@ impl Drop for ExecActivity<'_> {
         let mut activity = self.sandbox.activity.lock();
         activity.execs -= 1;
         activity.last_active = Instant::now();
-        activity.last_active_at = SystemTime::now();
     }
 }
 
