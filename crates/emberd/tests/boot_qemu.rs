@@ -15,7 +15,6 @@ use emberd::image::Manifest;
 use emberd::vmm::qemu::{AccelChoice, QemuBackend};
 use emberd::vmm::vmm_user::{VmmUser, DEFAULT_VMM_USER};
 use emberd::vmm::{BootSpec, Vm, VmBackend};
-use reqwest::Method;
 
 /// QEMU as `emberd serve` makes it: the VMM user when root.
 fn backend() -> QemuBackend {
@@ -234,11 +233,7 @@ async fn the_daemons_vmm_runs_unprivileged_under_seccomp() {
     let daemon = support::start(&[]);
     let api = support::api(&daemon);
     let id = api.create("python").await;
-    let (status, info) = api
-        .raw(Method::GET, &format!("/sandboxes/{id}"), None)
-        .await;
-    assert_eq!(status, 200, "{info}");
-    let pid = info["vmm_pid"].as_u64().expect("vmm_pid") as u32;
+    let pid = api.vmm_pid(&id).await;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
     let args: Vec<String> = cmdline
         .split(|&b| b == 0)
