@@ -403,6 +403,11 @@ mod tests {
             .args(["-c", "import time; time.sleep(300)", "--id", "sb-live"])
             .spawn()
             .unwrap();
+        // A process just spawned may not show its new command line yet.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !runs_as(&live.id().to_string(), "sb-live") && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let jails: Vec<Jail> = ["sb-live", "sb-dead", "sb-new"]
             .iter()
             .map(|id| Jail::create(&config, fc, id).unwrap())
