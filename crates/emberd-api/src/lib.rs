@@ -6,6 +6,17 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod files;
+pub mod process;
+pub mod stream;
+
+pub use files::{FileEntry, FileKind, FileList, WriteResult};
+pub use process::{
+    AttachControl, OutputChunk, OutputPage, ProcessInfo, ProcessList, ProcessStarted, ProcessState,
+    PtySize, ResizeRequest, SignalRequest, StartProcessRequest,
+};
+pub use stream::{DroppedEvent, OutputEvent};
+
 /// The language pack used when a create request names none.
 pub const DEFAULT_LANGUAGE_PACK: &str = "python";
 
@@ -92,7 +103,7 @@ pub struct ExecResponse {
     pub stderr_truncated: bool,
 }
 
-fn is_false(flag: &bool) -> bool {
+pub(crate) fn is_false(flag: &bool) -> bool {
     !*flag
 }
 

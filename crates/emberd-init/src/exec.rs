@@ -421,7 +421,7 @@ async fn supervise(
                             signals.signal(signal);
                         }
                     }
-                    exec_input::Kind::Start(_) => {}
+                    exec_input::Kind::Start(_) | exec_input::Kind::Resize(_) => {}
                 },
                 Ok(Some(ExecInput { kind: None })) => {}
                 // The host half-closed its side: no more stdin.

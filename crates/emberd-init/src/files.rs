@@ -16,7 +16,7 @@ use emberd_proto::v1::files_server::Files;
 use emberd_proto::v1::{
     write_file_request, FileChunk, FileInfo, FileKind, ListDirResponse, MakeDirRequest,
     MakeDirResponse, PathRequest, ReadFileRequest, RemoveRequest, RemoveResponse, WriteFileRequest,
-    WriteFileResponse,
+    WriteFileResponse, WriteTarRequest, WriteTarResponse,
 };
 use futures::Stream;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -108,6 +108,7 @@ fn file_info(guest_path: &str, meta: &std::fs::Metadata) -> FileInfo {
         size: meta.len(),
         mode: meta.mode() & 0o7777,
         modified_unix_ms: modified,
+        link_target: String::new(),
     }
 }
 
@@ -116,6 +117,21 @@ type ChunkStream = Pin<Box<dyn Stream<Item = Result<FileChunk, Status>> + Send>>
 #[tonic::async_trait]
 impl Files for FilesService {
     type ReadFileStream = ChunkStream;
+    type ReadTarStream = ChunkStream;
+
+    async fn write_tar(
+        &self,
+        _: Request<Streaming<WriteTarRequest>>,
+    ) -> Result<Response<WriteTarResponse>, Status> {
+        Err(Status::unimplemented("tar is not offered by this agent"))
+    }
+
+    async fn read_tar(
+        &self,
+        _: Request<PathRequest>,
+    ) -> Result<Response<Self::ReadTarStream>, Status> {
+        Err(Status::unimplemented("tar is not offered by this agent"))
+    }
 
     async fn read_file(
         &self,
@@ -286,7 +302,10 @@ impl Files for FilesService {
             entries.push(file_info(&guest.to_string_lossy(), &meta));
         }
         entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(ListDirResponse { entries }))
+        Ok(Response::new(ListDirResponse {
+            entries,
+            truncated: false,
+        }))
     }
 
     async fn make_dir(

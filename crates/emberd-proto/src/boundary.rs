@@ -36,3 +36,26 @@ pub const SANDBOX_HOME: &str = "/home/sandbox";
 
 /// The name an exec gives to run as root instead.
 pub const ROOT_USER: &str = "root";
+
+/// The largest terminal side (rows or columns) either end accepts for a PTY.
+pub const MAX_PTY_SIDE: u32 = 1000;
+
+/// The deepest directory listing `ListDir` descends.
+pub const MAX_LIST_DEPTH: u32 = 8;
+
+/// The most entries one `ListDir` answer carries.
+pub const MAX_LIST_ENTRIES: usize = 10_000;
+
+/// The longest path either end accepts, in bytes (Linux's `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// Capabilities an agent lists in `HelloResponse.capabilities` for the
+/// optional parts of the protocol.
+pub mod capability {
+    /// `ExecStart.pty` and `ExecInput.resize`.
+    pub const PTY: &str = "pty";
+    /// `Files.WriteTar` and `Files.ReadTar`.
+    pub const TAR: &str = "tar";
+    /// `WriteFileStart.owner`, `MakeDirRequest.owner`, `PathRequest.depth`.
+    pub const FILES_OWNER: &str = "files-owner";
+}

@@ -41,6 +41,10 @@ pub const SCHEMA_FINGERPRINTS: &[(u32, &str)] = &[
         1,
         "4f2cf612fa6aec1886d330a2bdee9ef74c9647de5d49b7c5c59d54be3c955d4d",
     ),
+    (
+        1,
+        "e84133b9d32febdc587b07d46f0c2cab8330f53ce2f2389a90a287d8f476dd05",
+    ),
 ];
 
 /// The text of `agent.proto`, for the schema test and for diagnostics.

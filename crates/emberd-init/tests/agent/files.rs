@@ -36,6 +36,7 @@ async fn a_100_mib_file_streams_both_ways_in_bounded_memory() {
                 path: "/data/big.bin".into(),
                 mode: 0o600,
                 make_parents: true,
+                ..Default::default()
             })),
         })
         .await
@@ -110,7 +111,10 @@ async fn hostile_paths_and_bad_requests_get_errors_and_the_agent_keeps_serving()
         "",
     ] {
         let err = files
-            .stat(PathRequest { path: path.into() })
+            .stat(PathRequest {
+                path: path.into(),
+                ..Default::default()
+            })
             .await
             .unwrap_err();
         assert_eq!(
@@ -130,6 +134,7 @@ async fn hostile_paths_and_bad_requests_get_errors_and_the_agent_keeps_serving()
     let err = files
         .stat(PathRequest {
             path: "/missing".into(),
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -160,12 +165,14 @@ async fn hostile_paths_and_bad_requests_get_errors_and_the_agent_keeps_serving()
             path: "/work/a/b".into(),
             parents: true,
             mode: 0,
+            ..Default::default()
         })
         .await
         .unwrap();
     let listing = files
         .list_dir(PathRequest {
             path: "/work".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -13,6 +13,7 @@
 
 pub mod bounds;
 pub mod clock;
+pub mod session;
 pub mod untrusted;
 
 use std::sync::Arc;
@@ -20,8 +21,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use emberd_proto::boundary::{MAX_EXEC_DRAIN_LIMIT_MS, MAX_MESSAGE_BYTES};
 use emberd_proto::v1::{
-    agent_client::AgentClient as RawAgentClient, exec_input, exec_output, ExecInput, ExecStart,
-    HealthRequest, HelloRequest, Identity, QuiesceRequest,
+    agent_client::AgentClient as RawAgentClient, HealthRequest, HelloRequest, Identity,
+    QuiesceRequest,
 };
 use emberd_proto::warm::WarmLanguage;
 use emberd_proto::PROTOCOL_GENERATION;
@@ -33,11 +34,10 @@ use self::bounds::{
     exec_answer_bound, EXEC_DRAIN_LIMIT, HEALTH_BOUND, IDENTITY_BOUND, QUIESCE_BOUND,
 };
 use self::clock::{ChannelClock, ClockedStream};
+pub use self::session::{ExecEvent, ExitReport, SessionEvents, SessionInput, StartSpec};
 pub use self::untrusted::{guest_bytes, guest_text, guest_warning_allowed, GUEST_TEXT_MAX_BYTES};
 use crate::vmm::AgentStream;
 
-/// Size of one stdin chunk sent to the agent.
-const STDIN_CHUNK: usize = 64 * 1024;
 /// The most capabilities kept from an agent's `Hello`.
 const MAX_CAPABILITIES: usize = 64;
 
@@ -300,7 +300,7 @@ impl AgentClient {
     /// Runs one program to completion and collects its output. With a
     /// timeout, the answer is awaited for [`bounds::exec_answer_bound`] of
     /// it (without one, until the daemon shuts down or the future is
-    /// dropped). Dropping the returned future drops the stream, and the
+    /// dropped). Dropping the returned future drops the session, and the
     /// agent kills the process.
     pub async fn run(&self, spec: RunSpec) -> Result<RunOutcome, GuestError> {
         let drain_limit = spec
@@ -310,88 +310,66 @@ impl AgentClient {
         let answer_bound = spec
             .timeout
             .map(|timeout| exec_answer_bound(timeout, drain_limit));
-        let start = ExecStart {
+        let limit = spec.output_limit_bytes;
+        let start = StartSpec {
             interpreter: spec.interpreter,
             code: spec.code,
             file_suffix: spec.file_suffix,
-            timeout_ms: spec
-                .timeout
-                .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
-                .unwrap_or(0),
-            output_limit_bytes: spec.output_limit_bytes,
-            warm_language: spec
-                .warm_language
-                .map(|l| l.as_str().to_owned())
-                .unwrap_or_default(),
-            drain_limit_ms: u64::try_from(drain_limit.as_millis()).unwrap_or(u64::MAX),
+            timeout: spec.timeout,
+            drain_limit,
+            output_limit_bytes: limit,
+            warm_language: spec.warm_language,
             user: spec.user,
-            ..ExecStart::default()
+            ..StartSpec::default()
         };
-        let first = ExecInput {
-            kind: Some(exec_input::Kind::Start(start)),
-        };
-        // Stdin follows the start in chunks, taken as HTTP/2 flow control
-        // allows; the end of the request stream closes the process's stdin.
         let stdin = spec.stdin.unwrap_or_default();
-        let chunks = (0..stdin.len())
-            .step_by(STDIN_CHUNK)
-            .map(move |at| ExecInput {
-                kind: Some(exec_input::Kind::Stdin(
-                    stdin[at..stdin.len().min(at + STDIN_CHUNK)].to_vec(),
-                )),
-            });
-        let input = tokio_stream::iter(std::iter::once(first).chain(chunks));
-        self.bounded(
-            "Exec",
-            answer_bound,
-            self.collect(input, spec.output_limit_bytes),
-        )
-        .await?
+        self.bounded("Exec", answer_bound, self.collect(start, stdin, limit))
+            .await?
     }
 
     async fn collect(
         &self,
-        input: impl tokio_stream::Stream<Item = ExecInput> + Send + 'static,
+        start: StartSpec,
+        stdin: Vec<u8>,
         limit: u64,
     ) -> Result<RunOutcome, GuestError> {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
-        let mark = self.clock.mark();
-        let mut output = self
-            .raw()
-            .exec(input)
-            .await
-            .map_err(|status| GuestError::from_status("Exec", status))?
-            .into_inner();
+        let (input, mut events) = self.start(start).await?;
+        // Stdin goes in while output comes back: a program that answers
+        // before reading all its input must not stall the writer.
+        let feed = async move {
+            if input.write_stdin(&stdin).await.is_ok() {
+                let _ = input.close_stdin().await;
+            }
+            std::future::pending::<()>().await
+        };
+        tokio::pin!(feed);
         let mut outcome = RunOutcome::default();
         loop {
-            let message = output
-                .message()
-                .await
-                .map_err(|status| GuestError::from_status("Exec", status))?;
-            let Some(message) = message else {
-                return Err(GuestError::NoExit { call: "Exec" });
+            let event = tokio::select! {
+                event = events.next() => event?,
+                () = &mut feed => unreachable!("the stdin feed never ends"),
             };
-            match message.kind {
-                Some(exec_output::Kind::Started(started)) => outcome.warm = started.warm,
-                Some(exec_output::Kind::Stdout(data)) => {
+            match event {
+                Some(ExecEvent::Started { warm, .. }) => outcome.warm = warm,
+                Some(ExecEvent::Stdout(data)) => {
                     outcome.stdout_truncated |= append_capped(&mut outcome.stdout, &data, limit);
                 }
-                Some(exec_output::Kind::Stderr(data)) => {
+                Some(ExecEvent::Stderr(data)) => {
                     outcome.stderr_truncated |= append_capped(&mut outcome.stderr, &data, limit);
                 }
-                Some(exec_output::Kind::Exit(exit)) => {
+                Some(ExecEvent::Exit(exit)) => {
                     outcome.exit_code = exit.exit_code;
-                    outcome.signal = (exit.signal != 0).then_some(exit.signal);
+                    outcome.signal = exit.signal;
                     outcome.timed_out = exit.timed_out;
                     outcome.stdout_truncated |= exit.stdout_truncated;
                     outcome.stderr_truncated |= exit.stderr_truncated;
-                    outcome.guest_duration = Duration::from_micros(exit.duration_us);
-                    outcome.vm_duration = self.clock.since(mark);
-                    outcome.launch_error =
-                        (!exit.error.is_empty()).then(|| guest_text(&exit.error));
+                    outcome.guest_duration = exit.guest_duration;
+                    outcome.vm_duration = exit.vm_duration;
+                    outcome.launch_error = exit.launch_error;
                     return Ok(outcome);
                 }
-                None => {}
+                None => return Err(GuestError::NoExit { call: "Exec" }),
             }
         }
     }

@@ -367,7 +367,7 @@ impl Manager {
         tracing::info!(stopped = count, "all sandboxes stopped");
     }
 
-    fn lookup(&self, id: &str) -> Result<Arc<Sandbox>, SandboxError> {
+    pub(super) fn lookup(&self, id: &str) -> Result<Arc<Sandbox>, SandboxError> {
         self.sandboxes
             .lock()
             .get(id)

@@ -277,7 +277,7 @@ async fn read_input(
                 exec_input::Kind::Signal(number) => {
                     let _ = signals.send(Some(number));
                 }
-                exec_input::Kind::Start(_) => {}
+                exec_input::Kind::Start(_) | exec_input::Kind::Resize(_) => {}
             },
             Some(Ok(ExecInput { kind: None })) => {}
             // The host half-closed its side: no more stdin.
