@@ -8,6 +8,7 @@
 
 mod agent;
 mod cgroup;
+mod code_file;
 mod exec;
 mod files;
 mod forkserver;
@@ -17,10 +18,12 @@ mod node_spare;
 mod output;
 mod pid1;
 mod process_env;
+mod pty;
 mod reaper;
 mod transport;
 mod user;
 mod warm;
+mod warm_pick;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

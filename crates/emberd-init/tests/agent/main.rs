@@ -6,4 +6,5 @@ mod files;
 mod interpreters;
 mod node_spare;
 mod protocol;
+mod pty;
 mod support;
