@@ -90,7 +90,7 @@ fn main() {
             cgroups: None,
         };
         let agent = Arc::new(AgentService::new(Mode::Host, reaper, exec_env));
-        let routes = transport::routes(&agent, &FilesService::new(root));
+        let routes = transport::routes(&agent, &FilesService::new(root, false));
         transport::serve_unix(&socket, agent, routes).await
     });
     if let Err(e) = result {
@@ -195,7 +195,7 @@ async fn serve_guest() -> String {
         cgroups,
     };
     let agent = Arc::new(AgentService::new(Mode::Guest, reaper, exec_env));
-    let routes = transport::routes(&agent, &FilesService::new(PathBuf::from("/")));
+    let routes = transport::routes(&agent, &FilesService::new(PathBuf::from("/"), true));
     let mut tasks = tokio::task::JoinSet::new();
     {
         let (agent, routes) = (agent.clone(), routes.clone());
