@@ -467,6 +467,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_full_disk_is_resource_exhausted_even_when_wrapped() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let status = io_status("cannot write", "/x", full);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().starts_with(NO_SPACE));
+        // As the tar crate wraps it.
+        let wrapped = std::io::Error::new(
+            ErrorKind::StorageFull,
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(is_no_space(&wrapped));
+        assert!(!is_no_space(&std::io::Error::from_raw_os_error(libc::EIO)));
+    }
+
+    #[test]
     fn hostile_paths_are_refused() {
         let service = FilesService::new(PathBuf::from("/srv/root"), false);
         assert_eq!(
@@ -474,7 +489,15 @@ mod tests {
             PathBuf::from("/srv/root/a/b")
         );
         assert_eq!(service.resolve("/").unwrap(), PathBuf::from("/srv/root"));
-        for bad in ["relative", "/a/../../etc/passwd", "../x", "/a\0b", ""] {
+        let long = format!("/{}", "a".repeat(MAX_PATH_BYTES));
+        for bad in [
+            "relative",
+            "/a/../../etc/passwd",
+            "../x",
+            "/a\0b",
+            "",
+            &long,
+        ] {
             assert!(service.resolve(bad).is_err(), "{bad:?} was accepted");
         }
     }

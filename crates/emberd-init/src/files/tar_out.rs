@@ -81,12 +81,13 @@ pub fn read_tar(
             // The host is gone: nobody to tell.
             Err((_, e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
             Err((path, e)) => {
-                let shown = path.strip_prefix(&host).unwrap_or(&path).display();
-                let _ = tx.blocking_send(Err(io_status(
-                    "cannot pack",
-                    &format!("{guest}/{shown}"),
-                    e,
-                )));
+                let rel = path.strip_prefix(&host).unwrap_or(&path);
+                let shown = if rel.as_os_str().is_empty() {
+                    guest
+                } else {
+                    format!("{}/{}", guest.trim_end_matches('/'), rel.display())
+                };
+                let _ = tx.blocking_send(Err(io_status("cannot pack", &shown, e)));
             }
         }
     });
@@ -129,6 +130,8 @@ fn pack_one(
     let meta = std::fs::symlink_metadata(path).map_err(failed)?;
     let mut header = Header::new_gnu();
     header.set_metadata_in_mode(&meta, HeaderMode::Complete);
+    // Permission bits only, as tar writers do (the crate keeps the type bits).
+    header.set_mode(std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o7777);
     let kind = meta.file_type();
     if kind.is_symlink() {
         header.set_size(0);

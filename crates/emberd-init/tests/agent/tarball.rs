@@ -114,6 +114,12 @@ async fn a_tree_survives_a_tar_round_trip_with_modes_and_symlinks() {
     let mut kinds = Vec::new();
     for entry in tar::Archive::new(&archive[..]).entries().unwrap() {
         let entry = entry.unwrap();
+        let mode = entry.header().mode().unwrap();
+        assert_eq!(
+            mode & !0o7777,
+            0,
+            "mode {mode:o} carries more than permissions"
+        );
         kinds.push((
             entry.path().unwrap().display().to_string(),
             entry.header().entry_type(),
