@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use emberd_proto::boundary::capability;
 use emberd_proto::v1::agent_server::Agent;
 use emberd_proto::v1::{
     exec_input, ExecInput, ExecOutput, HealthRequest, HealthResponse, HelloRequest, HelloResponse,
@@ -85,17 +86,24 @@ impl Agent for AgentService {
         Ok(Response::new(HelloResponse {
             generation: PROTOCOL_GENERATION,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            capabilities: ["exec", "files", "identity"]
-                .into_iter()
-                .map(String::from)
-                .chain(
-                    self.exec_env
-                        .python
-                        .as_ref()
-                        .map(|_| "fork-server:python".to_owned()),
-                )
-                .chain(self.exec_env.node.as_ref().map(|_| "spare:node".to_owned()))
-                .collect(),
+            capabilities: [
+                "exec",
+                "files",
+                "identity",
+                capability::PTY,
+                capability::TAR,
+                capability::FILES_OWNER,
+            ]
+            .into_iter()
+            .map(String::from)
+            .chain(
+                self.exec_env
+                    .python
+                    .as_ref()
+                    .map(|_| "fork-server:python".to_owned()),
+            )
+            .chain(self.exec_env.node.as_ref().map(|_| "spare:node".to_owned()))
+            .collect(),
         }))
     }
 

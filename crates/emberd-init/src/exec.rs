@@ -6,15 +6,14 @@
 //! a host that goes away, or the main process exiting SIGKILLs the whole
 //! process group (through whoever reaps its leader, never by a pid that may
 //! have been reused) and, in the guest, everything in the exec's cgroup.
-//! Exactly one `exit` message ends the output stream.
+//! Exactly one `exit` message ends the output stream. An exec with `pty`
+//! runs one-shot on a terminal of its own ([`crate::pty`]) instead of pipes.
 
-use std::io::Write;
 use std::os::fd::OwnedFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,19 +29,19 @@ use tokio::sync::mpsc;
 use tonic::{Status, Streaming};
 
 use crate::cgroup::{Cgroups, ExecCgroup};
+use crate::code_file::{write_code_file, CodeFile};
 use crate::forkserver::ForkServer;
 use crate::group::Group;
 use crate::node_spare::NodeSpares;
 use crate::output::{drain_limit, forward};
 use crate::process_env::default_env;
+use crate::pty::{self, Pty};
 use crate::reaper::{Exit, Reaper};
-use crate::user::{become_user, User, SANDBOX_MAX_PROCESSES};
-use crate::warm::WarmChild;
+use crate::user::{become_user, User};
+use crate::warm_pick::warm_child;
 
 /// Output forwarded per stream when the host asks for no particular cap.
 pub const DEFAULT_OUTPUT_LIMIT: u64 = 16 * 1024 * 1024;
-
-static NEXT_CODE_FILE: AtomicU64 = AtomicU64::new(0);
 
 /// Where execs run.
 #[derive(Debug, Clone)]
@@ -110,20 +109,12 @@ struct Launched {
     group: Group,
     stdin: Option<pipe::Sender>,
     stdout: pipe::Receiver,
-    stderr: pipe::Receiver,
+    /// `None` on a terminal, where stderr is stdout.
+    stderr: Option<pipe::Receiver>,
+    /// The terminal's master, for resizes.
+    pty: Option<OwnedFd>,
     code_file: Option<PathBuf>,
     cgroup: Option<ExecCgroup>,
-}
-
-/// Removes the code file when the launch fails.
-struct CodeFile(Option<PathBuf>);
-
-impl Drop for CodeFile {
-    fn drop(&mut self) {
-        if let Some(file) = self.0.take() {
-            let _ = std::fs::remove_file(file);
-        }
-    }
 }
 
 async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Launched, String> {
@@ -173,13 +164,17 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
     if env.switch_users {
         vars.extend(user.env());
     }
+    if start.pty.is_some() {
+        vars.insert("TERM".into(), "xterm-256color".into());
+    }
     vars.extend(start.env.clone());
+    // A terminal needs a process of its own: never the warm interpreters.
     let warm = match &code_file.0 {
-        Some(file) => {
+        Some(file) if start.pty.is_none() => {
             let as_user = env.switch_users.then_some(user);
             warm_child(env, start, file, &cwd, &vars, as_user, cgroup.as_ref()).await
         }
-        None => None,
+        _ => None,
     };
     if let Some(child) = warm {
         let pipes = (
@@ -195,7 +190,8 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
                 group: child.group,
                 stdin: Some(stdin),
                 stdout,
-                stderr,
+                stderr: Some(stderr),
+                pty: None,
                 code_file: code_file.take(),
                 cgroup,
             });
@@ -210,10 +206,22 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
         .args(&argv[1..])
         .current_dir(&cwd)
         .env_clear()
-        .envs(&vars)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+        .envs(&vars);
+    let terminal = match &start.pty {
+        Some(size) => {
+            let terminal = Pty::open(size)
+                .and_then(|t| t.attach(&mut command).map(|()| t))
+                .map_err(|e| format!("cannot open a terminal: {e}"))?;
+            Some(terminal)
+        }
+        None => {
+            command
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            None
+        }
+    };
     if env.switch_users {
         let procs = cgroup.as_ref().map(ExecCgroup::procs_fd);
         // SAFETY: `become_user` makes only async-signal-safe calls, and the
@@ -222,14 +230,38 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
             command.pre_exec(move || become_user(user, procs));
         }
     }
-    let (mut child, exit) = reaper
-        .spawn_group(&mut command)
-        .map_err(|e| format!("failed to start {}: {e}", argv[0]))?;
+    let spawned = match terminal {
+        Some(_) => reaper.spawn_session(&mut command),
+        None => reaper.spawn_group(&mut command),
+    };
+    let (mut child, exit) = spawned.map_err(|e| format!("failed to start {}: {e}", argv[0]))?;
+    // Closes the command's copies of the terminal's slave.
+    drop(command);
     let pid = child.id() as i32;
     let group = Group::Agent {
         reaper: reaper.clone(),
         pid,
     };
+    if let Some(terminal) = terminal {
+        return match terminal.into_master() {
+            Ok(master) => Ok(Launched {
+                pid,
+                warm: false,
+                exit,
+                group,
+                stdin: Some(master.input),
+                stdout: master.output,
+                stderr: None,
+                pty: Some(master.control),
+                code_file: code_file.take(),
+                cgroup,
+            }),
+            Err(e) => {
+                group.signal(Signal::SIGKILL);
+                Err(format!("cannot set up the terminal: {e}"))
+            }
+        };
+    }
     let to_fd = |fd: Option<OwnedFd>| fd.ok_or_else(|| "missing pipe".to_owned());
     let stdin = to_fd(child.stdin.take().map(OwnedFd::from))
         .and_then(|fd| pipe::Sender::from_owned_fd(fd).map_err(|e| e.to_string()));
@@ -245,7 +277,8 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
             group,
             stdin: Some(stdin),
             stdout,
-            stderr,
+            stderr: Some(stderr),
+            pty: None,
             code_file: code_file.take(),
             cgroup,
         }),
@@ -259,102 +292,6 @@ async fn launch(env: &ExecEnv, reaper: &Reaper, start: &ExecStart) -> Result<Lau
             Err(format!("cannot set up the process's pipes: {reason}"))
         }
     }
-}
-
-impl CodeFile {
-    /// Hands the file over to the exec, which removes it when it ends.
-    fn take(mut self) -> Option<PathBuf> {
-        self.0.take()
-    }
-}
-
-/// The exec's process from the pre-started interpreter of
-/// `start.warm_language`, when there is one, it can run as the exec's user,
-/// and the exec's environment does not change how that interpreter starts
-/// up (which it already has). `as_user` is `None` when the agent does not
-/// switch users.
-async fn warm_child(
-    env: &ExecEnv,
-    start: &ExecStart,
-    file: &Path,
-    cwd: &Path,
-    vars: &std::collections::HashMap<String, String>,
-    as_user: Option<User>,
-    cgroup: Option<&ExecCgroup>,
-) -> Option<WarmChild> {
-    // Variables an interpreter reads as it starts, which the pre-started one
-    // has done already.
-    let language = WarmLanguage::from_wire(&start.warm_language)?;
-    let startup_prefixes: &[&str] = match language {
-        WarmLanguage::Python => &["PYTHON"],
-        WarmLanguage::Node => &["NODE_", "UV_"],
-    };
-    if start
-        .env
-        .keys()
-        .any(|key| startup_prefixes.iter().any(|p| key.starts_with(p)))
-    {
-        return None;
-    }
-    let launched = match language {
-        WarmLanguage::Python => {
-            let python = env.python.as_ref().filter(|p| p.ready())?;
-            let request = crate::warm::Request {
-                path: file,
-                cwd,
-                env: vars,
-                ids: as_user.and_then(User::ids),
-                cgroup_procs: cgroup.map(ExecCgroup::procs_path),
-                max_processes: as_user.and_then(User::ids).map(|_| SANDBOX_MAX_PROCESSES),
-            };
-            python.launch(&request).await
-        }
-        WarmLanguage::Node => {
-            // The spare already runs as the sandbox user: root goes one-shot.
-            if as_user.is_some_and(|user| user != User::Sandbox) {
-                return None;
-            }
-            let node = env.node.as_ref().filter(|n| n.has_spare())?;
-            node.launch(file, cwd, vars, cgroup).await
-        }
-    };
-    launched
-        .inspect_err(|e| {
-            eprintln!("emberd-init: warm {language} unavailable ({e}); running one-shot")
-        })
-        .ok()
-}
-
-/// Writes the code file, readable by its exec's user alone (`owner`, else
-/// the agent's): a concurrent exec of another user cannot read it.
-fn write_code_file(
-    dir: &Path,
-    code: &[u8],
-    suffix: &str,
-    owner: Option<(u32, u32)>,
-) -> std::io::Result<PathBuf> {
-    let suffix: String = suffix
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric() || *c == '.')
-        .take(16)
-        .collect();
-    let n = NEXT_CODE_FILE.fetch_add(1, Ordering::Relaxed);
-    let path = dir.join(format!("emberd-exec-{}-{n}{suffix}", std::process::id()));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)?;
-    let written = owner
-        .map_or(Ok(()), |(uid, gid)| {
-            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
-        })
-        .and_then(|()| file.write_all(code));
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
-    }
-    Ok(path)
 }
 
 async fn supervise(
@@ -377,6 +314,7 @@ async fn supervise(
         stdin,
         stdout,
         stderr,
+        pty,
         code_file,
         cgroup,
     } = launched;
@@ -397,7 +335,10 @@ async fn supervise(
         gone.clone(),
         drain,
     ));
-    let stderr_task = tokio::spawn(forward(stderr, out.clone(), limit, false, gone, drain));
+    let stderr_task = match stderr {
+        Some(stderr) => tokio::spawn(forward(stderr, out.clone(), limit, false, gone, drain)),
+        None => tokio::spawn(async { false }),
+    };
 
     // Input from the host: stdin, close, signals. A broken host stream kills.
     let (gone_tx, mut gone_rx) = tokio::sync::oneshot::channel::<()>();
@@ -415,18 +356,23 @@ async fn supervise(
                             }
                         }
                     }
-                    exec_input::Kind::CloseStdin(_) => stdin = None,
+                    exec_input::Kind::CloseStdin(_) => close_stdin(&mut stdin, pty.is_some()).await,
                     exec_input::Kind::Signal(number) => {
                         if let Ok(signal) = Signal::try_from(number) {
                             signals.signal(signal);
                         }
                     }
-                    exec_input::Kind::Start(_) | exec_input::Kind::Resize(_) => {}
+                    exec_input::Kind::Resize(size) => {
+                        if let Some(master) = &pty {
+                            let _ = pty::resize(master, &size);
+                        }
+                    }
+                    exec_input::Kind::Start(_) => {}
                 },
                 Ok(Some(ExecInput { kind: None })) => {}
                 // The host half-closed its side: no more stdin.
                 Ok(None) => {
-                    stdin = None;
+                    close_stdin(&mut stdin, pty.is_some()).await;
                     std::future::pending::<()>().await;
                 }
                 Err(_) => {
@@ -501,4 +447,13 @@ async fn supervise(
             String::new()
         },
     }
+}
+
+/// Ends the exec's input: closes the pipe or, on a terminal, writes its
+/// end-of-file character (the master stays open for output and resizes).
+async fn close_stdin(stdin: &mut Option<pipe::Sender>, terminal: bool) {
+    if let (true, Some(master)) = (terminal, stdin.as_mut()) {
+        let _ = master.write_all(&[pty::EOF_CHAR]).await;
+    }
+    *stdin = None;
 }

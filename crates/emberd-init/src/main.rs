@@ -8,6 +8,7 @@
 
 mod agent;
 mod cgroup;
+mod code_file;
 mod exec;
 mod files;
 mod forkserver;
@@ -17,10 +18,12 @@ mod node_spare;
 mod output;
 mod pid1;
 mod process_env;
+mod pty;
 mod reaper;
 mod transport;
 mod user;
 mod warm;
+mod warm_pick;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -87,7 +90,7 @@ fn main() {
             cgroups: None,
         };
         let agent = Arc::new(AgentService::new(Mode::Host, reaper, exec_env));
-        let routes = transport::routes(&agent, &FilesService::new(root));
+        let routes = transport::routes(&agent, &FilesService::new(root, false));
         transport::serve_unix(&socket, agent, routes).await
     });
     if let Err(e) = result {
@@ -192,7 +195,7 @@ async fn serve_guest() -> String {
         cgroups,
     };
     let agent = Arc::new(AgentService::new(Mode::Guest, reaper, exec_env));
-    let routes = transport::routes(&agent, &FilesService::new(PathBuf::from("/")));
+    let routes = transport::routes(&agent, &FilesService::new(PathBuf::from("/"), true));
     let mut tasks = tokio::task::JoinSet::new();
     {
         let (agent, routes) = (agent.clone(), routes.clone());

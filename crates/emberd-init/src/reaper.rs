@@ -96,6 +96,16 @@ impl Reaper {
         self.register(command.process_group(0), true)
     }
 
+    /// Spawns `command`, which makes itself the leader of a new session
+    /// (and so of a new process group) in a `pre_exec`; whatever is left in
+    /// the group is killed when the leader exits, as with [`Self::spawn_group`].
+    pub fn spawn_session(
+        &self,
+        command: &mut Command,
+    ) -> std::io::Result<(Child, oneshot::Receiver<Exit>)> {
+        self.register(command, true)
+    }
+
     fn register(
         &self,
         command: &mut Command,

@@ -2,8 +2,11 @@
 //! semantics without a VM, with the real `python3` and `node`.
 
 mod exec;
+mod file_kinds;
 mod files;
 mod interpreters;
 mod node_spare;
 mod protocol;
+mod pty;
 mod support;
+mod tarball;

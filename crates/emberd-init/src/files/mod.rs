@@ -1,9 +1,17 @@
-//! The `Files` service: read, write, stat, list, mkdir, remove.
+//! The `Files` service: read, write, stat, list, mkdir, remove, tar.
 //!
-//! Paths are absolute guest paths without `..` components or NUL bytes; in
-//! host mode they are resolved under the served root. Reads and writes are
-//! streamed in chunks, never held whole; a write goes to a temporary file
-//! beside the target and is renamed into place.
+//! Paths are absolute guest paths without `..` components or NUL bytes, at
+//! most `MAX_PATH_BYTES`; in host mode they are resolved under the served
+//! root. Reads and writes are streamed in chunks, never held whole; a write
+//! goes to a temporary file beside the target and is renamed into place.
+//! Only regular files are read (a device or fifo could stream forever).
+//! `Stat` and listings never follow a final symlink. What is created goes
+//! to the request's owner ([`owner`]).
+
+mod listing;
+mod owner;
+mod tar_in;
+mod tar_out;
 
 use std::io::ErrorKind;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -12,11 +20,12 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
+use emberd_proto::boundary::{MAX_LIST_DEPTH, MAX_PATH_BYTES};
 use emberd_proto::v1::files_server::Files;
 use emberd_proto::v1::{
-    write_file_request, FileChunk, FileInfo, FileKind, ListDirResponse, MakeDirRequest,
-    MakeDirResponse, PathRequest, ReadFileRequest, RemoveRequest, RemoveResponse, WriteFileRequest,
-    WriteFileResponse, WriteTarRequest, WriteTarResponse,
+    write_file_request, write_tar_request, FileChunk, FileInfo, FileKind, ListDirResponse,
+    MakeDirRequest, MakeDirResponse, PathRequest, ReadFileRequest, RemoveRequest, RemoveResponse,
+    WriteFileRequest, WriteFileResponse, WriteTarRequest, WriteTarResponse,
 };
 use futures::Stream;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -25,6 +34,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 const CHUNK: usize = 64 * 1024;
+/// What a full disk is called in errors: the host shows it to the caller.
+const NO_SPACE: &str = "no space left in the sandbox";
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 
 /// The `Files` service over one root.
@@ -32,15 +43,28 @@ static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
 pub struct FilesService {
     /// `/` in the guest; the served directory in host mode.
     root: PathBuf,
+    /// Whether created files go to their requested owner (the guest, where
+    /// the agent is root); a host process leaves them its own.
+    chown: bool,
 }
 
 impl FilesService {
-    pub fn new(root: PathBuf) -> Self {
-        FilesService { root }
+    pub fn new(root: PathBuf, chown: bool) -> Self {
+        FilesService { root, chown }
+    }
+
+    /// `rel` of a resolved path: its part under the root.
+    fn relative<'a>(&self, path: &'a Path) -> &'a Path {
+        path.strip_prefix(&self.root).unwrap_or(path)
     }
 
     /// Maps a guest path to a host path, refusing hostile ones.
     fn resolve(&self, path: &str) -> Result<PathBuf, Status> {
+        if path.len() > MAX_PATH_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "path is longer than {MAX_PATH_BYTES} bytes"
+            )));
+        }
         if path.contains('\0') {
             return Err(Status::invalid_argument("path contains a NUL byte"));
         }
@@ -66,7 +90,30 @@ impl FilesService {
     }
 }
 
+/// Whether `error` (or an error it wraps) is a full disk or quota.
+fn is_no_space(error: &std::io::Error) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+                || matches!(io.kind(), ErrorKind::StorageFull | ErrorKind::QuotaExceeded)
+            {
+                return true;
+            }
+            current = io
+                .get_ref()
+                .map(|inner| inner as &(dyn std::error::Error + 'static));
+        } else {
+            current = e.source();
+        }
+    }
+    false
+}
+
 fn io_status(what: &str, path: &str, error: std::io::Error) -> Status {
+    if is_no_space(&error) {
+        return Status::resource_exhausted(format!("{NO_SPACE}: {what} {path}"));
+    }
     let message = format!("{what} {path}: {error}");
     match error.kind() {
         ErrorKind::NotFound => Status::not_found(message),
@@ -83,7 +130,15 @@ fn io_status(what: &str, path: &str, error: std::io::Error) -> Status {
     }
 }
 
-fn file_info(guest_path: &str, meta: &std::fs::Metadata) -> FileInfo {
+/// What `Stat` and `ListDir` say of the (not followed) entry at `host`.
+fn file_info(guest_path: &str, meta: &std::fs::Metadata, host: &Path) -> FileInfo {
+    let link_target = if meta.file_type().is_symlink() {
+        std::fs::read_link(host)
+            .map(|t| t.to_string_lossy().chars().take(MAX_PATH_BYTES).collect())
+            .unwrap_or_default()
+    } else {
+        String::new()
+    };
     let kind = if meta.file_type().is_symlink() {
         FileKind::Symlink
     } else if meta.is_dir() {
@@ -108,7 +163,7 @@ fn file_info(guest_path: &str, meta: &std::fs::Metadata) -> FileInfo {
         size: meta.len(),
         mode: meta.mode() & 0o7777,
         modified_unix_ms: modified,
-        link_target: String::new(),
+        link_target,
     }
 }
 
@@ -121,16 +176,36 @@ impl Files for FilesService {
 
     async fn write_tar(
         &self,
-        _: Request<Streaming<WriteTarRequest>>,
+        request: Request<Streaming<WriteTarRequest>>,
     ) -> Result<Response<WriteTarResponse>, Status> {
-        Err(Status::unimplemented("tar is not offered by this agent"))
+        let mut stream = request.into_inner();
+        let start = match stream.message().await? {
+            Some(WriteTarRequest {
+                kind: Some(write_tar_request::Kind::Start(start)),
+            }) => start,
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be `start`",
+                ))
+            }
+        };
+        let ids = owner::parse(&start.owner, self.chown)?;
+        let dir = self.resolve(&start.path)?;
+        let response = tar_in::write_tar(stream, self.root.clone(), dir, start.path, ids).await?;
+        Ok(Response::new(response))
     }
 
     async fn read_tar(
         &self,
-        _: Request<PathRequest>,
+        request: Request<PathRequest>,
     ) -> Result<Response<Self::ReadTarStream>, Status> {
-        Err(Status::unimplemented("tar is not offered by this agent"))
+        let request = request.into_inner();
+        let path = self.resolve(&request.path)?;
+        let meta = tokio::fs::symlink_metadata(&path)
+            .await
+            .map_err(|e| io_status("cannot pack", &request.path, e))?;
+        let rx = tar_out::read_tar(path, request.path, &meta);
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn read_file(
@@ -139,19 +214,39 @@ impl Files for FilesService {
     ) -> Result<Response<ChunkStream>, Status> {
         let request = request.into_inner();
         let path = self.resolve(&request.path)?;
-        let mut file = tokio::fs::File::open(&path)
+        let regular = |meta: &std::fs::Metadata| {
+            if meta.is_dir() {
+                Err(Status::failed_precondition(format!(
+                    "{} is a directory",
+                    request.path
+                )))
+            } else if !meta.is_file() {
+                Err(Status::failed_precondition(format!(
+                    "{} is not a regular file",
+                    request.path
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        // Checked before opening (opening a fifo waits for a writer, a
+        // device may act on open) and again on what was opened.
+        regular(
+            &tokio::fs::metadata(&path)
+                .await
+                .map_err(|e| io_status("cannot stat", &request.path, e))?,
+        )?;
+        let mut file = tokio::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(&path)
             .await
             .map_err(|e| io_status("cannot open", &request.path, e))?;
         let meta = file
             .metadata()
             .await
             .map_err(|e| io_status("cannot stat", &request.path, e))?;
-        if meta.is_dir() {
-            return Err(Status::failed_precondition(format!(
-                "{} is a directory",
-                request.path
-            )));
-        }
+        regular(&meta)?;
         if request.offset > 0 {
             file.seek(std::io::SeekFrom::Start(request.offset))
                 .await
@@ -207,6 +302,7 @@ impl Files for FilesService {
                 ))
             }
         };
+        let ids = owner::parse(&start.owner, self.chown)?;
         let target = self.resolve(&start.path)?;
         let (Some(dir), Some(name)) = (target.parent(), target.file_name()) else {
             return Err(Status::invalid_argument(
@@ -214,8 +310,10 @@ impl Files for FilesService {
             ));
         };
         if start.make_parents {
-            tokio::fs::create_dir_all(dir)
+            let (root, rel) = (self.root.clone(), self.relative(dir).to_owned());
+            tokio::task::spawn_blocking(move || owner::make_dirs(&root, &rel, 0o755, ids, true))
                 .await
+                .map_err(|e| Status::internal(e.to_string()))?
                 .map_err(|e| io_status("cannot create the parents of", &start.path, e))?;
         }
         let temp = dir.join(format!(
@@ -237,6 +335,10 @@ impl Files for FilesService {
                 .open(&temp)
                 .await
                 .map_err(|e| io_status("cannot create", &start.path, e))?;
+            if let Some((uid, gid)) = ids {
+                std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                    .map_err(|e| io_status("cannot give away", &start.path, e))?;
+            }
             let mut written: u64 = 0;
             while let Some(message) = stream.message().await? {
                 match message.kind {
@@ -277,7 +379,7 @@ impl Files for FilesService {
         let meta = tokio::fs::symlink_metadata(&path)
             .await
             .map_err(|e| io_status("cannot stat", &request.path, e))?;
-        Ok(Response::new(file_info(&request.path, &meta)))
+        Ok(Response::new(file_info(&request.path, &meta, &path)))
     }
 
     async fn list_dir(
@@ -285,27 +387,20 @@ impl Files for FilesService {
         request: Request<PathRequest>,
     ) -> Result<Response<ListDirResponse>, Status> {
         let request = request.into_inner();
-        let path = self.resolve(&request.path)?;
-        let mut reader = tokio::fs::read_dir(&path)
-            .await
-            .map_err(|e| io_status("cannot list", &request.path, e))?;
-        let mut entries = Vec::new();
-        while let Some(entry) = reader
-            .next_entry()
-            .await
-            .map_err(|e| io_status("cannot list", &request.path, e))?
-        {
-            let Ok(meta) = tokio::fs::symlink_metadata(entry.path()).await else {
-                continue;
-            };
-            let guest = Path::new(&request.path).join(entry.file_name());
-            entries.push(file_info(&guest.to_string_lossy(), &meta));
+        if request.depth > MAX_LIST_DEPTH {
+            return Err(Status::invalid_argument(format!(
+                "depth {} is more than {MAX_LIST_DEPTH}",
+                request.depth
+            )));
         }
-        entries.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(Response::new(ListDirResponse {
-            entries,
-            truncated: false,
-        }))
+        let path = self.resolve(&request.path)?;
+        let guest = request.path.clone();
+        let (entries, truncated) =
+            tokio::task::spawn_blocking(move || listing::list(&path, &guest, request.depth))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| io_status("cannot list", &request.path, e))?;
+        Ok(Response::new(ListDirResponse { entries, truncated }))
     }
 
     async fn make_dir(
@@ -313,19 +408,29 @@ impl Files for FilesService {
         request: Request<MakeDirRequest>,
     ) -> Result<Response<MakeDirResponse>, Status> {
         let request = request.into_inner();
+        let ids = owner::parse(&request.owner, self.chown)?;
         let path = self.resolve(&request.path)?;
-        let mut builder = tokio::fs::DirBuilder::new();
-        builder
-            .recursive(request.parents)
-            .mode(if request.mode == 0 {
-                0o755
+        let mode = if request.mode == 0 {
+            0o755
+        } else {
+            request.mode & 0o7777
+        };
+        let (root, rel) = (self.root.clone(), self.relative(&path).to_owned());
+        let made = tokio::task::spawn_blocking(move || {
+            if request.parents {
+                owner::make_dirs(&root, &rel, mode, ids, true)
             } else {
-                request.mode & 0o7777
-            });
-        builder
-            .create(&path)
-            .await
-            .map_err(|e| io_status("cannot create", &request.path, e))?;
+                let path = root.join(&rel);
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .mode(mode)
+                    .create(&path)
+                    .and_then(|()| owner::give(&path, ids))
+            }
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        made.map_err(|e| io_status("cannot create", &request.path, e))?;
         Ok(Response::new(MakeDirResponse {}))
     }
 
@@ -362,14 +467,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_full_disk_is_resource_exhausted_even_when_wrapped() {
+        let full = std::io::Error::from_raw_os_error(libc::ENOSPC);
+        let status = io_status("cannot write", "/x", full);
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        assert!(status.message().starts_with(NO_SPACE));
+        // As the tar crate wraps it.
+        let wrapped = std::io::Error::new(
+            ErrorKind::StorageFull,
+            std::io::Error::from_raw_os_error(libc::ENOSPC),
+        );
+        assert!(is_no_space(&wrapped));
+        assert!(!is_no_space(&std::io::Error::from_raw_os_error(libc::EIO)));
+    }
+
+    #[test]
     fn hostile_paths_are_refused() {
-        let service = FilesService::new(PathBuf::from("/srv/root"));
+        let service = FilesService::new(PathBuf::from("/srv/root"), false);
         assert_eq!(
             service.resolve("/a/b").unwrap(),
             PathBuf::from("/srv/root/a/b")
         );
         assert_eq!(service.resolve("/").unwrap(), PathBuf::from("/srv/root"));
-        for bad in ["relative", "/a/../../etc/passwd", "../x", "/a\0b", ""] {
+        let long = format!("/{}", "a".repeat(MAX_PATH_BYTES));
+        for bad in [
+            "relative",
+            "/a/../../etc/passwd",
+            "../x",
+            "/a\0b",
+            "",
+            &long,
+        ] {
             assert!(service.resolve(bad).is_err(), "{bad:?} was accepted");
         }
     }
