@@ -311,7 +311,7 @@ mod tests {
         for i in 0..1000u32 {
             let line = format!("line {i}\n");
             written.extend_from_slice(line.as_bytes());
-            log.append(if i % 7 == 0 { Stderr } else { Stdout }, line.as_bytes());
+            log.append(if i % 100 == 0 { Stderr } else { Stdout }, line.as_bytes());
             assert!(log.held <= bound, "{} > {bound}", log.held);
         }
         assert_eq!(log.end(), written.len() as u64);
