@@ -69,7 +69,11 @@ impl Served {
 
     async fn start(&self, id: &str, body: Value) -> u64 {
         let (status, answer) = self
-            .call(Method::POST, &format!("/sandboxes/{id}/processes"), Some(body))
+            .call(
+                Method::POST,
+                &format!("/sandboxes/{id}/processes"),
+                Some(body),
+            )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{answer}");
         answer["pid"].as_u64().unwrap()
@@ -77,7 +81,11 @@ impl Served {
 
     async fn info(&self, id: &str, pid: u64) -> Value {
         let (status, info) = self
-            .call(Method::GET, &format!("/sandboxes/{id}/processes/{pid}"), None)
+            .call(
+                Method::GET,
+                &format!("/sandboxes/{id}/processes/{pid}"),
+                None,
+            )
             .await;
         assert_eq!(status, StatusCode::OK, "{info}");
         info
@@ -101,7 +109,10 @@ impl Served {
     async fn stdin(&self, id: &str, pid: u64, query: &str, body: Vec<u8>) -> (u16, String) {
         let response = self
             .http
-            .post(format!("{}/sandboxes/{id}/processes/{pid}/stdin{query}", self.base))
+            .post(format!(
+                "{}/sandboxes/{id}/processes/{pid}/stdin{query}",
+                self.base
+            ))
             .body(body)
             .send()
             .await
@@ -175,7 +186,9 @@ impl SseEvent {
         let data = self.json();
         let text = data["data"].as_str().unwrap();
         if data["base64"] == true {
-            base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .unwrap()
         } else {
             text.as_bytes().to_vec()
         }
@@ -249,9 +262,15 @@ async fn a_streamed_exec_delivers_output_while_the_program_runs_then_its_exit() 
         )
         .await;
     let first = sse.next().await.unwrap();
-    assert_eq!((first.event.as_str(), first.bytes()), ("stdout", b"first\n".to_vec()));
+    assert_eq!(
+        (first.event.as_str(), first.bytes()),
+        ("stdout", b"first\n".to_vec())
+    );
     let second = sse.next().await.unwrap();
-    assert_eq!((second.event.as_str(), second.bytes()), ("stderr", b"warn\n".to_vec()));
+    assert_eq!(
+        (second.event.as_str(), second.bytes()),
+        ("stderr", b"warn\n".to_vec())
+    );
     // Both arrived while the program is still held: nothing buffered them.
     assert_eq!(served.daemon.backend.blocked_execs(), 1);
     served.daemon.backend.release_blocked();
@@ -277,7 +296,10 @@ async fn a_utf8_character_split_across_pieces_stays_text() {
         .await;
     let events = sse.rest().await;
     let output: Vec<&SseEvent> = events.iter().filter(|e| e.event == "stdout").collect();
-    assert!(output.iter().all(|e| e.json()["base64"].is_null()), "{events:?}");
+    assert!(
+        output.iter().all(|e| e.json()["base64"].is_null()),
+        "{events:?}"
+    );
     let text: String = output
         .iter()
         .map(|e| e.json()["data"].as_str().unwrap().to_owned())
@@ -305,7 +327,11 @@ async fn a_streamed_exec_keeps_the_unary_caps_and_refusals() {
 
     // Refusals before the stream starts are plain JSON answers.
     for (path, body, status) in [
-        ("/sandboxes/sb_000000000000/exec", json!({ "code": "echo:x" }), 404),
+        (
+            "/sandboxes/sb_000000000000/exec",
+            json!({ "code": "echo:x" }),
+            404,
+        ),
         (
             &format!("/sandboxes/{id}/exec") as &str,
             json!({ "code": "echo:x", "timeout_ms": 3_600_001 }),
@@ -341,7 +367,10 @@ async fn a_streamed_exec_whose_sandbox_is_deleted_ends_with_an_error_event() {
     let rest = sse.rest().await;
     assert_eq!(rest.len(), 1, "{rest:?}");
     assert_eq!(rest[0].event, "error");
-    assert!(rest[0].json()["error"].as_str().unwrap().contains("deleted"));
+    assert!(rest[0].json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("deleted"));
 }
 
 #[tokio::test]
@@ -370,6 +399,22 @@ async fn a_process_runs_in_the_background_and_its_output_stays_readable() {
     assert_eq!(page["complete"], true);
     let tail = served.page(&id, pid, 6).await;
     assert_eq!(tail["chunks"][0]["data"], "oops\n");
+    // A client may ask for smaller pages.
+    let (_, small) = served
+        .call(
+            Method::GET,
+            &format!("/sandboxes/{id}/processes/{pid}/output?cursor=1&limit=3"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        small["chunks"],
+        json!([{ "stream": "stdout", "data": "ell", "cursor": 1 }])
+    );
+    assert_eq!(
+        (small["next_cursor"].clone(), small["complete"].clone()),
+        (json!(4), json!(false))
+    );
 
     let (status, list) = served
         .call(Method::GET, &format!("/sandboxes/{id}/processes"), None)
@@ -380,7 +425,10 @@ async fn a_process_runs_in_the_background_and_its_output_stays_readable() {
     // Refusals: a cursor past the end, an unknown process, a bad pid, an
     // unknown sandbox, a bad start.
     let refusals = [
-        (format!("/sandboxes/{id}/processes/{pid}/output?cursor=12"), 400),
+        (
+            format!("/sandboxes/{id}/processes/{pid}/output?cursor=12"),
+            400,
+        ),
         (format!("/sandboxes/{id}/processes/999999"), 404),
         (format!("/sandboxes/{id}/processes/abc"), 400),
         ("/sandboxes/sb_000000000000/processes".to_owned(), 404),
@@ -406,15 +454,17 @@ async fn signals_end_a_process_and_bad_ones_are_refused() {
     let id = served.daemon.create("python").await;
     let pid = served.start(&id, json!({ "code": "block" })).await;
     let path = format!("/sandboxes/{id}/processes/{pid}/signal");
-    let signal = |name: &'static str| {
-        served.call(Method::POST, &path, Some(json!({ "signal": name })))
-    };
+    let signal =
+        |name: &'static str| served.call(Method::POST, &path, Some(json!({ "signal": name })));
     let (status, body) = signal("SIGNOPE").await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let (status, _) = signal("TERM").await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let info = served.wait_state(&id, pid, "killed").await;
-    assert_eq!((info["signal"].clone(), info["exit_code"].clone()), (json!(15), json!(143)));
+    assert_eq!(
+        (info["signal"].clone(), info["exit_code"].clone()),
+        (json!(15), json!(143))
+    );
     let (status, body) = signal("KILL").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
@@ -429,7 +479,10 @@ async fn stdin_goes_in_and_eof_closes_it() {
     assert_eq!(served.stdin(&id, pid, "", b"abc".to_vec()).await.0, 204);
     assert_eq!(served.stdin(&id, pid, "", b"def".to_vec()).await.0, 204);
     assert_eq!(
-        served.stdin(&id, pid, "", vec![b'x'; 1024 * 1024 + 1]).await.0,
+        served
+            .stdin(&id, pid, "", vec![b'x'; 1024 * 1024 + 1])
+            .await
+            .0,
         413
     );
     assert_eq!(served.stdin(&id, pid, "?eof=true", Vec::new()).await.0, 204);
@@ -468,7 +521,10 @@ async fn a_terminal_needs_an_agent_that_offers_one() {
         .await;
     // The fake agent lists no `pty` capability, like an agent built before terminals.
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
-    assert!(body["error"].as_str().unwrap().contains("too old"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("too old"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
@@ -494,7 +550,9 @@ async fn running_processes_are_limited_per_sandbox() {
         )
         .await;
     served.wait_state(&id, first, "killed").await;
-    served.start(&id, json!({ "code": "echo:room again" })).await;
+    served
+        .start(&id, json!({ "code": "echo:room again" }))
+        .await;
     served.daemon.backend.release_blocked();
 }
 
@@ -569,7 +627,10 @@ async fn a_follower_that_reconnects_with_its_last_event_id_gets_every_byte_once(
     assert_eq!(rest[0].bytes(), b"two\n");
     assert_eq!(rest[0].id.as_deref(), Some("8"));
     let exit = rest[1].json();
-    assert_eq!((exit["state"].clone(), exit["exit_code"].clone()), (json!("exited"), json!(2)));
+    assert_eq!(
+        (exit["state"].clone(), exit["exit_code"].clone()),
+        (json!("exited"), json!(2))
+    );
 }
 
 #[tokio::test]
@@ -595,13 +656,10 @@ async fn a_follower_behind_the_log_is_told_what_it_lost() {
     assert_eq!(rest.last().unwrap().event, "exit");
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-async fn next_frame(
-    ws: &mut Ws,
-) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+async fn next_frame(ws: &mut Ws) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
     tokio::time::timeout(BOUND, ws.next())
         .await
         .expect("a frame within the bound")
@@ -612,7 +670,10 @@ async fn the_websocket_carries_stdin_in_and_output_out_and_closes_with_the_exit(
     let served = serve(Options::default()).await;
     let id = served.daemon.create("python").await;
     let pid = served
-        .start(&id, json!({ "code": "echo:ready\ncat\nexit:5", "stdin": true }))
+        .start(
+            &id,
+            json!({ "code": "echo:ready\ncat\nexit:5", "stdin": true }),
+        )
         .await;
     let url = format!(
         "{}/sandboxes/{id}/processes/{pid}/attach?cursor=0",
@@ -623,12 +684,21 @@ async fn the_websocket_carries_stdin_in_and_output_out_and_closes_with_the_exit(
         next_frame(&mut ws).await.unwrap().unwrap(),
         Message::Binary(b"ready\n".to_vec().into())
     );
-    ws.send(Message::Binary(b"typed".to_vec().into())).await.unwrap();
+    ws.send(Message::Binary(b"typed".to_vec().into()))
+        .await
+        .unwrap();
     // A bad control frame is refused with a text frame; the session goes on.
-    ws.send(Message::Text(r#"{"type":"dance"}"#.into())).await.unwrap();
+    ws.send(Message::Text(r#"{"type":"dance"}"#.into()))
+        .await
+        .unwrap();
     let refusal = next_frame(&mut ws).await.unwrap().unwrap();
-    assert!(refusal.to_text().unwrap().contains("\"error\""), "{refusal:?}");
-    ws.send(Message::Text(r#"{"type":"eof"}"#.into())).await.unwrap();
+    assert!(
+        refusal.to_text().unwrap().contains("\"error\""),
+        "{refusal:?}"
+    );
+    ws.send(Message::Text(r#"{"type":"eof"}"#.into()))
+        .await
+        .unwrap();
     assert_eq!(
         next_frame(&mut ws).await.unwrap().unwrap(),
         Message::Binary(b"typed".to_vec().into())
@@ -667,7 +737,11 @@ async fn deleting_a_sandbox_ends_its_followers_and_websockets() {
         .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     let rest = sse.rest().await;
-    assert_eq!(rest.last().map(|e| e.event.as_str()), Some("error"), "{rest:?}");
+    assert_eq!(
+        rest.last().map(|e| e.event.as_str()),
+        Some("error"),
+        "{rest:?}"
+    );
     let frame = tokio::time::timeout(BOUND, ws.next())
         .await
         .expect("a close frame within the bound");
@@ -677,18 +751,29 @@ async fn deleting_a_sandbox_ends_its_followers_and_websockets() {
     assert_eq!(u16::from(close.code), 1001);
     assert!(close.reason.contains("deleted"), "{}", close.reason);
     let (status, _) = served
-        .call(Method::GET, &format!("/sandboxes/{id}/processes/{pid}"), None)
+        .call(
+            Method::GET,
+            &format!("/sandboxes/{id}/processes/{pid}"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     served.daemon.backend.release_blocked();
-    wait_until("the sandbox's VM is gone", || served.daemon.backend.live().is_empty()).await;
+    wait_until("the sandbox's VM is gone", || {
+        served.daemon.backend.live().is_empty()
+    })
+    .await;
 }
 
 #[tokio::test]
 async fn a_running_process_does_not_hold_its_sandbox_but_an_open_follower_does() {
     let served = serve(Options::default()).await;
     let (status, created) = served
-        .call(Method::POST, "/sandboxes", Some(json!({ "idle_timeout_s": 1 })))
+        .call(
+            Method::POST,
+            "/sandboxes",
+            Some(json!({ "idle_timeout_s": 1 })),
+        )
         .await;
     assert_eq!(status, StatusCode::CREATED);
     let id = created["id"].as_str().unwrap().to_owned();
@@ -696,7 +781,9 @@ async fn a_running_process_does_not_hold_its_sandbox_but_an_open_follower_does()
     let sse = served.follow(&id, pid, "", None).await;
     // Well past the idle timeout, the open stream keeps the sandbox.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let (status, _) = served.call(Method::GET, &format!("/sandboxes/{id}"), None).await;
+    let (status, _) = served
+        .call(Method::GET, &format!("/sandboxes/{id}"), None)
+        .await;
     assert_eq!(status, StatusCode::OK, "an open follower holds the sandbox");
     drop(sse);
     // With the stream closed, only the running process is left: the reaper takes it.

@@ -20,6 +20,7 @@ use super::stream::{error_event, json_event, output_event, sse_response, stream_
 use super::{attach, body, parse_body, ApiError, AppState};
 use crate::sandbox::process::{
     FollowEvent, ProcessCommand, ProcessFollower, ProcessParams, ProcessSnapshot, ProcessStatus,
+    PAGE_BYTES,
 };
 use crate::sandbox::{GuestUser, SandboxError};
 
@@ -247,7 +248,9 @@ async fn output(
         let follower = handle.follow(Some(cursor))?;
         return Ok(follow_events(follower));
     }
-    let page = handle.page(cursor)?;
+    let limit = query_u64(&query, "limit")?
+        .map_or(PAGE_BYTES, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let page = handle.page(cursor, limit)?;
     Ok(Json(OutputPage {
         chunks: page
             .chunks

@@ -245,12 +245,12 @@ impl ProcessHandle {
         self.process.resize(rows, cols).await
     }
 
-    /// A page of output from `cursor`: at most [`PAGE_BYTES`] in at most
-    /// [`PAGE_CHUNKS`] chunks.
-    pub fn page(&self, cursor: u64) -> Result<OutputPage, SandboxError> {
+    /// A page of output from `cursor`: at most `max_bytes` (and never
+    /// more than [`PAGE_BYTES`]) in at most [`PAGE_CHUNKS`] chunks.
+    pub fn page(&self, cursor: u64, max_bytes: usize) -> Result<OutputPage, SandboxError> {
         let (read, ended, end) = self
             .process
-            .read(cursor, PAGE_BYTES, PAGE_CHUNKS)
+            .read(cursor, max_bytes.clamp(1, PAGE_BYTES), PAGE_CHUNKS)
             .map_err(SandboxError::CursorBeyondEnd)?;
         let mut chunks = read.chunks;
         let mut next_cursor = read.next;

@@ -10,7 +10,14 @@ use crate::guest::OutputStream;
 use crate::sandbox::SandboxError;
 
 fn process(pid: u32) -> Arc<Process> {
-    Arc::new(Process::new(pid, vec!["true".into()], false, None, false, 4096))
+    Arc::new(Process::new(
+        pid,
+        vec!["true".into()],
+        false,
+        None,
+        false,
+        4096,
+    ))
 }
 
 #[test]
@@ -43,7 +50,11 @@ fn ended_records_are_kept_for_a_while_and_at_most_a_hundred() {
         ended.finish(ProcessStatus::Exited(0), None);
     }
     let listed = table.list();
-    assert_eq!(listed.len(), 1 + KEEP_ENDED, "the running one and the last 100 ended");
+    assert_eq!(
+        listed.len(),
+        1 + KEEP_ENDED,
+        "the running one and the last 100 ended"
+    );
     assert!(listed.iter().any(|p| p.pid == 1));
     // The oldest ended ones went first.
     for pid in 2..7 {
@@ -89,7 +100,10 @@ async fn the_first_end_wins_and_wakes_waiters() {
         .expect("the waiter woke")
         .unwrap();
     let snapshot = p.snapshot();
-    assert!(matches!(snapshot.status, ProcessStatus::Killed { signal: 15, .. }));
+    assert!(matches!(
+        snapshot.status,
+        ProcessStatus::Killed { signal: 15, .. }
+    ));
     assert!(snapshot.error.is_none());
     assert!(snapshot.ended_at.is_some());
     // Input after the end is refused as not running.
