@@ -6,6 +6,7 @@
 //! need an agent that offers PTYs. They fail, never skip, when a VM does
 //! not come up.
 
+mod sse;
 mod support;
 
 use std::time::{Duration, Instant};
@@ -14,112 +15,12 @@ use futures::{SinkExt as _, StreamExt as _};
 use reqwest::Method;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use sse::{Sse, SseEvent};
 use support::Api;
 use tokio_tungstenite::tungstenite::Message;
 
 /// Longest wait for one event or frame.
 const EVENT_BOUND: Duration = Duration::from_secs(60);
-
-/// One Server-Sent Event, with when it arrived.
-#[derive(Debug, Clone)]
-struct SseEvent {
-    event: String,
-    data: String,
-    id: Option<String>,
-    at: Instant,
-}
-
-impl SseEvent {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.data).unwrap_or_else(|e| panic!("{e}: {self:?}"))
-    }
-
-    fn bytes(&self) -> Vec<u8> {
-        use base64::Engine as _;
-        let data = self.json();
-        let text = data["data"].as_str().unwrap();
-        if data["base64"] == true {
-            base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .unwrap()
-        } else {
-            text.as_bytes().to_vec()
-        }
-    }
-}
-
-type Body = std::pin::Pin<Box<dyn futures::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>;
-
-/// A minimal SSE reader: events as they arrive, comments skipped.
-struct Sse {
-    body: Body,
-    buffer: Vec<u8>,
-}
-
-impl Sse {
-    async fn open(request: reqwest::RequestBuilder) -> Sse {
-        let response = request
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .expect("the stream opens");
-        let status = response.status();
-        if status != 200 {
-            panic!("{status}: {}", response.text().await.unwrap_or_default());
-        }
-        Sse {
-            body: Box::pin(response.bytes_stream()),
-            buffer: Vec::new(),
-        }
-    }
-
-    async fn next(&mut self) -> Option<SseEvent> {
-        tokio::time::timeout(EVENT_BOUND, self.next_unbounded())
-            .await
-            .expect("an event or the end within the bound")
-    }
-
-    async fn next_unbounded(&mut self) -> Option<SseEvent> {
-        loop {
-            if let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
-                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
-                let text = String::from_utf8(block).unwrap();
-                let (mut event, mut data, mut id) = (String::new(), Vec::new(), None);
-                for line in text.lines() {
-                    if let Some(value) = line.strip_prefix("event:") {
-                        event = value.trim_start().to_owned();
-                    } else if let Some(value) = line.strip_prefix("data:") {
-                        data.push(value.strip_prefix(' ').unwrap_or(value).to_owned());
-                    } else if let Some(value) = line.strip_prefix("id:") {
-                        id = Some(value.trim_start().to_owned());
-                    }
-                }
-                if event.is_empty() && data.is_empty() {
-                    continue;
-                }
-                return Some(SseEvent {
-                    event,
-                    data: data.join("\n"),
-                    id,
-                    at: Instant::now(),
-                });
-            }
-            match self.body.next().await {
-                Some(Ok(bytes)) => self.buffer.extend_from_slice(&bytes),
-                Some(Err(e)) => panic!("the stream broke: {e}"),
-                None => return None,
-            }
-        }
-    }
-
-    async fn rest(&mut self) -> Vec<SseEvent> {
-        let mut events = Vec::new();
-        while let Some(event) = self.next().await {
-            events.push(event);
-        }
-        events
-    }
-}
 
 async fn start_process(api: &Api, id: &str, body: Value) -> u64 {
     let (status, answer) = api
@@ -182,6 +83,7 @@ async fn a_streamed_exec_delivers_its_first_line_before_its_exit() {
         api.http
             .post(format!("{}/sandboxes/{id}/exec", api.base))
             .json(&json!({ "code": code })),
+        EVENT_BOUND,
     )
     .await;
     let events = sse.rest().await;
@@ -331,6 +233,7 @@ async fn a_fast_writers_log_read_in_pieces_with_reconnects_is_whole() {
                     api.base
                 ))
                 .header("last-event-id", &last_id),
+            EVENT_BOUND,
         )
         .await;
         for _ in 0..5 {
@@ -495,10 +398,13 @@ async fn deleting_a_sandbox_ends_its_followers_and_websockets_promptly() {
         json!({ "code": "import time\nwhile True:\n    print('tick', flush=True)\n    time.sleep(0.2)\n", "stdin": true }),
     )
     .await;
-    let mut sse = Sse::open(api.http.get(format!(
-        "{}/sandboxes/{id}/processes/{pid}/output?follow=true",
-        api.base
-    )))
+    let mut sse = Sse::open(
+        api.http.get(format!(
+            "{}/sandboxes/{id}/processes/{pid}/output?follow=true",
+            api.base
+        )),
+        EVENT_BOUND,
+    )
     .await;
     assert_eq!(sse.next().await.unwrap().event, "stdout");
     let mut ws = attach(&api, &id, pid).await;

@@ -147,7 +147,9 @@ impl Manager {
             () = sandbox.deleted.cancelled() => return Err(SandboxError::Deleted(Interrupted::Exec)),
             () = sandbox.exited.cancelled() => return Err(sandbox.exited_error()),
         };
-        if !params.stdin {
+        // A terminal's input is always open: it is how one types into it.
+        let stdin = params.stdin || params.pty.is_some();
+        if !stdin {
             // The process reads end-of-file at once, as from /dev/null.
             let _ = input.close_stdin().await;
         }
@@ -156,7 +158,7 @@ impl Manager {
             command,
             params.pty.is_some(),
             Some(input),
-            params.stdin,
+            stdin,
             limits.log_bytes,
         ));
         for (stdout, data) in early {

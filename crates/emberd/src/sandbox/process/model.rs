@@ -23,7 +23,8 @@ pub struct ProcessParams {
     pub env: BTreeMap<String, String>,
     /// Absolute; the user's home when `None`.
     pub cwd: Option<String>,
-    /// Keep stdin open for writes; else the process reads end-of-file at once.
+    /// Keep stdin open for writes; else the process reads end-of-file at
+    /// once (unless it runs on a terminal, whose input is always open).
     pub stdin: bool,
     /// Run on a terminal of (rows, cols).
     pub pty: Option<(u32, u32)>,
