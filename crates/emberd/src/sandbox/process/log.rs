@@ -48,6 +48,36 @@ pub struct LogRead {
     pub next: u64,
     /// Bytes between the asked cursor and the oldest one still kept.
     pub dropped: u64,
+    /// The last chunk was cut by the read's bounds and its stream goes on
+    /// at `next`.
+    pub cut_mid_stream: bool,
+}
+
+impl LogRead {
+    /// Holds back the start of a UTF-8 character the last chunk ends in,
+    /// when the rest of it may follow: in the log already (`cut_mid_stream`),
+    /// or later (`more_may_come`: the read reached the end of a process
+    /// still running). A chunk cut mid-stream is never emptied, so a reader
+    /// always moves on.
+    pub fn hold_incomplete_tail(&mut self, more_may_come: bool) {
+        let Some(last) = self.chunks.last_mut() else {
+            return;
+        };
+        let hold = incomplete_utf8_tail(&last.data);
+        let holds = if self.cut_mid_stream {
+            hold < last.data.len()
+        } else {
+            more_may_come
+        };
+        if hold == 0 || !holds {
+            return;
+        }
+        last.data.truncate(last.data.len() - hold);
+        self.next -= hold as u64;
+        if last.data.is_empty() {
+            self.chunks.pop();
+        }
+    }
 }
 
 /// Why a read was refused.
@@ -151,8 +181,9 @@ impl OutputLog {
     }
 
     /// At most `max_bytes` of output from `cursor` on, in at most
-    /// `max_chunks` chunks. A cursor before the oldest kept byte reads from
-    /// there and says how much was lost; one past the end is refused.
+    /// `max_chunks` chunks (adjacent frames of one stream make one chunk).
+    /// A cursor before the oldest kept byte reads from there and says how
+    /// much was lost; one past the end is refused.
     pub fn read(
         &self,
         cursor: u64,
@@ -168,26 +199,38 @@ impl OutputLog {
         let dropped = self.start.saturating_sub(cursor);
         let mut at = cursor.max(self.start);
         let first = self.frames.partition_point(|f| f.end() <= at);
-        let mut chunks = Vec::new();
+        let mut chunks: Vec<LogChunk> = Vec::new();
         let mut budget = max_bytes;
+        let mut cut_mid_stream = false;
         for frame in self.frames.iter().skip(first) {
-            if budget == 0 || chunks.len() >= max_chunks {
+            let continues = chunks.last().is_some_and(|c| c.stream == frame.stream);
+            if budget == 0 || (!continues && chunks.len() >= max_chunks) {
+                cut_mid_stream = continues;
                 break;
             }
             let from = usize::try_from(at - frame.start).unwrap_or(usize::MAX);
             let take = (frame.data.len() - from).min(budget);
-            chunks.push(LogChunk {
-                stream: frame.stream,
-                cursor: at,
-                data: frame.data[from..from + take].to_vec(),
-            });
+            let piece = &frame.data[from..from + take];
+            match chunks.last_mut() {
+                Some(last) if continues => last.data.extend_from_slice(piece),
+                _ => chunks.push(LogChunk {
+                    stream: frame.stream,
+                    cursor: at,
+                    data: piece.to_vec(),
+                }),
+            }
             budget -= take;
             at += take as u64;
+            if take < frame.data.len() - from {
+                cut_mid_stream = true;
+                break;
+            }
         }
         Ok(LogRead {
             chunks,
             next: at,
             dropped,
+            cut_mid_stream,
         })
     }
 }
@@ -237,6 +280,53 @@ mod tests {
         // Invalid bytes are not held: they will never become text.
         assert_eq!(incomplete_utf8_tail(b"ab\xff"), 0);
         assert_eq!(incomplete_utf8_tail(b"\x80\x80\x80"), 0);
+    }
+
+    #[test]
+    fn a_character_cut_by_a_read_bound_or_the_end_waits_for_its_rest() {
+        let mut log = OutputLog::new(1 << 20);
+        log.append(Stdout, "ab€".as_bytes()); // 61 62 e2 82 ac
+        log.append(Stderr, b"!");
+        // Cut by the byte bound inside the euro sign: the page ends before it.
+        let mut read = log.read(0, 3, 10).unwrap();
+        assert!(read.cut_mid_stream);
+        read.hold_incomplete_tail(false);
+        assert_eq!((read.chunks[0].data.as_slice(), read.next), (&b"ab"[..], 2));
+        // A bound that leaves only the character's start still moves on.
+        let mut read = log.read(2, 1, 10).unwrap();
+        read.hold_incomplete_tail(false);
+        assert_eq!(
+            (read.chunks[0].data.as_slice(), read.next),
+            (&b"\xe2"[..], 3)
+        );
+        // At the end of a running process, the start of a character waits.
+        let mut log = OutputLog::new(1 << 20);
+        log.append(Stdout, b"x\xe2\x82");
+        let mut read = log.read(0, 100, 10).unwrap();
+        assert!(!read.cut_mid_stream);
+        read.hold_incomplete_tail(true);
+        assert_eq!((read.chunks[0].data.as_slice(), read.next), (&b"x"[..], 1));
+        let mut read = log.read(1, 100, 10).unwrap();
+        read.hold_incomplete_tail(true);
+        assert!(read.chunks.is_empty());
+        assert_eq!(read.next, 1);
+        // Once it has ended, nothing more will come: the bytes go as they are.
+        let mut read = log.read(1, 100, 10).unwrap();
+        read.hold_incomplete_tail(false);
+        assert_eq!(read.chunks[0].data, b"\xe2\x82");
+    }
+
+    #[test]
+    fn frames_of_one_stream_read_as_one_chunk() {
+        let mut log = OutputLog::new(1 << 20);
+        log.append(Stdout, &vec![b'a'; FRAME_BYTES]);
+        log.append(Stdout, b"bc");
+        log.append(Stderr, b"e");
+        let read = log.read(10, usize::MAX, 1).unwrap();
+        assert_eq!(read.chunks.len(), 1);
+        assert_eq!(read.chunks[0].data.len(), FRAME_BYTES - 10 + 2);
+        assert!(!read.cut_mid_stream);
+        assert_eq!(read.next, FRAME_BYTES as u64 + 2);
     }
 
     #[test]

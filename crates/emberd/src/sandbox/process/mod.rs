@@ -254,23 +254,13 @@ impl ProcessHandle {
             .process
             .read(cursor, max_bytes.clamp(1, PAGE_BYTES), PAGE_CHUNKS)
             .map_err(SandboxError::CursorBeyondEnd)?;
-        let mut chunks = read.chunks;
-        let mut next_cursor = read.next;
-        if next_cursor == end && !ended {
-            if let Some(last) = chunks.last_mut() {
-                let hold = incomplete_utf8_tail(&last.data);
-                last.data.truncate(last.data.len() - hold);
-                next_cursor -= hold as u64;
-                if last.data.is_empty() {
-                    chunks.pop();
-                }
-            }
-        }
+        let mut read = read;
+        read.hold_incomplete_tail(read.next == end && !ended);
         Ok(OutputPage {
-            chunks,
-            next_cursor,
+            complete: ended && read.next == end,
+            chunks: read.chunks,
+            next_cursor: read.next,
             dropped: read.dropped,
-            complete: ended && next_cursor == end,
         })
     }
 
@@ -331,16 +321,12 @@ impl ProcessFollower {
                     cursor: self.cursor,
                 }));
             }
-            if let Some(mut chunk) = read.chunks.pop() {
-                if read.next == end && !ended {
-                    let hold = incomplete_utf8_tail(&chunk.data);
-                    chunk.data.truncate(chunk.data.len() - hold);
-                }
-                if !chunk.data.is_empty() {
-                    self.cursor = chunk.cursor + chunk.data.len() as u64;
-                    return Ok(Some(FollowEvent::Output(chunk)));
-                }
-            } else if ended {
+            read.hold_incomplete_tail(read.next == end && !ended);
+            if let Some(chunk) = read.chunks.pop() {
+                self.cursor = read.next;
+                return Ok(Some(FollowEvent::Output(chunk)));
+            }
+            if ended && read.next == end {
                 self.done = true;
                 return Ok(Some(FollowEvent::Exit(self.process.snapshot())));
             }
