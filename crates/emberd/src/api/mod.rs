@@ -5,7 +5,8 @@
 //! manager's domain types to `emberd-api`'s; [`edge`] wraps the routes in
 //! the layers every request passes (panics, `Host`/`Origin`, tokens,
 //! concurrency), [`body`] reads bodies within bounds and [`server`] is the
-//! connection loop. Handlers parse, call the
+//! connection loop; `stream` answers the streamed exec (SSE), `processes`
+//! and `attach` the background-process routes. Handlers parse, call the
 //! [`Manager`](crate::sandbox::Manager), and shape the answer; they hold no
 //! lifecycle logic.
 

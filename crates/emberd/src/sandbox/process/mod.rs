@@ -169,7 +169,7 @@ impl Manager {
             };
             process.append(stream, &data);
         }
-        sandbox.processes.insert(process.clone());
+        sandbox.processes.insert(process.clone())?;
         tokio::spawn(driver::drive(
             process.clone(),
             events,

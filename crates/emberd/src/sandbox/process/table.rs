@@ -55,12 +55,24 @@ impl ProcessTable {
     }
 
     /// Adds a started process; an ended record with the same (reused) pid
-    /// is forgotten.
-    pub fn insert(&self, process: Arc<Process>) {
+    /// is forgotten. A pid a running process already has is refused: the
+    /// guest said something impossible.
+    pub fn insert(&self, process: Arc<Process>) -> Result<(), SandboxError> {
         let mut inner = self.inner.lock();
         prune(&mut inner.processes, Instant::now());
+        if inner
+            .processes
+            .iter()
+            .any(|p| p.pid == process.pid && p.is_running())
+        {
+            return Err(SandboxError::ProcessLaunch(format!(
+                "the guest reported pid {}, which a running process already has",
+                process.pid
+            )));
+        }
         inner.processes.retain(|p| p.pid != process.pid);
         inner.processes.push(process);
+        Ok(())
     }
 
     pub fn get(&self, pid: u32) -> Result<Arc<Process>, SandboxError> {

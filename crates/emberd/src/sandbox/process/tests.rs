@@ -30,10 +30,10 @@ fn the_running_limit_counts_starts_in_progress_and_frees_on_end() {
         Err(SandboxError::TooManyProcesses { max: 2 })
     ));
     let running = process(10);
-    table.insert(running.clone());
+    table.insert(running.clone()).unwrap();
     drop(first);
     drop(second);
-    table.insert(process(11));
+    table.insert(process(11)).unwrap();
     assert!(table.reserve(2).is_err(), "two run");
     running.finish(ProcessStatus::Exited(0), None);
     assert!(table.reserve(2).is_ok(), "one ended: room for another");
@@ -43,10 +43,10 @@ fn the_running_limit_counts_starts_in_progress_and_frees_on_end() {
 fn ended_records_are_kept_for_a_while_and_at_most_a_hundred() {
     let table = ProcessTable::default();
     let running = process(1);
-    table.insert(running.clone());
+    table.insert(running.clone()).unwrap();
     for pid in 2..(2 + KEEP_ENDED as u32 + 5) {
         let ended = process(pid);
-        table.insert(ended.clone());
+        table.insert(ended.clone()).unwrap();
         ended.finish(ProcessStatus::Exited(0), None);
     }
     let listed = table.list();
@@ -71,10 +71,15 @@ fn ended_records_are_kept_for_a_while_and_at_most_a_hundred() {
 fn a_reused_pid_replaces_the_ended_record() {
     let table = ProcessTable::default();
     let old = process(5);
-    table.insert(old.clone());
+    table.insert(old.clone()).unwrap();
     old.append(OutputStream::Stdout, b"old");
+    // A running process's pid cannot be reported again.
+    assert!(matches!(
+        table.insert(process(5)),
+        Err(SandboxError::ProcessLaunch(_))
+    ));
     old.finish(ProcessStatus::Exited(0), None);
-    table.insert(process(5));
+    table.insert(process(5)).unwrap();
     assert_eq!(table.list().len(), 1);
     assert_eq!(table.get(5).unwrap().snapshot().output_bytes, 0);
 }
