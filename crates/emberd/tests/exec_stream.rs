@@ -1,7 +1,8 @@
 //! The streamed exec over the fake VM backend, served on a real socket:
 //! SSE framing, output as it comes (the fake guest's `block` step holds
 //! the program while the test looks), UTF-8 held back across pieces, the
-//! unary exec's caps and refusals, and deletion mid-stream.
+//! unary exec's caps and refusals, deletion mid-stream, and a client that
+//! goes away.
 
 mod fixture;
 mod served;
@@ -134,4 +135,20 @@ async fn a_streamed_exec_whose_sandbox_is_deleted_ends_with_an_error_event() {
         .as_str()
         .unwrap()
         .contains("deleted"));
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_ends_its_streamed_exec() {
+    let served = serve(Options::default()).await;
+    let id = served.daemon.create("python").await;
+    let mut sse = served
+        .exec_events(&id, json!({ "code": "echo:up\nblock" }))
+        .await;
+    assert_eq!(sse.next().await.unwrap().event, "stdout");
+    assert_eq!(served.daemon.backend.running_execs(), 1);
+    drop(sse);
+    fixture::wait_until("the exec ended with its client", || {
+        served.daemon.backend.running_execs() == 0
+    })
+    .await;
 }
