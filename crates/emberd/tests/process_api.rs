@@ -435,3 +435,37 @@ async fn a_running_process_does_not_hold_its_sandbox_but_an_open_follower_does()
     .await;
     served.daemon.backend.release_blocked();
 }
+
+#[tokio::test]
+async fn websocket_control_frames_signal_and_refuse_a_resize_without_a_terminal() {
+    let served = serve(Options::default()).await;
+    let id = served.daemon.create("python").await;
+    let pid = served.start(&id, json!({ "code": "block" })).await;
+    let url = format!(
+        "{}/sandboxes/{id}/processes/{pid}/attach",
+        served.base.replace("http://", "ws://")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    ws.send(Message::Text(
+        r#"{"type":"resize","rows":30,"cols":100}"#.into(),
+    ))
+    .await
+    .unwrap();
+    let refusal = next_frame(&mut ws).await.unwrap().unwrap();
+    let refusal: Value = serde_json::from_str(refusal.to_text().unwrap()).unwrap();
+    assert_eq!(refusal["type"], "error");
+    assert!(
+        refusal["error"].as_str().unwrap().contains("no terminal"),
+        "{refusal}"
+    );
+    ws.send(Message::Text(
+        r#"{"type":"signal","signal":"SIGTERM"}"#.into(),
+    ))
+    .await
+    .unwrap();
+    let Some(Ok(Message::Close(Some(close)))) = next_frame(&mut ws).await else {
+        panic!("expected a close frame")
+    };
+    assert_eq!(close.reason.as_str(), "signal 15");
+    assert_eq!(served.info(&id, pid).await["state"], "killed");
+}
