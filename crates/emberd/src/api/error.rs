@@ -32,6 +32,8 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("this route needs a WebSocket upgrade request (GET with Upgrade: websocket)")]
+    WebSocketRequired,
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
 }
@@ -40,7 +42,9 @@ impl ApiError {
     /// The one place where errors become status codes.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadJson(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadJson(_) | ApiError::BadBody(_) | ApiError::WebSocketRequired => {
+                StatusCode::BAD_REQUEST
+            }
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
@@ -53,12 +57,21 @@ impl ApiError {
                 SandboxError::UnknownPack(_)
                 | SandboxError::TimeoutTooLong { .. }
                 | SandboxError::OverLimit { .. }
-                | SandboxError::Invalid(_) => StatusCode::BAD_REQUEST,
-                SandboxError::NotFound => StatusCode::NOT_FOUND,
+                | SandboxError::Invalid(_)
+                | SandboxError::ProcessLaunch(_)
+                | SandboxError::CursorBeyondEnd(_) => StatusCode::BAD_REQUEST,
+                SandboxError::NotFound | SandboxError::ProcessNotFound(_) => StatusCode::NOT_FOUND,
                 SandboxError::NotRunning(_)
                 | SandboxError::Deleted(_)
-                | SandboxError::Exited(_) => StatusCode::CONFLICT,
-                SandboxError::AtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+                | SandboxError::Exited(_)
+                | SandboxError::ProcessNotRunning(_)
+                | SandboxError::StdinNotOpen(_)
+                | SandboxError::StdinClosed(_)
+                | SandboxError::NoTerminal(_)
+                | SandboxError::MissingCapability { .. } => StatusCode::CONFLICT,
+                SandboxError::AtCapacity { .. } | SandboxError::TooManyProcesses { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
                 SandboxError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
                 SandboxError::Boot(_)
                 | SandboxError::SandboxDir { .. }

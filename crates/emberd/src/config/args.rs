@@ -179,6 +179,15 @@ pub struct ServeArgs {
     #[arg(long, env = "EMBERD_VMM_USER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmm_user: Option<String>,
+    // Background processes (see docs/processes.md).
+    /// Most background processes running at once per sandbox; more starts get 429 [default: 32].
+    #[arg(long, env = "EMBERD_MAX_PROCESSES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<usize>,
+    /// Output kept per background process, bytes; older output is dropped [default: 8388608].
+    #[arg(long, env = "EMBERD_PROCESS_LOG_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_log_bytes: Option<usize>,
 }
 
 /// `--backend`: the choice's names, with `auto` explained in `--help`.

@@ -69,6 +69,29 @@ pub enum SandboxError {
     /// The sandbox's VM ended on its own.
     #[error("sandbox has stopped: {0}")]
     Exited(String),
+    // Background processes.
+    #[error("no such process: {0}")]
+    ProcessNotFound(u32),
+    #[error("process {0} is not running")]
+    ProcessNotRunning(u32),
+    #[error("too many processes running in this sandbox (limit {max}, --max-processes)")]
+    TooManyProcesses { max: usize },
+    #[error("cannot start the process: {0}")]
+    ProcessLaunch(String),
+    #[error("process {0} was started without \"stdin\": true")]
+    StdinNotOpen(u32),
+    #[error("the stdin of process {0} is closed")]
+    StdinClosed(u32),
+    #[error("process {0} has no terminal (start it with \"pty\")")]
+    NoTerminal(u32),
+    #[error("invalid request: {0}")]
+    CursorBeyondEnd(crate::sandbox::process::BeyondEnd),
+    /// The guest's agent predates a feature the request needs.
+    #[error("the sandbox's guest image is too old to support {feature} (its agent lacks the {capability:?} capability); rebuild the images")]
+    MissingCapability {
+        feature: &'static str,
+        capability: &'static str,
+    },
 }
 
 impl From<BootError> for SandboxError {

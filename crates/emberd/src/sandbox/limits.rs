@@ -35,6 +35,31 @@ pub struct Limits {
     pub max_guest_memory_mib: u64,
     /// VMs booting at once; more wait for a turn.
     pub max_concurrent_boots: usize,
+    /// Background processes: how many run per sandbox, how much output each keeps.
+    pub processes: ProcessLimits,
+}
+
+/// Background processes' limits, per sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// Processes running at once in one sandbox; more starts get 429.
+    pub max_running: usize,
+    /// Output kept per process, in bytes (the oldest is dropped beyond it).
+    pub log_bytes: usize,
+}
+
+/// Default of `--max-processes`.
+pub const DEFAULT_MAX_PROCESSES: usize = 32;
+/// Default of `--process-log-bytes`.
+pub const DEFAULT_PROCESS_LOG_BYTES: usize = 8 * 1024 * 1024;
+
+impl Default for ProcessLimits {
+    fn default() -> Self {
+        ProcessLimits {
+            max_running: DEFAULT_MAX_PROCESSES,
+            log_bytes: DEFAULT_PROCESS_LOG_BYTES,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -50,6 +75,7 @@ impl Default for Limits {
             max_sandboxes: DEFAULT_MAX_SANDBOXES,
             max_guest_memory_mib: u64::MAX,
             max_concurrent_boots: 4,
+            processes: ProcessLimits::default(),
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::vmm::VmBackend;
 use super::admission::{Admission, Reservation};
 use super::background::Background;
 use super::error::{BootError, Interrupted, SandboxError};
-use super::exec::{exec_timeout, run};
+use super::exec::{exec_timeout, PreparedExec};
 use super::launcher::Launcher;
 use super::limits::Terms;
 use super::model::{BootPath, CreateParams, DaemonInfo, ExecOutcome, ExecParams, SandboxSummary};
@@ -34,9 +34,6 @@ use super::{vm_watch, ManagerConfig};
 const HEALTH_FRESH: Duration = Duration::from_secs(2);
 /// How long a pooled sandbox gets to answer `Health` before hand-out.
 const HEALTH_BOUND: Duration = Duration::from_secs(2);
-/// How long an exec whose agent session broke waits to learn whether the
-/// VM died (the VM watcher notices an exit well within this).
-const EXIT_NOTICE: Duration = Duration::from_secs(1);
 
 /// Owns all sandboxes of one daemon.
 pub struct Manager {
@@ -262,25 +259,28 @@ impl Manager {
     /// Runs `params.code` in sandbox `id` with the pack's interpreter. An
     /// exec whose VM ends under it answers [`SandboxError::Exited`].
     pub async fn exec(&self, id: &str, params: ExecParams) -> Result<ExecOutcome, SandboxError> {
+        self.prepare_exec(id, params.timeout_ms)?
+            .run(params, None)
+            .await
+    }
+
+    /// Checks what an exec (unary or streamed) or a process start needs
+    /// before anything runs: the sandbox, its guest, the timeout, the pack.
+    pub(super) fn prepare_exec(
+        &self,
+        id: &str,
+        timeout_ms: Option<u64>,
+    ) -> Result<PreparedExec, SandboxError> {
         let sandbox = self.lookup(id)?;
         let guest = sandbox.guest()?;
-        let timeout = exec_timeout(params.timeout_ms)?;
-        let pack = self.launcher.pack(&sandbox.pack)?;
-        let _active = sandbox.begin_exec()?;
-        let result = tokio::select! {
-            result = run(&guest, pack, params, timeout, &sandbox.deleted) => result,
-            () = sandbox.exited.cancelled() => return Err(sandbox.exited_error()),
-        };
-        match result {
-            // A broken session is most often a VM that died: say so.
-            Err(e @ SandboxError::Exec(_)) => {
-                match tokio::time::timeout(EXIT_NOTICE, sandbox.exited.cancelled()).await {
-                    Ok(()) => Err(sandbox.exited_error()),
-                    Err(_) => Err(e),
-                }
-            }
-            other => other,
-        }
+        let timeout = exec_timeout(timeout_ms)?;
+        let pack = self.launcher.pack(&sandbox.pack)?.clone();
+        Ok(PreparedExec {
+            sandbox,
+            guest,
+            pack,
+            timeout,
+        })
     }
 
     /// Stops and removes sandbox `id`.
