@@ -469,3 +469,33 @@ async fn websocket_control_frames_signal_and_refuse_a_resize_without_a_terminal(
     assert_eq!(close.reason.as_str(), "signal 15");
     assert_eq!(served.info(&id, pid).await["state"], "killed");
 }
+
+#[tokio::test]
+async fn shutdown_ends_followers_and_websockets_at_once() {
+    let served = serve(Options::default()).await;
+    let id = served.daemon.create("python").await;
+    let pid = served.start(&id, json!({ "code": "echo:up\nblock" })).await;
+    let mut sse = served.follow(&id, pid, "", None).await;
+    assert_eq!(sse.next().await.unwrap().event, "stdout");
+    let url = format!(
+        "{}/sandboxes/{id}/processes/{pid}/attach",
+        served.base.replace("http://", "ws://")
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    // What the daemon does first on SIGTERM, before it drains requests.
+    served.daemon.manager.close_streams();
+    let rest = sse.rest().await;
+    let last = rest.last().expect("an event before the end");
+    assert_eq!(last.event, "error", "{rest:?}");
+    assert!(last.data.contains("shutting down"), "{}", last.data);
+    let frame = tokio::time::timeout(BOUND, ws.next())
+        .await
+        .expect("a close frame within the bound");
+    let Some(Ok(Message::Close(Some(close)))) = frame else {
+        panic!("expected a close frame, got {frame:?}")
+    };
+    assert!(close.reason.contains("shutting down"), "{}", close.reason);
+    // The process itself runs on until the sandboxes are stopped.
+    assert_eq!(served.info(&id, pid).await["state"], "running");
+    served.daemon.backend.release_blocked();
+}

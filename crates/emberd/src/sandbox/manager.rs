@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::image::Manifest;
 use crate::vmm::VmBackend;
@@ -45,6 +46,10 @@ pub struct Manager {
     template_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     reaper: Mutex<Option<JoinHandle<()>>>,
     reaped: Arc<AtomicU64>,
+    /// Cancelled when shutdown begins: long-lived output streams (process
+    /// followers, attached WebSockets) end then, instead of holding the
+    /// drain of requests in flight until its bound.
+    streams_closing: CancellationToken,
     _lock: WorkDirLock,
 }
 
@@ -90,6 +95,7 @@ impl Manager {
             template_queue: Mutex::new(Some(template_queue)),
             reaper: Mutex::new(None),
             reaped: Arc::default(),
+            streams_closing: CancellationToken::new(),
             _lock: lock,
         })
     }
@@ -348,6 +354,19 @@ impl Manager {
             pool_ready: self.pools.enabled().then(|| self.pools.ready_counts()),
             reaped: self.reaped(),
         }
+    }
+
+    /// Ends every open process follower and attached WebSocket (with a
+    /// "shutting down" error); requests with an end of their own (execs,
+    /// transfers) carry on. Called when shutdown begins, before requests
+    /// in flight are drained.
+    pub fn close_streams(&self) {
+        self.streams_closing.cancel();
+    }
+
+    /// Cancelled once [`Manager::close_streams`] was called.
+    pub(super) fn streams_closing(&self) -> &CancellationToken {
+        &self.streams_closing
     }
 
     /// Refuses new sandboxes and stops every VM, pooled ones included.

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use emberd_proto::boundary::{capability, MAX_PTY_SIDE};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::guest::bounds::EXEC_DRAIN_LIMIT;
 use crate::guest::{ExecEvent, StartSpec};
@@ -197,7 +198,11 @@ impl Manager {
         let sandbox = self.lookup(id)?;
         drop(sandbox.begin_exec()?);
         let process = sandbox.processes.get(pid)?;
-        Ok(ProcessHandle { sandbox, process })
+        Ok(ProcessHandle {
+            sandbox,
+            process,
+            closing: self.streams_closing().clone(),
+        })
     }
 }
 
@@ -216,6 +221,8 @@ fn check_pty_size(rows: u32, cols: u32) -> Result<(), SandboxError> {
 pub struct ProcessHandle {
     sandbox: Arc<Sandbox>,
     process: Arc<Process>,
+    /// The daemon's shutdown, which ends followers.
+    closing: CancellationToken,
 }
 
 impl ProcessHandle {
@@ -276,6 +283,7 @@ impl ProcessHandle {
             active: self.sandbox.begin_stream()?,
             changes: self.process.subscribe(),
             process: self.process.clone(),
+            closing: self.closing.clone(),
             cursor,
             done: false,
         })
@@ -285,6 +293,7 @@ impl ProcessHandle {
 /// A process's output as it comes, from a cursor on.
 pub struct ProcessFollower {
     process: Arc<Process>,
+    closing: CancellationToken,
     active: StreamActivity,
     changes: watch::Receiver<u64>,
     cursor: u64,
@@ -308,6 +317,10 @@ impl ProcessFollower {
             if deleted.is_cancelled() {
                 self.done = true;
                 return Err(SandboxError::Deleted(Interrupted::Exec));
+            }
+            if self.closing.is_cancelled() {
+                self.done = true;
+                return Err(SandboxError::ShuttingDown);
             }
             self.changes.borrow_and_update();
             let (mut read, ended, end) = self
@@ -338,6 +351,7 @@ impl ProcessFollower {
                     }
                 }
                 () = deleted.cancelled() => {}
+                () = self.closing.cancelled() => {}
             }
         }
     }
