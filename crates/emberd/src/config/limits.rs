@@ -34,6 +34,7 @@ impl Settings {
                 host_memory_mib().map_or(FALLBACK_GUEST_MEMORY_MIB, |mib| mib / 2)
             }),
             max_concurrent_boots: self.max_concurrent_boots.unwrap_or(cpus),
+            max_transfer_bytes: self.max_transfer_mib.saturating_mul(1024 * 1024),
         }
     }
 
@@ -63,6 +64,7 @@ impl Settings {
             ("max-sandboxes", self.max_sandboxes == 0),
             ("max-guest-memory-mib", self.max_guest_memory_mib == Some(0)),
             ("max-concurrent-boots", self.max_concurrent_boots == Some(0)),
+            ("max-transfer-mib", self.max_transfer_mib == 0),
         ];
         match zero.iter().find(|(_, is_zero)| *is_zero) {
             Some((name, _)) => Err(ConfigError::Invalid(format!("{name} must be positive"))),

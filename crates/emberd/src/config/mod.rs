@@ -101,6 +101,9 @@ pub struct Settings {
     // VMM confinement.
     /// The unprivileged user VMMs run as when the daemon is root.
     pub vmm_user: String,
+    // The files API.
+    /// Largest file transfer (one upload or download), in MiB.
+    pub max_transfer_mib: u64,
 }
 
 impl Default for Settings {
@@ -139,6 +142,7 @@ impl Default for Settings {
             header_read_timeout: crate::api::DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: crate::api::DEFAULT_BODY_READ_TIMEOUT,
             vmm_user: crate::vmm::vmm_user::DEFAULT_VMM_USER.to_owned(),
+            max_transfer_mib: crate::sandbox::limits::DEFAULT_MAX_TRANSFER_MIB,
         }
     }
 }

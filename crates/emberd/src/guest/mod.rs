@@ -13,6 +13,7 @@
 
 pub mod bounds;
 pub mod clock;
+pub mod files;
 pub mod session;
 pub mod untrusted;
 
@@ -147,6 +148,8 @@ pub struct AgentClient {
     clock: Arc<ChannelClock>,
     /// Cancelled when the daemon shuts down: every call then ends.
     shutdown: CancellationToken,
+    /// The capabilities the agent listed in `Hello` (bounded and cleaned).
+    capabilities: Arc<[String]>,
 }
 
 impl AgentClient {
@@ -167,13 +170,21 @@ impl AgentClient {
         let channel = emberd_proto::channel_over(stream)
             .await
             .map_err(GuestError::Connect)?;
-        let client = AgentClient {
+        let mut client = AgentClient {
             channel,
             clock,
             shutdown,
+            capabilities: Arc::from([]),
         };
         let hello = client.bounded("Hello", None, client.hello()).await??;
+        client.capabilities = Arc::from(hello.capabilities.as_slice());
         Ok((client, hello))
+    }
+
+    /// True when the agent listed `capability` (see
+    /// [`emberd_proto::boundary::capability`]) in its `Hello`.
+    pub fn has_capability(&self, capability: &str) -> bool {
+        self.capabilities.iter().any(|c| c == capability)
     }
 
     /// Runs `call` until it ends, `bound` passes, or the daemon shuts down.

@@ -16,6 +16,8 @@ pub const MIN_MEMORY_MIB: u32 = 64;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Sandboxes (pooled VMs included) one daemon holds unless told otherwise.
 pub const DEFAULT_MAX_SANDBOXES: usize = 64;
+/// Largest file transfer unless the operator says otherwise, in MiB.
+pub const DEFAULT_MAX_TRANSFER_MIB: u64 = 2048;
 
 /// What the operator allows: per-sandbox maxima and defaults, and the
 /// daemon-wide admission limits.
@@ -35,6 +37,8 @@ pub struct Limits {
     pub max_guest_memory_mib: u64,
     /// VMs booting at once; more wait for a turn.
     pub max_concurrent_boots: usize,
+    /// Largest file transfer (one upload or download of the files API), in bytes.
+    pub max_transfer_bytes: u64,
 }
 
 impl Default for Limits {
@@ -50,6 +54,7 @@ impl Default for Limits {
             max_sandboxes: DEFAULT_MAX_SANDBOXES,
             max_guest_memory_mib: u64::MAX,
             max_concurrent_boots: 4,
+            max_transfer_bytes: DEFAULT_MAX_TRANSFER_MIB * 1024 * 1024,
         }
     }
 }

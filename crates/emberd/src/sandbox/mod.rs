@@ -17,6 +17,7 @@
 //! - `launcher`: the one boot path (restore or cold boot, agent session,
 //!   identity) that creates, pools and template builds all go through;
 //! - `exec`: one exec, from request to outcome;
+//! - `files`: file operations and transfers on a sandbox;
 //! - `pool`: booted VMs kept ready per pack, and their fillers;
 //! - `template`: template snapshots, stored and built;
 //! - `background`: the tasks that build templates and fill pools;
@@ -26,6 +27,7 @@ mod admission;
 mod background;
 mod error;
 mod exec;
+mod files;
 mod ids;
 mod launcher;
 pub mod limits;
@@ -43,6 +45,7 @@ use std::time::Duration;
 
 pub use error::{BootError, Interrupted, SandboxError};
 pub use exec::{DEFAULT_EXEC_TIMEOUT, DEFAULT_OUTPUT_LIMIT, MAX_EXEC_TIMEOUT};
+pub use files::{check_depth, check_path, FileStream, FileUpload};
 pub use ids::{is_sandbox_id, new_sandbox_id};
 pub use limits::Limits;
 pub use manager::Manager;

@@ -206,6 +206,15 @@ impl Sandbox {
         Ok(ExecActivity { sandbox: self })
     }
 
+    /// [`Sandbox::begin_exec`] for work that outlives its caller (a
+    /// transfer's body stream): the guard owns a handle on the sandbox.
+    pub fn begin_owned_activity(self: &Arc<Self>) -> Result<OwnedActivity, SandboxError> {
+        std::mem::forget(self.begin_exec()?);
+        Ok(OwnedActivity {
+            sandbox: self.clone(),
+        })
+    }
+
     /// Claims the sandbox for the reaper when its TTL or idle timeout has
     /// passed at `now`; from then on no exec starts in it.
     pub fn claim_expired(&self, now: Instant) -> Option<Expiry> {
@@ -311,6 +320,19 @@ impl Drop for ExecActivity<'_> {
         let mut activity = self.sandbox.activity.lock();
         activity.execs -= 1;
         activity.last_active = Instant::now();
+    }
+}
+
+/// An [`ExecActivity`] that owns its sandbox handle.
+pub(super) struct OwnedActivity {
+    sandbox: Arc<Sandbox>,
+}
+
+impl Drop for OwnedActivity {
+    fn drop(&mut self) {
+        drop(ExecActivity {
+            sandbox: &self.sandbox,
+        });
     }
 }
 
