@@ -254,19 +254,29 @@ async fn upload(
     let mut upload = state.manager.file_upload(&id, target, declared).await?;
     let stall = state.body_read_timeout;
     loop {
-        let frame = match tokio::time::timeout(stall, body.frame()).await {
-            Err(_) => return Err(ApiError::BodyStalled(stall)),
+        let next = tokio::select! {
+            next = tokio::time::timeout(stall, body.frame()) => next,
+            e = upload.interrupted() => return Err(e.into()),
+        };
+        let frame = match next {
+            Err(_) => {
+                upload.abandon().await;
+                return Err(ApiError::BodyStalled(stall));
+            }
             Ok(None) => break,
-            Ok(Some(Err(e))) => return Err(ApiError::BadBody(e.to_string())),
+            Ok(Some(Err(e))) => {
+                upload.abandon().await;
+                return Err(ApiError::BadBody(e.to_string()));
+            }
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
         if let Err(e) = upload.send(data).await {
-            // Abandon the upload (nothing of it stays in the guest), and let
-            // a client that writes its whole body before reading see the answer.
-            drop(upload);
+            // Nothing of the upload stays in the guest; then let a client
+            // that writes its whole body before reading see the answer.
+            upload.abandon().await;
             linger(body, 0, LINGER_BYTES, LINGER_TIME).await;
             return Err(e.into());
         }

@@ -6,8 +6,9 @@
 //! chunks one at a time (h2 flow control keeps the guest from running ahead
 //! by more than the stream window), and an [`Upload`] passes chunks through
 //! a small bounded queue to a `WriteFile`/`WriteTar` stream. Dropping an
-//! upload before [`Upload::finish`] resets the stream, so the agent deletes
-//! its temporary file and nothing partial appears in the guest.
+//! upload before [`Upload::finish`] ends the stream with a message the agent
+//! refuses, so it deletes its temporary file and nothing partial appears in
+//! the guest (a tar's entries unpacked so far stay).
 //!
 //! Every call is bounded in time (per call, or per chunk for streams), every
 //! string and list from the guest is bounded and cleaned, and a stream never
@@ -15,6 +16,8 @@
 //! owners, deep listings) are used only when the agent listed them in its
 //! `Hello`; otherwise the call fails with [`FilesError::Unsupported`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -338,6 +341,7 @@ impl AgentClient {
     pub fn upload(&self, target: UploadTarget) -> Result<Upload, FilesError> {
         let (tx, rx) = mpsc::channel::<Bytes>(UPLOAD_QUEUE);
         let data = ReceiverStream::new(rx);
+        let finished = Arc::new(AtomicBool::new(false));
         let client = self.clone();
         let (call, path): (&'static str, String) = match &target {
             UploadTarget::File { path, .. } => ("WriteFile", path.clone()),
@@ -358,11 +362,12 @@ impl AgentClient {
                         owner: self.owner_field(owner),
                     })),
                 };
-                let requests = futures::stream::once(async { start }).chain(data.map(|chunk| {
-                    WriteFileRequest {
+                let abort = start.clone();
+                let requests = futures::stream::once(async { start })
+                    .chain(data.map(|chunk| WriteFileRequest {
                         kind: Some(write_file_request::Kind::Data(chunk.to_vec())),
-                    }
-                }));
+                    }))
+                    .chain(abort_marker(finished.clone(), abort));
                 tokio::spawn(async move {
                     let mut files = client.files();
                     let reply = client
@@ -386,11 +391,12 @@ impl AgentClient {
                         owner: self.owner_field(owner),
                     })),
                 };
-                let requests = futures::stream::once(async { start }).chain(data.map(|chunk| {
-                    WriteTarRequest {
+                let abort = start.clone();
+                let requests = futures::stream::once(async { start })
+                    .chain(data.map(|chunk| WriteTarRequest {
                         kind: Some(write_tar_request::Kind::Data(chunk.to_vec())),
-                    }
-                }));
+                    }))
+                    .chain(abort_marker(finished.clone(), abort));
                 tokio::spawn(async move {
                     let mut files = client.files();
                     let reply = client
@@ -406,6 +412,7 @@ impl AgentClient {
             }
         };
         Ok(Upload {
+            complete: finished,
             tx: Some(tx),
             call: CallTask(task, false),
             finished: None,
@@ -415,21 +422,49 @@ impl AgentClient {
     }
 }
 
-/// The task running an upload's call; aborting it (on drop) resets the
-/// stream, and the agent discards what it wrote.
-/// The flag is set once the task was awaited to its end (it must not be
-/// polled again).
+/// What follows an upload's data: nothing when it was finished; else a
+/// second `start`, which the agent refuses (only data may follow `start`),
+/// discarding what it wrote. Cancelling the call instead is no abort: the
+/// agent's HTTP/2 server reads a stream reset with `CANCEL` as the clean end
+/// of the request, and would put a truncated file in place.
+fn abort_marker<T: Send + 'static>(
+    finished: Arc<AtomicBool>,
+    marker: T,
+) -> impl futures::Stream<Item = T> + Send {
+    futures::stream::once(async move { (!finished.load(Ordering::SeqCst)).then_some(marker) })
+        .filter_map(std::future::ready)
+}
+
+/// The task running an upload's call. The flag is set once the task was
+/// awaited to its end (it must not be polled again). Dropped early, the task
+/// is left to deliver the abort marker and hear the agent's refusal, and is
+/// aborted only after [`UPLOAD_FINISH_BOUND`] (an agent that stopped
+/// answering).
 struct CallTask(JoinHandle<Result<UploadReply, FilesError>>, bool);
 
 impl Drop for CallTask {
     fn drop(&mut self) {
-        self.0.abort();
+        if self.0.is_finished() {
+            return;
+        }
+        let task = self.0.abort_handle();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    tokio::time::sleep(UPLOAD_FINISH_BOUND).await;
+                    task.abort();
+                });
+            }
+            Err(_) => task.abort(),
+        }
     }
 }
 
 /// An upload in progress. Dropping it before [`Upload::finish`] abandons
 /// it: the agent removes its temporary file.
 pub struct Upload {
+    /// Set by [`Upload::finish`]: the data ended as the client meant it to.
+    complete: Arc<AtomicBool>,
     tx: Option<mpsc::Sender<Bytes>>,
     call: CallTask,
     /// The call's result once it ended (the task is not polled again).
@@ -482,8 +517,16 @@ impl Upload {
     /// Ends the data and waits (at most [`UPLOAD_FINISH_BOUND`]) for the
     /// agent to put the file in place.
     pub async fn finish(mut self) -> Result<UploadReply, FilesError> {
+        self.complete.store(true, Ordering::SeqCst);
         self.tx = None;
         self.outcome(UPLOAD_FINISH_BOUND).await
+    }
+
+    /// Abandons the upload and waits (at most [`FILE_CALL_BOUND`]) until the
+    /// agent has discarded what it wrote.
+    pub async fn abandon(mut self) {
+        self.tx = None;
+        let _ = self.outcome(FILE_CALL_BOUND).await;
     }
 
     /// The error of a call that stopped taking data before its end.

@@ -324,6 +324,27 @@ impl FileUpload {
         guarded(&self.hold.sandbox, self.upload.send(data)).await
     }
 
+    /// Resolves, with the error to answer, when the sandbox is deleted or
+    /// its VM ends: a caller waiting for the client's next chunk stops then.
+    pub async fn interrupted(&self) -> SandboxError {
+        let sandbox = &self.hold.sandbox;
+        tokio::select! {
+            () = sandbox.deleted.cancelled() => SandboxError::Deleted(Interrupted::Transfer),
+            () = sandbox.exited.cancelled() => sandbox.exited_error(),
+        }
+    }
+
+    /// Abandons the upload; returns once the guest has discarded it (or the
+    /// sandbox is gone, or the agent's bound passed).
+    pub async fn abandon(self) {
+        let FileUpload { upload, hold, .. } = self;
+        let _ = guarded(&hold.sandbox, async {
+            upload.abandon().await;
+            Ok(())
+        })
+        .await;
+    }
+
     /// Ends the upload and waits for the guest to put it in place.
     pub async fn finish(self) -> Result<UploadReply, SandboxError> {
         guarded(&self.hold.sandbox, self.upload.finish()).await
