@@ -93,7 +93,10 @@ impl FilesError {
             }
             Code::ResourceExhausted => FilesError::NoSpace,
             Code::InvalidArgument => FilesError::Invalid(message),
-            Code::Unimplemented => FilesError::Unsupported(call),
+            Code::Unimplemented => FilesError::Unsupported(match call {
+                "ReadTar" | "WriteTar" => "tar transfers",
+                _ => "the files API",
+            }),
             code => FilesError::Guest(GuestError::Broken {
                 call,
                 source: tonic::Status::new(code, message),
@@ -706,7 +709,7 @@ mod tests {
         ));
         assert!(matches!(
             FilesError::from_status("ReadTar", "/f", status(Code::Unimplemented, "no")),
-            FilesError::Unsupported("ReadTar")
+            FilesError::Unsupported("tar transfers")
         ));
         let long = "x".repeat(1 << 20);
         let broken = FilesError::from_status("ReadFile", "/f", status(Code::Internal, &long));
