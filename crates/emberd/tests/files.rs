@@ -329,6 +329,26 @@ async fn a_directory_tree_round_trips_as_tar() {
     )
     .await;
     assert_eq!(check, "0o640 0o755 a.txt alpha 100000 1000");
+
+    // Uploaded files belong to the sandbox user unless root is asked for.
+    for query in [
+        vec![("path", "/home/sandbox/new/mine.txt"), ("mkdir", "true")],
+        vec![("path", "/opt/theirs.txt"), ("user", "root")],
+    ] {
+        let response = files(&api, Method::PUT, &id, &query)
+            .body("owned")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "{query:?}");
+    }
+    let owners = run(
+        &api,
+        &id,
+        "import os\nprint(os.stat('/home/sandbox/new/mine.txt').st_uid, os.stat('/home/sandbox/new').st_uid, os.stat('/opt/theirs.txt').st_uid, end='')",
+    )
+    .await;
+    assert_eq!(owners, "1000 1000 0");
 }
 
 #[tokio::test]
