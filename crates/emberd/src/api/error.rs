@@ -67,7 +67,7 @@ impl ApiError {
                 | SandboxError::Deleted(_)
                 | SandboxError::Exited(_)
                 | SandboxError::FileConflict(_)
-                | SandboxError::GuestTooOld(_) => StatusCode::CONFLICT,
+                | SandboxError::MissingCapability { .. } => StatusCode::CONFLICT,
                 SandboxError::NoSpace | SandboxError::TransferTooLarge { .. } => {
                     StatusCode::PAYLOAD_TOO_LARGE
                 }
@@ -244,7 +244,10 @@ mod tests {
         );
         for conflict in [
             SandboxError::FileConflict("/d is a directory (ask with format=tar)".into()),
-            SandboxError::GuestTooOld("tar transfers"),
+            SandboxError::MissingCapability {
+                feature: "tar transfers",
+                capability: "tar",
+            },
             SandboxError::Deleted(Interrupted::Transfer),
         ] {
             assert_eq!(status(conflict), StatusCode::CONFLICT);

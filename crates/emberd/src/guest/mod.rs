@@ -148,7 +148,7 @@ pub struct AgentClient {
     clock: Arc<ChannelClock>,
     /// Cancelled when the daemon shuts down: every call then ends.
     shutdown: CancellationToken,
-    /// The capabilities the agent listed in `Hello` (bounded and cleaned).
+    /// What the agent listed in `Hello` (`emberd_proto::boundary::capability`).
     capabilities: Arc<[String]>,
 }
 
@@ -174,17 +174,16 @@ impl AgentClient {
             channel,
             clock,
             shutdown,
-            capabilities: Arc::from([]),
+            capabilities: Arc::new([]),
         };
         let hello = client.bounded("Hello", None, client.hello()).await??;
-        client.capabilities = Arc::from(hello.capabilities.as_slice());
+        client.capabilities = hello.capabilities.clone().into();
         Ok((client, hello))
     }
 
-    /// True when the agent listed `capability` (see
-    /// [`emberd_proto::boundary::capability`]) in its `Hello`.
-    pub fn has_capability(&self, capability: &str) -> bool {
-        self.capabilities.iter().any(|c| c == capability)
+    /// True when the agent listed `name` among its capabilities in `Hello`.
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities.iter().any(|c| c == name)
     }
 
     /// Runs `call` until it ends, `bound` passes, or the daemon shuts down.

@@ -86,9 +86,12 @@ pub enum SandboxError {
     NoSpace,
     #[error("transfer too large: the limit is {limit_mib} MiB (--max-transfer-mib)")]
     TransferTooLarge { limit_mib: u64 },
-    /// The agent in the sandbox's image lacks an optional protocol feature.
-    #[error("the sandbox's guest image is too old to support {0}; rebuild the images")]
-    GuestTooOld(&'static str),
+    /// The guest's agent predates a feature the request needs.
+    #[error("the sandbox's guest image is too old to support {feature} (its agent lacks the {capability:?} capability); rebuild the images")]
+    MissingCapability {
+        feature: &'static str,
+        capability: &'static str,
+    },
     /// The agent failed a file operation in a way that is no answer about
     /// the file (a broken stream, a call past its deadline).
     #[error("the guest agent failed the file operation")]

@@ -8,7 +8,6 @@
 //! HTTP: bytes come and go as chunks, errors as [`SandboxError`]s.
 
 use std::future::Future;
-use std::sync::Arc;
 
 use bytes::Bytes;
 use emberd_proto::boundary::{MAX_LIST_DEPTH, MAX_PATH_BYTES};
@@ -21,7 +20,7 @@ use crate::guest::{AgentClient, GuestError};
 
 use super::error::{Interrupted, SandboxError};
 use super::manager::Manager;
-use super::record::{OwnedActivity, Sandbox};
+use super::record::{Sandbox, StreamActivity};
 
 /// Symlinks followed to find what a download reads (Linux's `MAXSYMLINKS`).
 const MAX_SYMLINK_HOPS: usize = 40;
@@ -72,7 +71,13 @@ fn files_error(error: FilesError) -> SandboxError {
         FilesError::Conflict(message) => SandboxError::FileConflict(message),
         FilesError::NoSpace => SandboxError::NoSpace,
         FilesError::Invalid(message) => SandboxError::Invalid(message),
-        FilesError::Unsupported(what) => SandboxError::GuestTooOld(what),
+        FilesError::Unsupported {
+            feature,
+            capability,
+        } => SandboxError::MissingCapability {
+            feature,
+            capability,
+        },
         FilesError::OverLimit(limit) => SandboxError::TransferTooLarge {
             limit_mib: limit / (1024 * 1024),
         },
@@ -140,25 +145,15 @@ async fn resolve(
     Ok((current, stat))
 }
 
-/// A transfer in progress: its sandbox and the activity it holds.
-struct Hold {
-    sandbox: Arc<Sandbox>,
-    _active: OwnedActivity,
-}
+/// A call or transfer in progress: the activity it holds on its sandbox.
+type Hold = StreamActivity;
 
 impl Manager {
     /// The sandbox, its agent, and the activity guard of one file call.
     fn files_guest(&self, id: &str) -> Result<(Hold, AgentClient), SandboxError> {
         let sandbox = self.lookup(id)?;
         let guest = sandbox.guest()?;
-        let active = sandbox.begin_owned_activity()?;
-        Ok((
-            Hold {
-                sandbox,
-                _active: active,
-            },
-            guest.agent.clone(),
-        ))
+        Ok((sandbox.begin_stream()?, guest.agent.clone()))
     }
 
     /// The largest transfer the operator allows, in bytes.
@@ -182,7 +177,7 @@ impl Manager {
     ) -> Result<FileStat, SandboxError> {
         check_path(path)?;
         let (hold, agent) = self.files_guest(id)?;
-        let (_, stat) = guarded(&hold.sandbox, resolve(&agent, path, follow_links)).await?;
+        let (_, stat) = guarded(hold.sandbox(), resolve(&agent, path, follow_links)).await?;
         Ok(stat)
     }
 
@@ -196,7 +191,7 @@ impl Manager {
         check_path(path)?;
         let depth = check_depth(depth)?;
         let (hold, agent) = self.files_guest(id)?;
-        guarded(&hold.sandbox, agent.list(path, depth)).await
+        guarded(hold.sandbox(), agent.list(path, depth)).await
     }
 
     /// Removes `path`; a directory with entries only when `recursive`.
@@ -213,7 +208,7 @@ impl Manager {
             ));
         }
         let (hold, agent) = self.files_guest(id)?;
-        guarded(&hold.sandbox, agent.remove(path, recursive)).await
+        guarded(hold.sandbox(), agent.remove(path, recursive)).await
     }
 
     /// The regular file `path` (symlinks followed): its metadata, then its
@@ -225,7 +220,7 @@ impl Manager {
     ) -> Result<(FileStat, FileStream), SandboxError> {
         check_path(path)?;
         let (hold, agent) = self.files_guest(id)?;
-        let (resolved, stat) = guarded(&hold.sandbox, resolve(&agent, path, true)).await?;
+        let (resolved, stat) = guarded(hold.sandbox(), resolve(&agent, path, true)).await?;
         match stat.kind {
             EntryKind::File => {}
             EntryKind::Dir => {
@@ -242,7 +237,7 @@ impl Manager {
         if stat.size > self.max_transfer_bytes() {
             return Err(self.transfer_too_large());
         }
-        let download = guarded(&hold.sandbox, agent.read_file(&resolved, stat.size)).await?;
+        let download = guarded(hold.sandbox(), agent.read_file(&resolved, stat.size)).await?;
         Ok((stat, stream(download, hold)))
     }
 
@@ -255,7 +250,7 @@ impl Manager {
         check_path(path)?;
         let (hold, agent) = self.files_guest(id)?;
         let limit = self.max_transfer_bytes();
-        let download = guarded(&hold.sandbox, agent.read_tar(path, limit)).await?;
+        let download = guarded(hold.sandbox(), agent.read_tar(path, limit)).await?;
         Ok(stream(download, hold))
     }
 
@@ -293,7 +288,7 @@ fn stream(download: Download, hold: Hold) -> FileStream {
         Some((download, hold)),
         |state| async move {
             let (mut download, hold) = state?;
-            let next = guarded(&hold.sandbox, download.next()).await;
+            let next = guarded(hold.sandbox(), download.next()).await;
             match next {
                 Ok(Some(data)) => Some((Ok(data), Some((download, hold)))),
                 Ok(None) => None,
@@ -321,13 +316,13 @@ impl FileUpload {
                 limit_mib: self.limit / (1024 * 1024),
             });
         }
-        guarded(&self.hold.sandbox, self.upload.send(data)).await
+        guarded(self.hold.sandbox(), self.upload.send(data)).await
     }
 
     /// Resolves, with the error to answer, when the sandbox is deleted or
     /// its VM ends: a caller waiting for the client's next chunk stops then.
     pub async fn interrupted(&self) -> SandboxError {
-        let sandbox = &self.hold.sandbox;
+        let sandbox = self.hold.sandbox();
         tokio::select! {
             () = sandbox.deleted.cancelled() => SandboxError::Deleted(Interrupted::Transfer),
             () = sandbox.exited.cancelled() => sandbox.exited_error(),
@@ -338,7 +333,7 @@ impl FileUpload {
     /// sandbox is gone, or the agent's bound passed).
     pub async fn abandon(self) {
         let FileUpload { upload, hold, .. } = self;
-        let _ = guarded(&hold.sandbox, async {
+        let _ = guarded(hold.sandbox(), async {
             upload.abandon().await;
             Ok(())
         })
@@ -347,7 +342,7 @@ impl FileUpload {
 
     /// Ends the upload and waits for the guest to put it in place.
     pub async fn finish(self) -> Result<UploadReply, SandboxError> {
-        guarded(&self.hold.sandbox, self.upload.finish()).await
+        guarded(self.hold.sandbox(), self.upload.finish()).await
     }
 }
 
@@ -418,8 +413,14 @@ mod tests {
             SandboxError::Invalid(_)
         ));
         assert!(matches!(
-            files_error(FilesError::Unsupported("tar transfers")),
-            SandboxError::GuestTooOld("tar transfers")
+            files_error(FilesError::Unsupported {
+                feature: "tar transfers",
+                capability: "tar"
+            }),
+            SandboxError::MissingCapability {
+                feature: "tar transfers",
+                capability: "tar"
+            }
         ));
         assert!(matches!(
             files_error(FilesError::OverLimit(3 * 1024 * 1024)),

@@ -206,11 +206,12 @@ impl Sandbox {
         Ok(ExecActivity { sandbox: self })
     }
 
-    /// [`Sandbox::begin_exec`] for work that outlives its caller (a
-    /// transfer's body stream): the guard owns a handle on the sandbox.
-    pub fn begin_owned_activity(self: &Arc<Self>) -> Result<OwnedActivity, SandboxError> {
-        std::mem::forget(self.begin_exec()?);
-        Ok(OwnedActivity {
+    /// [`Sandbox::begin_exec`] for a stream (an SSE follower, a WebSocket)
+    /// that outlives the call that opened it.
+    pub fn begin_stream(self: &Arc<Self>) -> Result<StreamActivity, SandboxError> {
+        drop(self.begin_exec()?);
+        self.activity.lock().execs += 1;
+        Ok(StreamActivity {
             sandbox: self.clone(),
         })
     }
@@ -323,12 +324,18 @@ impl Drop for ExecActivity<'_> {
     }
 }
 
-/// An [`ExecActivity`] that owns its sandbox handle.
-pub(super) struct OwnedActivity {
+/// An open stream; its end restarts the idle clock.
+pub(super) struct StreamActivity {
     sandbox: Arc<Sandbox>,
 }
 
-impl Drop for OwnedActivity {
+impl StreamActivity {
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+}
+
+impl Drop for StreamActivity {
     fn drop(&mut self) {
         drop(ExecActivity {
             sandbox: &self.sandbox,

@@ -54,8 +54,13 @@ pub enum FilesError {
     /// The guest found the request invalid: its cleaned message.
     #[error("{0}")]
     Invalid(String),
-    #[error("the guest image is too old: its agent does not offer {0}")]
-    Unsupported(&'static str),
+    #[error(
+        "the guest image is too old: its agent lacks the {capability:?} capability for {feature}"
+    )]
+    Unsupported {
+        feature: &'static str,
+        capability: &'static str,
+    },
     #[error("{path} ended after {got} of {expected} bytes (it shrank while being read)")]
     Short {
         path: String,
@@ -69,6 +74,13 @@ pub enum FilesError {
 }
 
 impl FilesError {
+    pub(super) fn unsupported_tar() -> Self {
+        FilesError::Unsupported {
+            feature: "tar transfers",
+            capability: capability::TAR,
+        }
+    }
+
     /// The guest's status as a file error; `path` is the daemon's own copy
     /// of the path asked about.
     fn from_status(call: &'static str, path: &str, status: tonic::Status) -> Self {
@@ -81,10 +93,14 @@ impl FilesError {
             }
             Code::ResourceExhausted => FilesError::NoSpace,
             Code::InvalidArgument => FilesError::Invalid(message),
-            Code::Unimplemented => FilesError::Unsupported(match call {
-                "ReadTar" | "WriteTar" => "tar transfers",
-                _ => "the files API",
-            }),
+            Code::Unimplemented => match call {
+                "ReadTar" | "WriteTar" => FilesError::unsupported_tar(),
+                // An agent from before the `Files` service.
+                _ => FilesError::Unsupported {
+                    feature: "the files API",
+                    capability: "Files",
+                },
+            },
             code => FilesError::Guest(GuestError::Broken {
                 call,
                 source: tonic::Status::new(code, message),
@@ -218,7 +234,10 @@ impl AgentClient {
     /// own entries), at most [`MAX_LIST_ENTRIES`].
     pub async fn list(&self, path: &str, depth: u32) -> Result<Listing, FilesError> {
         if depth > 1 && !self.has_capability(capability::FILES_OWNER) {
-            return Err(FilesError::Unsupported("listings deeper than one level"));
+            return Err(FilesError::Unsupported {
+                feature: "listings deeper than one level",
+                capability: capability::FILES_OWNER,
+            });
         }
         let request = PathRequest {
             path: path.to_owned(),
@@ -301,7 +320,10 @@ mod tests {
         ));
         assert!(matches!(
             FilesError::from_status("ReadTar", "/f", status(Code::Unimplemented, "no")),
-            FilesError::Unsupported("tar transfers")
+            FilesError::Unsupported {
+                feature: "tar transfers",
+                capability: "tar"
+            }
         ));
         let long = "x".repeat(1 << 20);
         let broken = FilesError::from_status("ReadFile", "/f", status(Code::Internal, &long));

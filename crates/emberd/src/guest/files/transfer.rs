@@ -65,7 +65,7 @@ impl AgentClient {
     /// most `limit` bytes of it (more ends with [`FilesError::OverLimit`]).
     pub async fn read_tar(&self, path: &str, limit: u64) -> Result<Download, FilesError> {
         if !self.has_capability(capability::TAR) {
-            return Err(FilesError::Unsupported("tar transfers"));
+            return Err(FilesError::unsupported_tar());
         }
         let request = PathRequest {
             path: path.to_owned(),
@@ -133,7 +133,7 @@ impl AgentClient {
             }
             UploadTarget::Tar { path, owner } => {
                 if !self.has_capability(capability::TAR) {
-                    return Err(FilesError::Unsupported("tar transfers"));
+                    return Err(FilesError::unsupported_tar());
                 }
                 let start = WriteTarRequest {
                     kind: Some(write_tar_request::Kind::Start(WriteTarStart {
