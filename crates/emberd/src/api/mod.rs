@@ -15,6 +15,7 @@ pub mod auth;
 mod body;
 mod edge;
 mod error;
+mod files;
 pub mod origin;
 mod processes;
 mod server;
@@ -74,6 +75,7 @@ fn routes(manager: Arc<Manager>, body_read_timeout: Duration) -> Router {
         .route("/sandboxes/{id}", get(get_one).delete(delete))
         .route("/sandboxes/{id}/exec", post(exec))
         .merge(processes::routes())
+        .merge(files::routes())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(AppState {

@@ -40,6 +40,7 @@ impl Settings {
                 max_running: self.max_processes,
                 log_bytes: self.process_log_bytes,
             },
+            max_transfer_bytes: self.max_transfer_mib.saturating_mul(1024 * 1024),
         }
     }
 
@@ -70,6 +71,7 @@ impl Settings {
             ("max-guest-memory-mib", self.max_guest_memory_mib == Some(0)),
             ("max-concurrent-boots", self.max_concurrent_boots == Some(0)),
             ("max-processes", self.max_processes == 0),
+            ("max-transfer-mib", self.max_transfer_mib == 0),
         ];
         if self.process_log_bytes < MIN_PROCESS_LOG_BYTES {
             return Err(ConfigError::Invalid(format!(

@@ -106,6 +106,9 @@ pub struct Settings {
     pub max_processes: usize,
     /// Output kept per process, in bytes.
     pub process_log_bytes: usize,
+    // The files API.
+    /// Largest file transfer (one upload or download), in MiB.
+    pub max_transfer_mib: u64,
 }
 
 impl Default for Settings {
@@ -146,6 +149,7 @@ impl Default for Settings {
             vmm_user: crate::vmm::vmm_user::DEFAULT_VMM_USER.to_owned(),
             max_processes: crate::sandbox::limits::DEFAULT_MAX_PROCESSES,
             process_log_bytes: crate::sandbox::limits::DEFAULT_PROCESS_LOG_BYTES,
+            max_transfer_mib: crate::sandbox::limits::DEFAULT_MAX_TRANSFER_MIB,
         }
     }
 }

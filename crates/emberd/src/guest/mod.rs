@@ -13,6 +13,7 @@
 
 pub mod bounds;
 pub mod clock;
+pub mod files;
 pub mod session;
 pub mod untrusted;
 

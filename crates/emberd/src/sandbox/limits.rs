@@ -16,6 +16,8 @@ pub const MIN_MEMORY_MIB: u32 = 64;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Sandboxes (pooled VMs included) one daemon holds unless told otherwise.
 pub const DEFAULT_MAX_SANDBOXES: usize = 64;
+/// Largest file transfer unless the operator says otherwise, in MiB.
+pub const DEFAULT_MAX_TRANSFER_MIB: u64 = 2048;
 
 /// What the operator allows: per-sandbox maxima and defaults, and the
 /// daemon-wide admission limits.
@@ -37,6 +39,8 @@ pub struct Limits {
     pub max_concurrent_boots: usize,
     /// Background processes: how many run per sandbox, how much output each keeps.
     pub processes: ProcessLimits,
+    /// Largest file transfer (one upload or download of the files API), in bytes.
+    pub max_transfer_bytes: u64,
 }
 
 /// Background processes' limits, per sandbox.
@@ -76,6 +80,7 @@ impl Default for Limits {
             max_guest_memory_mib: u64::MAX,
             max_concurrent_boots: 4,
             processes: ProcessLimits::default(),
+            max_transfer_bytes: DEFAULT_MAX_TRANSFER_MIB * 1024 * 1024,
         }
     }
 }
