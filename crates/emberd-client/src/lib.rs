@@ -35,6 +35,7 @@ pub use exec::{ExecEvent, ExecStream};
 pub use files::{Download, FileStat, Progress, PutOptions, UploadBody};
 pub use follow::{OutputFollow, ProcessEvent, StreamKind};
 pub use reqwest::StatusCode;
+pub use sse::decode_output;
 
 /// Address used when none is given.
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7777";

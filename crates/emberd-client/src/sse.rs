@@ -64,19 +64,27 @@ pub(crate) fn json<T: DeserializeOwned>(event: &Event) -> Result<T, ClientError>
 
 /// The bytes of a `stdout`/`stderr` event and the log offset it claims.
 pub(crate) fn output(event: &Event) -> Result<(Vec<u8>, Option<u64>), ClientError> {
-    let OutputEvent {
-        data,
-        base64,
-        cursor,
-    } = json(event)?;
-    let bytes = if base64 {
+    let output: OutputEvent = json(event)?;
+    let bytes = decode_output(&output).map_err(|e| match e {
+        ClientError::InvalidEvent { reason, .. } => invalid(event, reason),
+        e => e,
+    })?;
+    Ok((bytes, output.cursor))
+}
+
+/// The bytes of a piece of output (text, or base64 when flagged), as in the
+/// chunks of an `OutputPage`.
+pub fn decode_output(output: &OutputEvent) -> Result<Vec<u8>, ClientError> {
+    if output.base64 {
         base64::engine::general_purpose::STANDARD
-            .decode(data.as_bytes())
-            .map_err(|e| invalid(event, e.to_string()))?
+            .decode(output.data.as_bytes())
+            .map_err(|e| ClientError::InvalidEvent {
+                event: "output".into(),
+                reason: e.to_string(),
+            })
     } else {
-        data.into_bytes()
-    };
-    Ok((bytes, cursor))
+        Ok(output.data.clone().into_bytes())
+    }
 }
 
 /// The message of an `error` event (its `ErrorBody`, or the raw data).
