@@ -5,6 +5,10 @@
 //! default with pools), each on a free port with its own work dir, and
 //! prints a markdown table of medians, p95s and ratios. `--json` writes the
 //! raw samples with provenance (commit, CPU, kernel, backend, accel).
+//! The interactive figures (streams, processes, transfers) are in
+//! `bench/interactive.rs`.
+
+mod interactive;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -408,6 +412,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             report.add("bare node -e 'console.log(6*7)' inside the guest", seconds);
         }
         daemon.client.delete_sandbox(&id).await?;
+
+        interactive::run(&daemon.client, &mut report, samples).await?;
 
         // Concurrency sweep: N sandboxes from the pool, one exec each at once.
         for n in [1usize, 2, 4, 8] {

@@ -214,10 +214,7 @@ async fn upload_dir(
 }
 
 /// Adds what is inside `dir` (not `dir` itself) to `tar`, names relative to it.
-fn append_contents<W: std::io::Write>(
-    tar: &mut tar::Builder<W>,
-    dir: &Path,
-) -> anyhow::Result<()> {
+fn append_contents<W: std::io::Write>(tar: &mut tar::Builder<W>, dir: &Path) -> anyhow::Result<()> {
     let mut entries: Vec<_> = std::fs::read_dir(dir)
         .with_context(|| format!("{}", dir.display()))?
         .collect::<Result<_, _>>()?;
@@ -254,7 +251,7 @@ async fn download(client: &Client, id: &str, path: &str, local: &Path) -> anyhow
         return download_dir(client, id, path, &target).await;
     }
     let download = client.get_file(id, path).await?;
-    let len = download.len();
+    let len = download.content_length();
     let bar = bar_for(len.unwrap_or(0), len);
     let progress = bar.clone();
     let mut file = tokio::fs::File::create(&target)
@@ -341,7 +338,10 @@ mod tests {
 
         let dest = tempfile::tempdir().unwrap();
         tar::Archive::new(&bytes[..]).unpack(dest.path()).unwrap();
-        assert_eq!(std::fs::read(dest.path().join("sub/f.txt")).unwrap(), b"hello");
+        assert_eq!(
+            std::fs::read(dest.path().join("sub/f.txt")).unwrap(),
+            b"hello"
+        );
         assert_eq!(
             std::fs::read_link(dest.path().join("link")).unwrap(),
             Path::new("sub/f.txt")
@@ -351,7 +351,12 @@ mod tests {
             .unwrap()
             .map(|e| e.unwrap().path().unwrap().display().to_string())
             .collect();
-        assert!(names.iter().all(|n| !n.starts_with('/') && !n.starts_with("./")), "{names:?}");
+        assert!(
+            names
+                .iter()
+                .all(|n| !n.starts_with('/') && !n.starts_with("./")),
+            "{names:?}"
+        );
     }
 
     #[test]

@@ -349,13 +349,34 @@ mod tests {
     #[test]
     fn the_command_line_parses() {
         Cli::command().debug_assert();
-        let cli = Cli::try_parse_from(["emberctl", "exec", "sb", "print(1)", "--buffered"]).unwrap();
-        assert!(matches!(cli.command, Command::Exec { code: CodeArgs { buffered: true, .. }, .. }));
+        let cli =
+            Cli::try_parse_from(["emberctl", "exec", "sb", "print(1)", "--buffered"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Exec {
+                code: CodeArgs { buffered: true, .. },
+                ..
+            }
+        ));
         let cli = Cli::try_parse_from(["emberctl", "kill", "sb", "7"]).unwrap();
-        assert!(matches!(cli.command, Command::Kill { pid: 7, ref signal, .. } if signal == "TERM"));
-        let cli = Cli::try_parse_from(["emberctl", "start", "sb", "--pty", "24x80", "--", "sleep", "9"]).unwrap();
-        assert!(matches!(cli.command, Command::Start { ref cmd, pty: Some(_), .. } if cmd == &["sleep", "9"]));
+        assert!(
+            matches!(cli.command, Command::Kill { pid: 7, ref signal, .. } if signal == "TERM")
+        );
+        let cli = Cli::try_parse_from([
+            "emberctl", "start", "sb", "--pty", "24x80", "--", "sleep", "9",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.command, Command::Start { ref cmd, pty: Some(_), .. } if cmd == &["sleep", "9"])
+        );
         let cli = Cli::try_parse_from(["emberctl", "logs", "sb", "7", "-f"]).unwrap();
-        assert!(matches!(cli.command, Command::Logs { follow: true, cursor: 0, .. }));
+        assert!(matches!(
+            cli.command,
+            Command::Logs {
+                follow: true,
+                cursor: 0,
+                ..
+            }
+        ));
     }
 }

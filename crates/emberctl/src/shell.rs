@@ -140,7 +140,9 @@ pub async fn shell(client: &Client, id: &str, cmd: Vec<String>) -> anyhow::Resul
     let end = match end {
         Ok(end) => end,
         Err(e) => {
-            eprintln!("\r\nemberctl: process {pid} is still running; `emberctl kill {id} {pid}` ends it");
+            eprintln!(
+                "\r\nemberctl: process {pid} is still running; `emberctl kill {id} {pid}` ends it"
+            );
             return Err(e.into());
         }
     };
@@ -148,7 +150,9 @@ pub async fn shell(client: &Client, id: &str, cmd: Vec<String>) -> anyhow::Resul
         return Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ABNORMAL)));
     }
     if let Some(signal) = end.signal() {
-        return Ok(ExitCode::from(u8::try_from(128 + signal).unwrap_or(EXIT_ABNORMAL)));
+        return Ok(ExitCode::from(
+            u8::try_from(128 + signal).unwrap_or(EXIT_ABNORMAL),
+        ));
     }
     eprintln!("emberctl: {}", end.reason);
     Ok(ExitCode::from(EXIT_ABNORMAL))

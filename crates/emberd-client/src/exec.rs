@@ -185,7 +185,9 @@ mod tests {
         ])))
         .await;
         assert_eq!(events.len(), 2);
-        assert!(matches!(&events[1], Err(ClientError::Stream { message }) if message == "sandbox deleted"));
+        assert!(
+            matches!(&events[1], Err(ClientError::Stream { message }) if message == "sandbox deleted")
+        );
 
         let events = all(ExecStream::new(events_of(&[
             b"event: stdout\ndata: {\"data\":\"a\"}\n\n",

@@ -61,7 +61,9 @@ pub struct UploadBody {
 
 impl std::fmt::Debug for UploadBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("UploadBody").field("len", &self.len).finish()
+        f.debug_struct("UploadBody")
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -111,7 +113,7 @@ impl UploadBody {
     }
 
     /// The announced length, when known.
-    pub fn len(&self) -> Option<u64> {
+    pub fn content_length(&self) -> Option<u64> {
         self.len
     }
 }
@@ -182,7 +184,9 @@ pub struct Download {
 
 impl std::fmt::Debug for Download {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Download").field("stat", &self.stat).finish()
+        f.debug_struct("Download")
+            .field("stat", &self.stat)
+            .finish()
     }
 }
 
@@ -193,7 +197,7 @@ impl Download {
     }
 
     /// The body's length, when the daemon announced it.
-    pub fn len(&self) -> Option<u64> {
+    pub fn content_length(&self) -> Option<u64> {
         self.stat.size
     }
 
@@ -212,7 +216,7 @@ impl Download {
         writer: &mut W,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<u64, ClientError> {
-        let expected = self.len();
+        let expected = self.content_length();
         let mut stream = std::pin::pin!(self.into_stream());
         let mut written = 0u64;
         while let Some(chunk) = stream.next().await {
@@ -301,8 +305,11 @@ impl Client {
 
     /// `GET …/files?path=&format=tar`: the directory at `path` as a tar.
     pub async fn get_tar(&self, id: &str, path: &str) -> Result<Download, ClientError> {
-        self.get(id, &[("path", path.to_owned()), ("format", "tar".to_owned())])
-            .await
+        self.get(
+            id,
+            &[("path", path.to_owned()), ("format", "tar".to_owned())],
+        )
+        .await
     }
 
     async fn get(&self, id: &str, query: &[(&str, String)]) -> Result<Download, ClientError> {
@@ -375,7 +382,10 @@ mod tests {
                 ("user", "root".to_owned())
             ]
         );
-        assert_eq!(PutOptions::default().query("/x"), [("path", "/x".to_owned())]);
+        assert_eq!(
+            PutOptions::default().query("/x"),
+            [("path", "/x".to_owned())]
+        );
     }
 
     #[test]
@@ -383,7 +393,10 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::KIND, HeaderValue::from_static("dir"));
         headers.insert(header::MODE, HeaderValue::from_static("0755"));
-        headers.insert(header::MTIME, HeaderValue::from_static("2026-01-01T00:00:00Z"));
+        headers.insert(
+            header::MTIME,
+            HeaderValue::from_static("2026-01-01T00:00:00Z"),
+        );
         headers.insert(CONTENT_LENGTH, HeaderValue::from_static("4096"));
         assert_eq!(
             FileStat::from_headers(&headers).unwrap(),
@@ -412,7 +425,7 @@ mod tests {
         let counter = seen.clone();
         let body = UploadBody::from_reader(&b"0123456789"[..], Some(10))
             .with_progress(Arc::new(move |n| counter.store(n, Ordering::SeqCst)));
-        assert_eq!(body.len(), Some(10));
+        assert_eq!(body.content_length(), Some(10));
         let chunks: Vec<_> = body.stream.collect().await;
         let total: usize = chunks.iter().map(|c| c.as_ref().unwrap().len()).sum();
         assert_eq!(total, 10);

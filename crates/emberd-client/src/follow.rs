@@ -78,7 +78,13 @@ impl Position {
         // The event's own offset; else its id (the offset after it); else
         // it follows what came before.
         let start = cursor
-            .or_else(|| event.id.parse::<u64>().ok().map(|id| id.saturating_sub(len)))
+            .or_else(|| {
+                event
+                    .id
+                    .parse::<u64>()
+                    .ok()
+                    .map(|id| id.saturating_sub(len))
+            })
             .unwrap_or(self.cursor);
         let end = start + len;
         if end <= self.cursor {

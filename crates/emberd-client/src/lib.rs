@@ -160,7 +160,12 @@ impl Client {
         request: &CreateSandboxRequest,
     ) -> Result<String, ClientError> {
         let created: CreateSandboxResponse = self
-            .call(Method::POST, "sandboxes", Some(request), self.request_timeout)
+            .call(
+                Method::POST,
+                "sandboxes",
+                Some(request),
+                self.request_timeout,
+            )
             .await?;
         Ok(created.id)
     }

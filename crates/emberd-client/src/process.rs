@@ -51,7 +51,12 @@ impl Client {
 
     /// `POST …/processes/{pid}/signal`: `signal` is a name with or without
     /// `SIG` ("TERM", "SIGKILL") or a number.
-    pub async fn signal_process(&self, id: &str, pid: u32, signal: &str) -> Result<(), ClientError> {
+    pub async fn signal_process(
+        &self,
+        id: &str,
+        pid: u32,
+        signal: &str,
+    ) -> Result<(), ClientError> {
         let route = process_route(id, pid, "signal")?;
         let body = SignalRequest {
             signal: signal.to_owned(),
@@ -101,7 +106,12 @@ impl Client {
     }
 
     /// `POST …/processes/{pid}/resize`: the new size of a process's terminal.
-    pub async fn resize_process(&self, id: &str, pid: u32, size: PtySize) -> Result<(), ClientError> {
+    pub async fn resize_process(
+        &self,
+        id: &str,
+        pid: u32,
+        size: PtySize,
+    ) -> Result<(), ClientError> {
         let route = process_route(id, pid, "resize")?;
         self.send(Method::POST, &route, Some(&size), self.request_timeout())
             .await

@@ -22,9 +22,7 @@ pub(crate) type Events = Pin<Box<dyn Stream<Item = Result<Event, ClientError>> +
 
 /// The events of a streamed answer.
 pub(crate) fn response_events(response: reqwest::Response) -> Events {
-    events(response.bytes_stream(), |e: reqwest::Error| {
-        ClientError::Transport(e)
-    })
+    events(response.bytes_stream(), ClientError::Transport)
 }
 
 /// The events of any byte stream; `transport` maps the stream's own errors.
@@ -111,7 +109,7 @@ pub(crate) mod tests {
             .iter()
             .map(|c| Ok(Bytes::copy_from_slice(c)))
             .collect();
-        events(futures::stream::iter(chunks), |e| ClientError::Io(e))
+        events(futures::stream::iter(chunks), ClientError::Io)
     }
 
     async fn collect(chunks: &[&[u8]]) -> Vec<Event> {
@@ -130,7 +128,10 @@ pub(crate) mod tests {
         assert_eq!(whole[0].data, "{\"data\":\"h\u{e9}\"}");
         assert_eq!(whole[0].id, "3");
         assert_eq!(whole[1].event, "exit");
-        assert_eq!(whole[1].data, "{\"a\":\n1}", "data lines join with a newline");
+        assert_eq!(
+            whole[1].data, "{\"a\":\n1}",
+            "data lines join with a newline"
+        );
         // Every split point, including inside the two bytes of "é".
         for at in 1..body.len() {
             let (a, b) = body.as_bytes().split_at(at);
@@ -144,7 +145,8 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn an_event_cut_off_by_the_end_of_the_body_is_not_delivered() {
-        let events = collect(&[b"event: stdout\ndata: {\"data\":\"x\"}\n\nevent: exit\ndata: {"]).await;
+        let events =
+            collect(&[b"event: stdout\ndata: {\"data\":\"x\"}\n\nevent: exit\ndata: {"]).await;
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].event, "stdout");
     }
