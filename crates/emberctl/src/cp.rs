@@ -261,7 +261,11 @@ async fn download(client: &Client, id: &str, path: &str, local: &Path) -> anyhow
         .write_to(&mut file, Some(&move |n| progress.set_position(n)))
         .await;
     bar.finish_and_clear();
-    result?;
+    if let Err(e) = result {
+        drop(file);
+        let _ = std::fs::remove_file(&target); // not a partial copy that looks whole
+        return Err(e.into());
+    }
     if let Some(mode) = stat.mode {
         use std::os::unix::fs::PermissionsExt as _;
         let permissions = std::fs::Permissions::from_mode(mode & 0o777);
@@ -299,83 +303,4 @@ async fn download_dir(client: &Client, id: &str, path: &str, target: &Path) -> a
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sandbox_paths_are_told_from_local_ones() {
-        assert_eq!(
-            Place::parse("sb_1:/tmp/x"),
-            Place::Remote {
-                id: "sb_1".into(),
-                path: "/tmp/x".into()
-            }
-        );
-        assert_eq!(Place::parse("./a:/b"), Place::Local("./a:/b".into()));
-        assert_eq!(Place::parse("sb_1:rel"), Place::Local("sb_1:rel".into()));
-        assert_eq!(Place::parse("-"), Place::Local("-".into()));
-        assert_eq!(Place::parse(":/x"), Place::Local(":/x".into()));
-    }
-
-    #[test]
-    fn names_for_copies_into_directories() {
-        assert_eq!(base_name("/a/b.txt").unwrap(), "b.txt");
-        assert_eq!(base_name("/a/dir/").unwrap(), "dir");
-        assert!(base_name("/").is_err());
-        assert_eq!(join_remote("/tmp/", "x"), "/tmp/x");
-    }
-
-    #[test]
-    fn a_directory_tar_holds_its_contents_relative_to_it() {
-        let src = tempfile::tempdir().unwrap();
-        std::fs::create_dir(src.path().join("sub")).unwrap();
-        std::fs::write(src.path().join("sub/f.txt"), b"hello").unwrap();
-        std::os::unix::fs::symlink("sub/f.txt", src.path().join("link")).unwrap();
-        let mut tar = tar::Builder::new(Vec::new());
-        tar.follow_symlinks(false);
-        append_contents(&mut tar, src.path()).unwrap();
-        let bytes = tar.into_inner().unwrap();
-
-        let dest = tempfile::tempdir().unwrap();
-        tar::Archive::new(&bytes[..]).unpack(dest.path()).unwrap();
-        assert_eq!(
-            std::fs::read(dest.path().join("sub/f.txt")).unwrap(),
-            b"hello"
-        );
-        assert_eq!(
-            std::fs::read_link(dest.path().join("link")).unwrap(),
-            Path::new("sub/f.txt")
-        );
-        let names: Vec<String> = tar::Archive::new(&bytes[..])
-            .entries()
-            .unwrap()
-            .map(|e| e.unwrap().path().unwrap().display().to_string())
-            .collect();
-        assert!(
-            names
-                .iter()
-                .all(|n| !n.starts_with('/') && !n.starts_with("./")),
-            "{names:?}"
-        );
-    }
-
-    #[test]
-    fn an_archive_from_the_guest_cannot_write_outside_the_target() {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(4);
-        header.set_mode(0o644);
-        header.set_entry_type(tar::EntryType::Regular);
-        // `set_path` refuses `..`: write the name bytes directly.
-        header.as_old_mut().name[..9].copy_from_slice(b"../escape");
-        header.set_cksum();
-        let mut tar = tar::Builder::new(Vec::new());
-        tar.append(&header, &b"evil"[..]).unwrap();
-        let bytes = tar.into_inner().unwrap();
-
-        let outer = tempfile::tempdir().unwrap();
-        let dest = outer.path().join("dest");
-        std::fs::create_dir(&dest).unwrap();
-        let _ = tar::Archive::new(&bytes[..]).unpack(&dest);
-        assert!(!outer.path().join("escape").exists());
-    }
-}
+mod tests;
