@@ -41,6 +41,9 @@ pub struct BenchArgs {
     /// Extra flags for every daemon (e.g. `--backend=qemu`).
     #[arg(long = "daemon-arg", allow_hyphen_values = true)]
     pub daemon_args: Vec<String>,
+    /// Measure only the interactive figures (streams, processes, transfers).
+    #[arg(long)]
+    pub only_interactive: bool,
 }
 
 /// A daemon started for one configuration (on `emberd-harness`), stopped
@@ -178,6 +181,9 @@ async fn timed_exec(
 
 /// Runs every scenario and prints the table.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.only_interactive {
+        return interactive::run_alone(&args).await;
+    }
     let mut report = Report::default();
     let samples = args.samples.max(1);
 

@@ -139,3 +139,42 @@ pub async fn kill(client: &Client, id: &str, pid: u32, signal: &str) -> anyhow::
     client.signal_process(id, pid, signal).await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(state: ProcessState, exit_code: Option<i32>, signal: Option<i32>) -> ProcessInfo {
+        ProcessInfo {
+            pid: 7,
+            command: vec!["x".into()],
+            state,
+            exit_code,
+            signal,
+            timed_out: false,
+            error: None,
+            started_at: "t".into(),
+            ended_at: None,
+            pty: false,
+            output_bytes: 0,
+            output_dropped: 0,
+        }
+    }
+
+    #[test]
+    fn exit_statuses_mirror_how_the_process_ended() {
+        let exited = info(ProcessState::Exited, Some(3), None);
+        assert_eq!(process_exit(&exited), ExitCode::from(3));
+        let killed = info(ProcessState::Killed, None, Some(15));
+        assert_eq!(process_exit(&killed), ExitCode::from(143));
+        assert_eq!(outcome(&killed), "signal 15");
+        let timed_out = ProcessInfo {
+            timed_out: true,
+            ..info(ProcessState::Killed, None, Some(9))
+        };
+        assert_eq!(process_exit(&timed_out), ExitCode::from(EXIT_TIMED_OUT));
+        let lost = info(ProcessState::Lost, None, None);
+        assert_eq!(process_exit(&lost), ExitCode::from(EXIT_ABNORMAL));
+        assert_eq!(outcome(&lost), "-");
+    }
+}

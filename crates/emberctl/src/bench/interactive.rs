@@ -15,7 +15,8 @@ use emberd_api::{CreateSandboxRequest, ExecRequest, ProcessState, StartProcessRe
 use emberd_client::{Client, ExecEvent, PutOptions, UploadBody};
 use sha2::{Digest as _, Sha256};
 
-use super::Report;
+use super::report::{print_table, Report};
+use super::{provenance, BenchArgs, Daemon};
 
 /// Prints at once, then keeps the exec open: the first byte cannot wait for the end.
 const PRINT_THEN_SLEEP: &str = "import time\nprint('ready', flush=True)\ntime.sleep(0.5)";
@@ -52,6 +53,21 @@ fn upload_name(label: &str) -> String {
 
 fn download_name(label: &str) -> String {
     format!("download {label}: GET to last byte")
+}
+
+/// `emberctl bench --only-interactive`: these figures alone, in a daemon of
+/// the default configuration (pools and snapshots on).
+pub(super) async fn run_alone(args: &BenchArgs) -> anyhow::Result<()> {
+    let mut report = Report::default();
+    let daemon = Daemon::start(args, &["--pool-size", "2", "--snapshots", "true"])?;
+    provenance(&mut report, &daemon.client).await?;
+    run(&daemon.client, &mut report, args.samples.max(1)).await?;
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    Ok(())
 }
 
 /// Measures everything in a sandbox of its own; `samples` is the bench's

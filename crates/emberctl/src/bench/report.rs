@@ -60,30 +60,44 @@ pub(super) fn print_table(report: &Report) {
     for (name, value) in &report.figures {
         println!("| {name} | {value:.1} |");
     }
-    let ratio = |a: &str, b: &str| report.median(a) / report.median(b);
-    println!("\n| ratio (medians) | value |\n|---|---:|");
-    println!(
-        "| cold boot / snapshot restore | {:.1}× |",
-        ratio("create: cold boot", "create: snapshot restore")
-    );
-    println!(
-        "| cold boot / warm pool | {:.0}× |",
-        ratio("create: cold boot", "create: warm pool")
-    );
-    println!(
-        "| bare python3 in guest / print(6*7) end to end | {:.2}× |",
-        ratio(
+    let ratios = [
+        (
+            "cold boot / snapshot restore",
+            "create: cold boot",
+            "create: snapshot restore",
+            1,
+        ),
+        (
+            "cold boot / warm pool",
+            "create: cold boot",
+            "create: warm pool",
+            0,
+        ),
+        (
+            "bare python3 in guest / print(6*7) end to end",
             "bare python3 -c 'print(6*7)' inside the guest",
-            "exec print(6*7): API time"
-        )
-    );
-    println!(
-        "| bare node in guest / console.log(6*7) end to end, 5 s after the last | {:.2}× |",
-        ratio(
+            "exec print(6*7): API time",
+            2,
+        ),
+        (
+            "bare node in guest / console.log(6*7) end to end, 5 s after the last",
             "bare node -e 'console.log(6*7)' inside the guest",
-            "exec console.log(6*7) on node, 5 s after the last: API time"
-        )
-    );
+            "exec console.log(6*7) on node, 5 s after the last: API time",
+            2,
+        ),
+    ];
+    // A run of some scenarios only (`--only-interactive`) has no ratios.
+    let ratios: Vec<_> = ratios
+        .iter()
+        .map(|(name, a, b, digits)| (name, report.median(a) / report.median(b), *digits))
+        .filter(|(_, value, _)| value.is_finite())
+        .collect();
+    if !ratios.is_empty() {
+        println!("\n| ratio (medians) | value |\n|---|---:|");
+        for (name, value, digits) in ratios {
+            println!("| {name} | {value:.digits$}× |");
+        }
+    }
     if !report.checks.is_empty() {
         println!("\n| check | result |\n|---|---|");
         for (name, result) in &report.checks {
