@@ -193,7 +193,8 @@ fn describe(error: &anyhow::Error) -> String {
         Some(e) if e.is_unauthorized() => {
             format!("{e} (set EMBERD_TOKEN to one of the daemon's tokens)")
         }
-        Some(e) => e.to_string(),
+        // With its causes: a WebSocket or transport failure says little alone.
+        Some(_) => format!("{error:#}"),
         None => format!("{error:#}"),
     }
 }

@@ -364,6 +364,32 @@ mod tests {
     }
 
     #[test]
+    fn routes_and_queries_are_encoded() {
+        let client = Client::new("http://h:1/prefix").unwrap();
+        let route = sandbox_route("sb 1", "files").unwrap();
+        let url = client
+            .url(
+                &route,
+                &[("path", "/a b/c&d=e#f?".into()), ("mkdir", "true".into())],
+            )
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://h:1/prefix/sandboxes/sb%201/files?path=%2Fa+b%2Fc%26d%3De%23f%3F&mkdir=true"
+        );
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        assert_eq!(pairs[0], ("path".into(), "/a b/c&d=e#f?".into()));
+        assert_eq!(
+            client
+                .url(&sandbox_route("x", "").unwrap(), &[])
+                .unwrap()
+                .as_str(),
+            "http://h:1/prefix/sandboxes/x"
+        );
+        assert!(sandbox_route("..", "exec").is_err());
+    }
+
+    #[test]
     fn ids_stay_one_path_segment() {
         assert_eq!(path_segment("sb_0123abcd").unwrap(), "sb_0123abcd");
         assert_eq!(path_segment("../info").unwrap(), "..%2Finfo");
