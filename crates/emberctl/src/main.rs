@@ -194,8 +194,7 @@ fn describe(error: &anyhow::Error) -> String {
             format!("{e} (set EMBERD_TOKEN to one of the daemon's tokens)")
         }
         // With its causes: a WebSocket or transport failure says little alone.
-        Some(_) => format!("{error:#}"),
-        None => format!("{error:#}"),
+        _ => format!("{error:#}"),
     }
 }
 
