@@ -201,8 +201,11 @@ async fn upload_dir(
     let progress = bar.clone();
     let body = UploadBody::from_reader(reader, None)
         .with_progress(Arc::new(move |n| progress.set_position(n)));
+    // The daemon makes the directory (and its parents); mode and mkdir are
+    // for single files and refused with a tar.
     let options = PutOptions {
-        mkdir: true,
+        mkdir: false,
+        mode: None,
         ..options
     };
     let (sent, built) = tokio::join!(client.put_tar(id, target, body, &options), build);

@@ -116,6 +116,12 @@ pub async fn shell(client: &Client, id: &str, cmd: Vec<String>) -> anyhow::Resul
                     out.write_all(&bytes)?;
                     out.flush()?;
                 }
+                Some(Ok(AttachEvent::Dropped(d))) => {
+                    eprint!("\r\nemberctl: {} bytes of output were dropped\r\n", d.dropped);
+                }
+                Some(Ok(AttachEvent::Refused(message))) => {
+                    eprint!("\r\nemberctl: {message}\r\n");
+                }
                 Some(Ok(AttachEvent::End(end))) => break Ok(end),
                 Some(Err(e)) => break Err(e),
                 None => break Err(emberd_client::ClientError::StreamEnded),
@@ -146,6 +152,9 @@ pub async fn shell(client: &Client, id: &str, cmd: Vec<String>) -> anyhow::Resul
             return Err(e.into());
         }
     };
+    if end.timed_out() {
+        return Ok(ExitCode::from(crate::exec::EXIT_TIMED_OUT));
+    }
     if let Some(code) = end.exit_code() {
         return Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_ABNORMAL)));
     }

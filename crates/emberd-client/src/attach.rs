@@ -3,7 +3,7 @@
 //! text frames are `AttachControl` JSON, and the daemon's close frame says
 //! how the process ended. Owns the frame shapes; knows nothing of terminals.
 
-use emberd_api::AttachControl;
+use emberd_api::{AttachControl, DroppedEvent};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
@@ -18,7 +18,8 @@ use crate::{sandbox_route, Client, ClientError};
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// How an attached process's WebSocket ended: the reason of the daemon's
-/// close frame ("exit 0", "signal 9", "sandbox deleted", …).
+/// close frame ("exit 0", "signal 15", "timeout", "lost: …", or why the
+/// sandbox went away).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AttachEnd {
     pub reason: String,
@@ -28,6 +29,11 @@ impl AttachEnd {
     /// The exit status, for a reason of the form `exit N`.
     pub fn exit_code(&self) -> Option<i32> {
         self.reason.strip_prefix("exit ")?.trim().parse().ok()
+    }
+
+    /// True for the reason of a process killed at its timeout.
+    pub fn timed_out(&self) -> bool {
+        self.reason == "timeout"
     }
 
     /// The signal number, for a reason that ends in `signal N`.
@@ -41,8 +47,28 @@ impl AttachEnd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AttachEvent {
     Output(Vec<u8>),
+    /// Output fell off the start of the process's log before it was sent
+    /// (a text frame `{"type":"dropped",…}`).
+    Dropped(DroppedEvent),
+    /// The daemon refused a frame of ours, e.g. a bad control frame or
+    /// stdin after end-of-input (a text frame `{"type":"error",…}`); the
+    /// session goes on.
+    Refused(String),
     /// The last event: the daemon closed the socket.
     End(AttachEnd),
+}
+
+/// The meaning of a text frame from the daemon; `None` for kinds this
+/// client does not know.
+fn notice(text: &str) -> Option<AttachEvent> {
+    let value: serde_json::Value = serde_json::from_str(text).ok()?;
+    match value.get("type")?.as_str()? {
+        "dropped" => serde_json::from_value(value).ok().map(AttachEvent::Dropped),
+        "error" => Some(AttachEvent::Refused(
+            value.get("error")?.as_str()?.to_owned(),
+        )),
+        _ => None,
+    }
 }
 
 /// The sending half: stdin and control frames.
@@ -155,8 +181,11 @@ impl AttachReceiver {
                     let reason = frame.map(|f| f.reason.to_string()).unwrap_or_default();
                     return Some(Ok(AttachEvent::End(AttachEnd { reason })));
                 }
-                // Pings are answered by tungstenite; text frames from the
-                // daemon carry nothing for the client today.
+                Message::Text(text) => match notice(text.as_str()) {
+                    Some(event) => return Some(Ok(event)),
+                    None => continue,
+                },
+                // Pings are answered by tungstenite.
                 _ => continue,
             }
         }
@@ -229,6 +258,23 @@ mod tests {
         assert_eq!(end("killed by signal 9").signal(), Some(9));
         assert_eq!(end("sandbox deleted").exit_code(), None);
         assert_eq!(end("sandbox deleted").signal(), None);
+    }
+
+    #[test]
+    fn text_frames_from_the_daemon_are_notices() {
+        assert_eq!(
+            notice(r#"{"type":"dropped","dropped":10,"cursor":30}"#),
+            Some(AttachEvent::Dropped(DroppedEvent {
+                dropped: 10,
+                cursor: 30
+            }))
+        );
+        assert_eq!(
+            notice(r#"{"type":"error","error":"bad control frame"}"#),
+            Some(AttachEvent::Refused("bad control frame".into()))
+        );
+        assert_eq!(notice(r#"{"type":"later"}"#), None);
+        assert_eq!(notice("not json"), None);
     }
 
     #[test]

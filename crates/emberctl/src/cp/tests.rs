@@ -114,7 +114,12 @@ mod stub {
                 .get("content-type")
                 .is_some_and(|v| v == "application/x-tar");
             let node = if tar {
-                assert_eq!(q.get("mkdir").map(String::as_str), Some("true"));
+                // As the daemon does: mkdir and mode are for single files.
+                if q.contains_key("mkdir") || q.contains_key("mode") {
+                    let error =
+                        serde_json::json!({"error": "mode and mkdir apply to a file upload"});
+                    return (StatusCode::BAD_REQUEST, axum::Json(error)).into_response();
+                }
                 Node::Dir { tar: body.clone() }
             } else {
                 let mode = q.get("mode").cloned().unwrap_or_else(|| "0644".into());
@@ -191,7 +196,12 @@ async fn a_directory_goes_up_and_comes_back_whole() {
     std::os::unix::fs::symlink("sub/f.txt", src.path().join("link")).unwrap();
 
     let source = src.path().display().to_string();
-    cp(&client, args(&source, "sb_1:/work/tree")).await.unwrap();
+    // `-p` is for files: a directory upload must not pass it on.
+    let upload = CpArgs {
+        parents: true,
+        ..args(&source, "sb_1:/work/tree")
+    };
+    cp(&client, upload).await.unwrap();
     assert!(matches!(
         files.lock().unwrap().get("/work/tree"),
         Some(stub::Node::Dir { .. })
