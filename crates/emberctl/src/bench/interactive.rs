@@ -123,8 +123,10 @@ async fn measure(
         let n = samples.clamp(size.min_samples, size.max_samples);
         eprintln!("bench: upload and download of {} ({n} samples)", size.label);
         let (file, digest) = random_file(size.bytes)?;
-        let remote = format!("/tmp/emberd-bench-{}", size.bytes);
-        for _ in 0..n {
+        for sample in 0..n {
+            // A new file each time, removed after: the guest's writable layer
+            // is memory, and a replace holds old and new at once.
+            let remote = format!("/tmp/emberd-bench-{}-{sample}", size.bytes);
             let body = UploadBody::from_file(file.path()).await?;
             let started = Instant::now();
             let written = client
@@ -149,8 +151,8 @@ async fn measure(
                 size.label
             );
             checked += 1;
+            client.delete_file(id, &remote, false).await?;
         }
-        client.delete_file(id, &remote, false).await?;
         for (name, figure) in [
             (
                 upload_name(size.label),
