@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use emberd_api::FileKind;
-use emberd_client::{Client, PutOptions, UploadBody};
+use emberd_client::{Client, FileStat, PutOptions, UploadBody};
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::io::SyncIoBridge;
 
@@ -235,8 +235,21 @@ fn append_contents<W: std::io::Write>(tar: &mut tar::Builder<W>, dir: &Path) -> 
     Ok(())
 }
 
+/// `HEAD` of `path`; a 404 (which has no body to say what is missing)
+/// becomes the daemon's own message, asked for with a `GET`.
+async fn stat(client: &Client, id: &str, path: &str) -> anyhow::Result<FileStat> {
+    match client.stat_file(id, path).await {
+        Ok(stat) => Ok(stat),
+        Err(e) if e.is_not_found() => match client.get_file(id, path).await {
+            Err(explained) => Err(explained.into()),
+            Ok(_) => Err(e.into()),
+        },
+        Err(e) => Err(e.into()),
+    }
+}
+
 async fn download(client: &Client, id: &str, path: &str, local: &Path) -> anyhow::Result<()> {
-    let stat = client.stat_file(id, path).await?;
+    let stat = stat(client, id, path).await?;
     let is_dir = stat.kind == Some(FileKind::Dir);
     if local == Path::new("-") {
         anyhow::ensure!(!is_dir, "{path} is a directory: copy it to a local path");

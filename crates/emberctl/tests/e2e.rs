@@ -207,7 +207,10 @@ fn emberctl_drives_a_real_sandbox() {
     let missing = format!("{id}:/tmp/no-such-file");
     let (status, _, err) = ctl.run(&["cp", &missing, local.path().to_str().unwrap()]);
     assert_eq!(status.code(), Some(1));
-    assert!(err.starts_with("emberctl: "), "{err}");
+    assert!(
+        err.starts_with("emberctl: ") && err.contains("no such file"),
+        "{err}"
+    );
 
     // A shell on a terminal, its input from a pipe: the commands run and
     // emberctl exits with the shell's status.

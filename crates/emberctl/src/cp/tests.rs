@@ -279,5 +279,6 @@ async fn a_file_keeps_its_bytes_and_mode_and_lands_inside_directories() {
     )
     .await
     .unwrap_err();
-    assert_eq!(err.to_string(), "not found"); // a HEAD answer has no body
+    // The HEAD's 404 has no body: the daemon's words come from a GET.
+    assert_eq!(err.to_string(), "no such file");
 }
