@@ -102,6 +102,16 @@ enum Command {
         #[arg(last = true)]
         cmd: Vec<String>,
     },
+    /// Attach to a running background process: stdin in, output out (a
+    /// terminal in raw mode when the process has one).
+    Attach {
+        id: String,
+        pid: u32,
+        /// Replay its output from this byte offset of its log [default: only
+        /// what comes next].
+        #[arg(long)]
+        cursor: Option<u64>,
+    },
     /// Copy a file or directory: `cp LOCAL ID:/path` or `cp ID:/path LOCAL`.
     Cp(cp::CpArgs),
     /// List sandboxes.
@@ -252,6 +262,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => return procs::logs(&client, &id, pid, cursor, follow).await,
         Command::Kill { id, pid, signal } => procs::kill(&client, &id, pid, &signal).await?,
         Command::Shell { id, cmd } => return shell::shell(&client, &id, cmd).await,
+        Command::Attach { id, pid, cursor } => {
+            return shell::attach(&client, &id, pid, cursor).await
+        }
         Command::Cp(args) => cp::cp(&client, args).await?,
         Command::Ls { json } => {
             let sandboxes = client.list_sandboxes().await?;
@@ -369,6 +382,15 @@ mod tests {
         assert!(
             matches!(cli.command, Command::Start { ref cmd, pty: Some(_), .. } if cmd == &["sleep", "9"])
         );
+        let cli = Cli::try_parse_from(["emberctl", "attach", "sb", "7", "--cursor", "0"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Attach {
+                pid: 7,
+                cursor: Some(0),
+                ..
+            }
+        ));
         let cli = Cli::try_parse_from(["emberctl", "logs", "sb", "7", "-f"]).unwrap();
         assert!(matches!(
             cli.command,

@@ -1,6 +1,7 @@
 //! `emberctl shell ID`: an interactive terminal in a sandbox. Starts a
 //! login shell (`bash -l`, else `sh -l`) on a PTY as a background process
-//! and attaches to it over the WebSocket. The local terminal is in raw mode
+//! and attaches to it over the WebSocket (`emberctl attach` attaches to a
+//! process that is already running). The local terminal is in raw mode
 //! while attached and is restored on every way out, a panic included; a
 //! window size change is sent as a resize control frame.
 
@@ -97,8 +98,41 @@ pub async fn shell(client: &Client, id: &str, cmd: Vec<String>) -> anyhow::Resul
     };
     let pid = client.start_process(id, &request).await?;
     // From the start of the log: the prompt may be out before we attach.
-    let attach = client.attach(id, pid, Some(0)).await?;
+    attach_terminal(client, id, pid, Some(0), true).await
+}
+
+/// `emberctl attach ID PID [--cursor N]`: stdin to the process, its output
+/// to stdout, from log offset `cursor` (the current end when `None`); on a
+/// terminal process, in raw mode with the local size; exits as it does.
+pub async fn attach(
+    client: &Client,
+    id: &str,
+    pid: u32,
+    cursor: Option<u64>,
+) -> anyhow::Result<ExitCode> {
+    let terminal = client.get_process(id, pid).await?.pty;
+    attach_terminal(client, id, pid, cursor, terminal).await
+}
+
+async fn attach_terminal(
+    client: &Client,
+    id: &str,
+    pid: u32,
+    cursor: Option<u64>,
+    terminal: bool,
+) -> anyhow::Result<ExitCode> {
+    let attach = client.attach(id, pid, cursor).await?;
     let (mut sender, mut receiver) = attach.split();
+    let interactive = terminal && std::io::stdin().is_terminal();
+    if interactive {
+        if let Some(size) = terminal_size() {
+            let resize = AttachControl::Resize {
+                rows: size.rows,
+                cols: size.cols,
+            };
+            sender.send_control(&resize).await?;
+        }
+    }
 
     let raw = if interactive {
         Some(RawMode::enable()?)
@@ -133,7 +167,7 @@ pub async fn shell(client: &Client, id: &str, cmd: Vec<String>) -> anyhow::Resul
                     sender.send_control(&AttachControl::Eof).await?;
                 }
             },
-            _ = winch.recv() => {
+            _ = winch.recv(), if interactive => {
                 if let Some(size) = terminal_size() {
                     sender
                         .send_control(&AttachControl::Resize { rows: size.rows, cols: size.cols })
