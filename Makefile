@@ -40,7 +40,7 @@ test: images
 
 ## The real-VM suite on Firecracker (needs hardware KVM and firecracker; fails otherwise).
 test-firecracker: images
-	EMBERD_TEST_BACKEND=firecracker $(CARGO) nextest run -p emberd --test e2e --test guest_privilege --test containment --test vm_killed --test http_limits --no-fail-fast
+	EMBERD_TEST_BACKEND=firecracker $(CARGO) nextest run -p emberd --test e2e --test guest_privilege --test containment --test vm_killed --test http_limits --test processes --test files --test files_hostile --no-fail-fast
 
 ## Formatting and lints, as CI-quality gates for contributors.
 lint:
