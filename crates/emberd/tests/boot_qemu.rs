@@ -89,7 +89,7 @@ async fn python_pack_boots_and_answers() {
         .await
         .expect("exec");
     assert_eq!(outcome.stdout, b"42\n", "{outcome:?}");
-    assert_eq!(outcome.exit_code, 0);
+    assert_eq!(outcome.exit.exit_code, 0);
 
     // The guest runs the Debian kernel the manifest names.
     let uname = agent
@@ -143,7 +143,8 @@ async fn python_pack_boots_and_answers() {
             .expect("warm exec");
         assert_eq!(outcome.stdout, b"42\n");
         assert!(outcome.warm, "the exec was not forked from the warm Python");
-        beyond_guest_ms.push((started.elapsed() - outcome.guest_duration).as_secs_f64() * 1000.0);
+        beyond_guest_ms
+            .push((started.elapsed() - outcome.exit.guest_duration).as_secs_f64() * 1000.0);
     }
     eprintln!(
         "agent channel: Health round trip median {:.2} ms; exec host time beyond guest time median {:.2} ms",

@@ -123,21 +123,9 @@ pub struct RunSpec {
 pub struct RunOutcome {
     pub stdout: Vec<u8>,
     pub stderr: Vec<u8>,
-    /// Exit status, 128 + signal after a signal death, -1 when it never started.
-    pub exit_code: i32,
-    /// The signal that killed it, if one did.
-    pub signal: Option<i32>,
-    pub timed_out: bool,
-    pub stdout_truncated: bool,
-    pub stderr_truncated: bool,
-    /// The agent's time for the exec, from the request reaching it to its answer.
-    pub guest_duration: Duration,
-    /// From the request leaving the daemon to the answer arriving back: the
-    /// time spent in the VMM and the guest.
-    pub vm_duration: Option<Duration>,
-    /// Why the program could not be started, if it could not (bounded and
-    /// cleaned: it comes from the guest).
-    pub launch_error: Option<String>,
+    /// The agent's report; its `*_truncated` flags also say when the
+    /// daemon's own cap cut a stream.
+    pub exit: ExitReport,
     /// True when it was forked from a pre-started interpreter.
     pub warm: bool,
 }
@@ -383,6 +371,7 @@ impl AgentClient {
         tokio::pin!(feed);
         let mut outcome = RunOutcome::default();
         let mut sent = [0usize; 2];
+        let mut cut = [false; 2];
         loop {
             let event = tokio::select! {
                 event = events.next() => event?,
@@ -392,27 +381,22 @@ impl AgentClient {
                 Some(ExecEvent::Started { warm, .. }) => outcome.warm = warm,
                 Some(ExecEvent::Stdout(data)) => {
                     let piece = capped(&mut sent[0], &data, limit);
-                    outcome.stdout_truncated |= piece.len() < data.len();
+                    cut[0] |= piece.len() < data.len();
                     if !piece.is_empty() {
                         sink(OutputStream::Stdout, piece);
                     }
                 }
                 Some(ExecEvent::Stderr(data)) => {
                     let piece = capped(&mut sent[1], &data, limit);
-                    outcome.stderr_truncated |= piece.len() < data.len();
+                    cut[1] |= piece.len() < data.len();
                     if !piece.is_empty() {
                         sink(OutputStream::Stderr, piece);
                     }
                 }
-                Some(ExecEvent::Exit(exit)) => {
-                    outcome.exit_code = exit.exit_code;
-                    outcome.signal = exit.signal;
-                    outcome.timed_out = exit.timed_out;
-                    outcome.stdout_truncated |= exit.stdout_truncated;
-                    outcome.stderr_truncated |= exit.stderr_truncated;
-                    outcome.guest_duration = exit.guest_duration;
-                    outcome.vm_duration = exit.vm_duration;
-                    outcome.launch_error = exit.launch_error;
+                Some(ExecEvent::Exit(mut exit)) => {
+                    exit.stdout_truncated |= cut[0];
+                    exit.stderr_truncated |= cut[1];
+                    outcome.exit = exit;
                     return Ok(outcome);
                 }
                 None => return Err(GuestError::NoExit { call: "Exec" }),

@@ -127,37 +127,42 @@ pub(super) async fn run(
 
 /// The agent's report as the manager's outcome.
 fn outcome_of(outcome: RunOutcome, elapsed: Duration) -> ExecOutcome {
-    let status = if outcome.timed_out {
+    let exit = outcome.exit;
+    let status = if exit.timed_out {
         ExitStatus::TimedOut
-    } else if let Some(reason) = outcome.launch_error {
+    } else if let Some(reason) = exit.launch_error {
         ExitStatus::NotStarted(reason)
-    } else if let Some(signal) = outcome.signal {
+    } else if let Some(signal) = exit.signal {
         ExitStatus::Signalled(signal)
     } else {
-        ExitStatus::Exited(outcome.exit_code)
+        ExitStatus::Exited(exit.exit_code)
     };
     ExecOutcome {
         stdout: outcome.stdout,
         stderr: outcome.stderr,
         status,
-        stdout_truncated: outcome.stdout_truncated,
-        stderr_truncated: outcome.stderr_truncated,
+        stdout_truncated: exit.stdout_truncated,
+        stderr_truncated: exit.stderr_truncated,
         elapsed,
-        agent_time: outcome.guest_duration,
-        vm_time: outcome.vm_duration,
+        agent_time: exit.guest_duration,
+        vm_time: exit.vm_duration,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::guest::ExitReport;
 
     #[test]
     fn a_timeout_wins_over_the_signal_that_enforced_it() {
         let timed_out = RunOutcome {
-            timed_out: true,
-            exit_code: 137,
-            signal: Some(9),
+            exit: ExitReport {
+                timed_out: true,
+                exit_code: 137,
+                signal: Some(9),
+                ..ExitReport::default()
+            },
             stdout: b"partial".to_vec(),
             ..RunOutcome::default()
         };
@@ -166,8 +171,11 @@ mod tests {
         assert_eq!(outcome.stdout, b"partial");
 
         let killed = RunOutcome {
-            exit_code: 143,
-            signal: Some(15),
+            exit: ExitReport {
+                exit_code: 143,
+                signal: Some(15),
+                ..ExitReport::default()
+            },
             ..RunOutcome::default()
         };
         assert_eq!(
@@ -175,7 +183,10 @@ mod tests {
             ExitStatus::Signalled(15)
         );
         let normal = RunOutcome {
-            exit_code: 7,
+            exit: ExitReport {
+                exit_code: 7,
+                ..ExitReport::default()
+            },
             ..RunOutcome::default()
         };
         assert_eq!(

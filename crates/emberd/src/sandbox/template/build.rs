@@ -133,9 +133,9 @@ impl Drop for RemoveOnDrop {
 async fn warm_up_and_quiesce(agent: &AgentClient, warmup: RunSpec) -> Result<(), SandboxError> {
     // Bounded by its timeout, the drain limit and the kill-and-reap margin.
     let outcome = agent.run(warmup).await.map_err(SandboxError::Exec)?;
-    if outcome.exit_code != 0 {
+    if outcome.exit.exit_code != 0 {
         return Err(BootError::Warmup {
-            exit_code: outcome.exit_code,
+            exit_code: outcome.exit.exit_code,
             stderr: guest_bytes(&outcome.stderr),
         }
         .into());

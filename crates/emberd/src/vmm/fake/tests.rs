@@ -67,11 +67,11 @@ async fn scripts_produce_the_output_and_status_they_say() {
         (out.stdout.as_slice(), out.stderr.as_slice()),
         (&b"hi\n"[..], &b"oops\n"[..])
     );
-    assert_eq!(out.exit_code, 3);
+    assert_eq!(out.exit.exit_code, 3);
 
     let out = agent.run(run("bytes:ff41")).await.unwrap();
     assert_eq!(out.stdout, vec![0xff, b'A']);
-    assert_eq!(out.exit_code, 0);
+    assert_eq!(out.exit.exit_code, 0);
 
     let mut with_stdin = run("cat");
     with_stdin.stdin = Some(b"abc".to_vec());
@@ -79,13 +79,13 @@ async fn scripts_produce_the_output_and_status_they_say() {
 
     let out = agent.run(run("flood:5000")).await.unwrap();
     assert_eq!(out.stdout.len(), 1024);
-    assert!(out.stdout_truncated);
+    assert!(out.exit.stdout_truncated);
 
     let out = agent.run(run("signal:15")).await.unwrap();
-    assert_eq!((out.exit_code, out.signal), (143, Some(15)));
+    assert_eq!((out.exit.exit_code, out.exit.signal), (143, Some(15)));
 
     let out = agent.run(run("print(6*7)")).await.unwrap();
-    assert_eq!(out.exit_code, 127);
+    assert_eq!(out.exit.exit_code, 127);
 
     vm.stop().await.unwrap();
     assert_eq!(backend.live_vms(), 0);
@@ -99,8 +99,8 @@ async fn a_timeout_kills_and_keeps_the_partial_output() {
     let mut spec = run("echo:partial\nblock");
     spec.timeout = Some(Duration::from_millis(50));
     let out = agent.run(spec).await.unwrap();
-    assert!(out.timed_out);
-    assert_eq!((out.exit_code, out.signal), (137, Some(9)));
+    assert!(out.exit.timed_out);
+    assert_eq!((out.exit.exit_code, out.exit.signal), (137, Some(9)));
     assert_eq!(out.stdout, b"partial\n");
     wait_until("the exec is gone", || backend.running_execs() == 0).await;
     vm.stop().await.unwrap();
