@@ -415,6 +415,7 @@ async fn a_failing_restore_falls_back_to_a_cold_boot() {
     let again = daemon.manager.create("python").await.unwrap();
     assert_eq!(daemon.sandbox(&again).await["boot_path"], "cold-boot");
     assert_eq!(daemon.backend.restores_started(), 1, "restored again");
+    assert_eq!(daemon.manager.restores_given_up(), 1);
     assert_eq!(daemon.info().await["boot_path"], "cold-boot");
     assert_eq!(
         daemon.backend.snapshots_taken(),

@@ -23,7 +23,7 @@ use emberd_proto::kernel_args::KernelArg;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use crate::guest::{guest_text, AgentClient};
+use crate::guest::{guest_text, AgentClient, GuestError};
 use crate::image::{Manifest, ManifestError, PackArtefact};
 use crate::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend, VmmError};
 
@@ -360,14 +360,18 @@ async fn connect_agent(
 ) -> Result<AgentClient, BootError> {
     // The agent's socket may refuse connections for a moment while the VMM
     // sets it up; a connected stream then waits for the guest to open its end.
+    // A stream that breaks after it was accepted (Firecracker's hybrid vsock
+    // answers `OK` before the guest's end is known to hold) is dialled
+    // again; the caller's bound ends the retries.
     loop {
         match vm.connect_agent().await {
-            Ok(stream) => {
-                return AgentClient::handshake_until(stream, shutdown.clone())
-                    .await
-                    .map(|(client, _hello)| client)
-                    .map_err(BootError::Agent);
-            }
+            Ok(stream) => match AgentClient::handshake_until(stream, shutdown.clone()).await {
+                Ok((client, _hello)) => return Ok(client),
+                Err(GuestError::Connect(_) | GuestError::Broken { .. }) if !vm.has_exited() => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(BootError::Agent(e)),
+            },
             Err(VmmError::AgentConnect(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
             Err(other) => return Err(other.into()),
         }

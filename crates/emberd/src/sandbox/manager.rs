@@ -350,6 +350,12 @@ impl Manager {
         }
     }
 
+    /// How many packs' template restores were given up since the daemon
+    /// started (they failed on an intact template): a metric.
+    pub fn restores_given_up(&self) -> u64 {
+        self.launcher.packs_given_up()
+    }
+
     /// Refuses new sandboxes and stops every VM, pooled ones included.
     /// Called once at shutdown.
     pub async fn shutdown(&self) {

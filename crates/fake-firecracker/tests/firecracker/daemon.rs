@@ -171,7 +171,7 @@ async fn the_daemon_restores_sandboxes_from_a_firecracker_snapshot() {
         .find(|id| of(id).contains(&"PUT /snapshot/create".to_owned()))
         .expect("a template VM was snapshotted");
     assert_eq!(
-        of(template)[6..],
+        of(template)[7..],
         ["PATCH /vm", "PUT /snapshot/create"],
         "the template VM is paused, snapshotted, then stopped by signal"
     );

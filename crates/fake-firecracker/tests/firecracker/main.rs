@@ -5,5 +5,6 @@
 mod daemon;
 mod fake;
 mod jailer;
+mod strict;
 mod support;
 mod vmm;
