@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::support::{assert_nothing_left, data_dir, fake_bin, temp_root, workspace_bin};
 
 /// `emberd serve --backend firecracker` on the fake, on a free port.
-fn start(data_dir: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> Daemon {
+pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> Daemon {
     let builder = Daemon::builder(workspace_bin("emberd"))
         .backend("firecracker")
         .data_dir(data_dir)
@@ -29,20 +29,20 @@ fn start(data_dir: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> Daemon {
 }
 
 /// Plain HTTP to a daemon: status and JSON body as they come.
-struct Http {
+pub struct Http {
     client: reqwest::Client,
     base: String,
 }
 
 impl Http {
-    fn of(daemon: &Daemon) -> Http {
+    pub fn of(daemon: &Daemon) -> Http {
         Http {
             client: reqwest::Client::new(),
             base: daemon.base_url(),
         }
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub async fn get(&self, path: &str) -> Value {
         let response = self
             .client
             .get(format!("{}{path}", self.base))
@@ -52,7 +52,7 @@ impl Http {
         response.json().await.unwrap()
     }
 
-    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
         let response = self
             .client
             .post(format!("{}{path}", self.base))
@@ -63,7 +63,7 @@ impl Http {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
-    async fn delete(&self, path: &str) -> u16 {
+    pub async fn delete(&self, path: &str) -> u16 {
         self.client
             .delete(format!("{}{path}", self.base))
             .send()

@@ -4,6 +4,7 @@
 
 mod daemon;
 mod fake;
+mod give_up;
 mod jailer;
 mod strict;
 mod support;
