@@ -28,15 +28,17 @@
 
 mod api;
 mod binary;
+mod boot_entry;
 mod diagnose;
 mod jail;
 mod launch;
 mod pidfd;
+mod shutdown;
 mod vsock;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,10 +52,12 @@ use tokio::process::Command;
 pub use self::api::FirecrackerApi;
 use self::binary::find_binary;
 pub use self::binary::{instance_id, parse_release, parse_version, snapshots_refused};
+pub use self::boot_entry::{boot_entry, BootEntry};
 use self::diagnose::{last_words, FC_LOG};
 use self::jail::Jail;
 pub use self::jail::{cgroup_v2_usable, JailError, JailerConfig};
 use self::launch::{spawn_jailed, FcProcess, VmFiles, VMM_LOG};
+use self::shutdown::{CtrlAltDel, CTRL_ALT_DEL_GRACE};
 use super::console::ConsoleRing;
 use super::process::{describe_exit, version_line, VmProcess};
 use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
@@ -64,16 +68,8 @@ const API_SOCKET: &str = "fc.sock";
 const VSOCK_SOCKET: &str = "v.sock";
 pub(crate) const SNAPSHOT_STATE: &str = "vm.snap";
 pub(crate) const SNAPSHOT_MEMORY: &str = "vm.mem";
-/// How long a running guest gets to reboot (which ends Firecracker, given
-/// `reboot=k`) after Ctrl-Alt-Del before signals follow.
-const CTRL_ALT_DEL_GRACE: Duration = Duration::from_secs(1);
 /// Firecracker's limit on the kernel command line, its NUL included.
 const MAX_CMDLINE: usize = 2048;
-
-/// What Ctrl-Alt-Del did to this backend's guests so far.
-const CAD_UNKNOWN: u8 = 0;
-const CAD_REBOOTS: u8 = 1;
-const CAD_IGNORED: u8 = 2;
 
 /// Errors setting up the Firecracker backend.
 #[derive(Debug, thiserror::Error)]
@@ -108,8 +104,8 @@ pub struct FirecrackerBackend {
     swept: AtomicBool,
     /// Why this release must not take or restore snapshots, if it must not.
     snapshots_refused: Option<String>,
-    /// Whether guests reboot on Ctrl-Alt-Del (`CAD_*`), learnt at stops.
-    ctrl_alt_del: Arc<AtomicU8>,
+    /// Whether guests reboot on Ctrl-Alt-Del, learnt at stops.
+    ctrl_alt_del: CtrlAltDel,
 }
 
 impl FirecrackerBackend {
@@ -133,7 +129,7 @@ impl FirecrackerBackend {
                     jailer: None,
                     swept: AtomicBool::new(false),
                     snapshots_refused,
-                    ctrl_alt_del: Arc::new(AtomicU8::new(CAD_UNKNOWN)),
+                    ctrl_alt_del: CtrlAltDel::default(),
                 })
             }
             _ => Err(FirecrackerSetupError::TooOld {
@@ -291,6 +287,11 @@ impl FirecrackerBackend {
                 Some(json!({ "action_type": "InstanceStart" })),
             )
             .await?;
+        if let Some(release) = parse_release(&self.version) {
+            if let Ok(entry) = boot_entry(&spec.kernel_vmlinux, release) {
+                tracing::debug!(sandbox = %spec.sandbox_id, %entry, "Firecracker boots the kernel through {entry}");
+            }
+        }
         Ok(())
     }
 
@@ -380,7 +381,7 @@ pub struct FirecrackerVm {
     /// Ctrl-Alt-Del.
     running: AtomicBool,
     /// Shared with the backend: whether guests reboot on Ctrl-Alt-Del.
-    ctrl_alt_del: Arc<AtomicU8>,
+    ctrl_alt_del: CtrlAltDel,
     /// Why this release must not take snapshots, if it must not.
     snapshots_refused: Option<String>,
 }
@@ -447,13 +448,10 @@ impl FirecrackerVm {
         ))
     }
 
-    /// Asks a running guest to reboot, which ends Firecracker (`reboot=k`),
-    /// and waits a little for that. Firecracker does not handle SIGTERM, so
-    /// this is its only clean exit. A guest kernel without i8042/atkbd
-    /// ignores it: once one did, the backend's later stops skip it rather
-    /// than wait the grace each time.
+    /// Asks a running guest to reboot, which ends Firecracker, and waits a
+    /// little for that (see `shutdown`).
     async fn ctrl_alt_del(&self) {
-        if self.ctrl_alt_del.load(Ordering::Relaxed) == CAD_IGNORED {
+        if self.ctrl_alt_del.skip() {
             return;
         }
         let sent = tokio::time::timeout(
@@ -466,21 +464,8 @@ impl FirecrackerVm {
         )
         .await;
         if matches!(sent, Ok(Ok(_))) {
-            let ended = tokio::time::timeout(CTRL_ALT_DEL_GRACE, self.process.wait())
-                .await
-                .is_ok();
-            let learnt = if ended { CAD_REBOOTS } else { CAD_IGNORED };
-            // The first stop decides: a busy guest later is no kernel change.
-            let first = self
-                .ctrl_alt_del
-                .compare_exchange(CAD_UNKNOWN, learnt, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok();
-            if first && !ended {
-                tracing::warn!(
-                    grace_ms = CTRL_ALT_DEL_GRACE.as_millis() as u64,
-                    "the guest ignored Ctrl-Alt-Del (its kernel lacks i8042/atkbd): Firecracker VMs are stopped by signal from now on"
-                );
-            }
+            let ended = tokio::time::timeout(CTRL_ALT_DEL_GRACE, self.process.wait()).await;
+            self.ctrl_alt_del.learn(ended.is_ok());
         }
     }
 
