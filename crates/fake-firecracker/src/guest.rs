@@ -106,14 +106,23 @@ fn parse_connect(line: &str) -> Option<u32> {
 /// agent's socket exists) a connection waits; the guest answers within
 /// [`CONNECT_TIMEOUT`] or the connection is dropped; a port nobody listens
 /// on is reset at once.
-pub(crate) async fn vsock_proxy(listener: UnixListener, agent_socket: PathBuf, no_ack: bool) {
+/// The first `drop_after_ok` connections that get their `OK` are then
+/// closed, as a guest end that goes away before the first byte would.
+pub(crate) async fn vsock_proxy(
+    listener: UnixListener,
+    agent_socket: PathBuf,
+    no_ack: bool,
+    drop_after_ok: u32,
+) {
     let mut next_port = 1_073_741_824u32;
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     loop {
         let Ok((mut host, _)) = listener.accept().await else {
             return;
         };
         next_port += 1;
         let host_port = next_port;
+        let dropped = dropped.clone();
         let agent_socket = agent_socket.clone();
         tokio::spawn(async move {
             let mut line = Vec::new();
@@ -153,6 +162,9 @@ pub(crate) async fn vsock_proxy(listener: UnixListener, agent_socket: PathBuf, n
                 .await
                 .is_err()
             {
+                return;
+            }
+            if dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < drop_after_ok {
                 return;
             }
             let _ = tokio::io::copy_bidirectional(&mut host, &mut guest).await;

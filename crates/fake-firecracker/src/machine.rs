@@ -428,7 +428,17 @@ impl Fake {
             listener.set_nonblocking(true)?;
             let listener = UnixListener::from_std(listener)?;
             let no_ack = self.failing("no-vsock-ack");
-            self.vsock_task = Some(tokio::spawn(vsock_proxy(listener, agent_socket, no_ack)));
+            let drop_after_ok = self
+                .faults
+                .iter()
+                .find_map(|f| f.strip_prefix("drop-after-ok:")?.parse().ok())
+                .unwrap_or(0);
+            self.vsock_task = Some(tokio::spawn(vsock_proxy(
+                listener,
+                agent_socket,
+                no_ack,
+                drop_after_ok,
+            )));
         }
         if let Some(bytes) = self.console_flood() {
             flood_console(bytes);

@@ -34,7 +34,9 @@
 //! the answer to InstanceStart), `console-flood:<bytes>` (once the guest
 //! runs, it writes that many bytes to the console, then `console flood done`),
 //! `no-i8042` (the guest ignores Ctrl-Alt-Del), `slow-guest:<ms>` (the
-//! guest's vsock driver and agent come up that late), `exit-unanswered`
+//! guest's vsock driver and agent come up that late), `drop-after-ok:<n>`
+//! (the first n vsock connections are closed right after their `OK`),
+//! `exit-unanswered`
 //! (a request that ends the fake gets no answer). Once `PUT /logger` named a
 //! log file, every refused request is also written there, as Firecracker
 //! writes its errors.

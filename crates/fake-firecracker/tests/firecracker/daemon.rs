@@ -245,3 +245,29 @@ async fn a_guest_that_never_answers_is_a_500_and_leaves_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A hybrid-vsock stream that breaks right after `OK` (before `Hello`) is
+/// dialled again within the boot timeout: the create succeeds.
+#[tokio::test]
+async fn a_handshake_that_breaks_after_ok_is_retried() {
+    let daemon = start(
+        &data_dir(),
+        &["--pool-size", "0", "--snapshots", "false"],
+        &[("FAKE_FC_FAIL", OsStr::new("drop-after-ok:2"))],
+    );
+    let http = Http::of(&daemon);
+    let (status, created) = http
+        .post("/sandboxes", r#"{"language_pack":"shell"}"#)
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, out) = http
+        .post(&format!("/sandboxes/{id}/exec"), r#"{"code":"echo again"}"#)
+        .await;
+    assert_eq!(
+        (status, out["stdout"].as_str()),
+        (200, Some("again\n")),
+        "{out}"
+    );
+    assert_eq!(http.delete(&format!("/sandboxes/{id}")).await, 204);
+}
