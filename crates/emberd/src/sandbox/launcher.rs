@@ -319,6 +319,7 @@ fn is_timeout(error: &BootError) -> bool {
         error,
         BootError::AgentTimeout { .. }
             | BootError::Vmm(VmmError::BootTimeout(_))
+            | BootError::Vmm(VmmError::Unresponsive { .. })
             | BootError::Agent(crate::guest::GuestError::Timeout { .. })
     )
 }
