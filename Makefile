@@ -40,7 +40,7 @@ test: images
 
 ## The real-VM suite on Firecracker (needs hardware KVM and firecracker; fails otherwise).
 test-firecracker: images
-	EMBERD_TEST_BACKEND=firecracker $(CARGO) nextest run -p emberd --test e2e --test guest_privilege --test containment --test vm_killed --test http_limits --no-fail-fast
+	EMBERD_TEST_BACKEND=firecracker $(CARGO) nextest run -p emberd --test e2e --test guest_privilege --test containment --test vm_killed --test http_limits --test processes --test files --test files_hostile --no-fail-fast
 
 ## Smoke test on real Firecracker: one table (boot entry, ACPI, vsock, stop, 20 restores,
 ## a corrupted snapshot). Needs hardware KVM and firecracker >= 1.15.1; fails loudly otherwise.

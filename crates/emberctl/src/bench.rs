@@ -5,8 +5,12 @@
 //! default with pools), each on a free port with its own work dir, and
 //! prints a markdown table of medians, p95s and ratios. `--json` writes the
 //! raw samples with provenance (commit, CPU, kernel, backend, accel).
+//! The interactive figures (streams, processes, transfers) are in
+//! `bench/interactive.rs`.
 
-use std::collections::BTreeMap;
+mod interactive;
+mod report;
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use emberd_api::{ExecRequest, ExecResponse};
 use emberd_client::Client;
-use serde::Serialize;
+use report::{print_table, Report};
 
 /// Flags of `emberctl bench`.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,42 +41,9 @@ pub struct BenchArgs {
     /// Extra flags for every daemon (e.g. `--backend=qemu`).
     #[arg(long = "daemon-arg", allow_hyphen_values = true)]
     pub daemon_args: Vec<String>,
-}
-
-#[derive(Debug, Default, Serialize)]
-struct Report {
-    provenance: BTreeMap<String, String>,
-    /// Scenario → samples in milliseconds.
-    latencies_ms: BTreeMap<String, Vec<f64>>,
-    /// Named single figures.
-    figures: BTreeMap<String, f64>,
-    checks: BTreeMap<String, String>,
-}
-
-impl Report {
-    fn add(&mut self, name: &str, sample: Duration) {
-        self.latencies_ms
-            .entry(name.to_owned())
-            .or_default()
-            .push(sample.as_secs_f64() * 1000.0);
-    }
-
-    fn median(&self, name: &str) -> f64 {
-        percentile(
-            self.latencies_ms.get(name).map_or(&[][..], Vec::as_slice),
-            0.5,
-        )
-    }
-}
-
-fn percentile(samples: &[f64], p: f64) -> f64 {
-    if samples.is_empty() {
-        return f64::NAN;
-    }
-    let mut sorted = samples.to_vec();
-    sorted.sort_by(|a, b| a.total_cmp(b));
-    let rank = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[rank]
+    /// Measure only the interactive figures (streams, processes, transfers).
+    #[arg(long)]
+    pub only_interactive: bool,
 }
 
 /// A daemon started for one configuration (on `emberd-harness`), stopped
@@ -210,6 +181,9 @@ async fn timed_exec(
 
 /// Runs every scenario and prints the table.
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.only_interactive {
+        return interactive::run_alone(&args).await;
+    }
     let mut report = Report::default();
     let samples = args.samples.max(1);
 
@@ -409,6 +383,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         daemon.client.delete_sandbox(&id).await?;
 
+        interactive::run(&daemon.client, &mut report, samples).await?;
+
         // Concurrency sweep: N sandboxes from the pool, one exec each at once.
         for n in [1usize, 2, 4, 8] {
             daemon.wait_for_pools().await?;
@@ -532,54 +508,4 @@ async fn provenance(report: &mut Report, client: &Client) -> anyhow::Result<()> 
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     p.insert("host kernel".into(), kernel.trim().to_owned());
     Ok(())
-}
-
-fn print_table(report: &Report) {
-    println!("## emberd benchmark\n");
-    for (key, value) in &report.provenance {
-        println!("- {key}: {value}");
-    }
-    println!("\n| scenario | n | median ms | p95 ms |\n|---|---:|---:|---:|");
-    for (name, samples) in &report.latencies_ms {
-        println!(
-            "| {name} | {} | {:.2} | {:.2} |",
-            samples.len(),
-            percentile(samples, 0.5),
-            percentile(samples, 0.95)
-        );
-    }
-    println!("\n| figure | value |\n|---|---:|");
-    for (name, value) in &report.figures {
-        println!("| {name} | {value:.1} |");
-    }
-    let ratio = |a: &str, b: &str| report.median(a) / report.median(b);
-    println!("\n| ratio (medians) | value |\n|---|---:|");
-    println!(
-        "| cold boot / snapshot restore | {:.1}× |",
-        ratio("create: cold boot", "create: snapshot restore")
-    );
-    println!(
-        "| cold boot / warm pool | {:.0}× |",
-        ratio("create: cold boot", "create: warm pool")
-    );
-    println!(
-        "| bare python3 in guest / print(6*7) end to end | {:.2}× |",
-        ratio(
-            "bare python3 -c 'print(6*7)' inside the guest",
-            "exec print(6*7): API time"
-        )
-    );
-    println!(
-        "| bare node in guest / console.log(6*7) end to end, 5 s after the last | {:.2}× |",
-        ratio(
-            "bare node -e 'console.log(6*7)' inside the guest",
-            "exec console.log(6*7) on node, 5 s after the last: API time"
-        )
-    );
-    if !report.checks.is_empty() {
-        println!("\n| check | result |\n|---|---|");
-        for (name, result) in &report.checks {
-            println!("| {name} | {result} |");
-        }
-    }
 }

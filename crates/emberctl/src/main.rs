@@ -1,22 +1,21 @@
 //! `emberctl`: the command-line client of emberd.
 //!
 //! Every command is one or a few API calls through `emberd-client`. Errors
-//! are printed as one line on stderr with a non-zero exit; `exec` and `run`
-//! exit with the sandbox's own exit code.
+//! are printed as one line on stderr with a non-zero exit; `exec`, `run`,
+//! `logs -f` and `shell` exit with the sandbox process's own exit code.
 
 mod bench;
+mod cp;
+mod exec;
+mod procs;
+mod shell;
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use emberd_api::{ExecRequest, ExecResponse, SandboxInfo};
+use emberd_api::{ExecRequest, SandboxInfo, StartProcessRequest};
 use emberd_client::{Client, ClientError, DEFAULT_ADDR};
-
-/// Exit code of `exec`/`run` when the code timed out (as `timeout(1)` does).
-const EXIT_TIMED_OUT: u8 = 124;
-/// Exit code of `exec`/`run` when the code died by a signal or never started.
-const EXIT_ABNORMAL: u8 = 125;
 
 #[derive(Parser)]
 #[command(name = "emberctl", version, about = "Command-line client of emberd")]
@@ -36,7 +35,8 @@ enum Command {
         #[arg(long)]
         pack: Option<String>,
     },
-    /// Run code in a sandbox; exits with the code's exit status.
+    /// Run code in a sandbox, printing its output as it comes; exits with
+    /// the code's exit status.
     Exec {
         id: String,
         #[command(flatten)]
@@ -49,6 +49,71 @@ enum Command {
         #[command(flatten)]
         code: CodeArgs,
     },
+    /// Start a background process; prints its pid.
+    Start {
+        id: String,
+        /// The program and its arguments (after `--`).
+        #[arg(required = true, last = true)]
+        cmd: Vec<String>,
+        /// Keep stdin open (for `shell`-like use over the WebSocket).
+        #[arg(long)]
+        stdin: bool,
+        /// Run on a terminal of ROWSxCOLS, e.g. 24x80.
+        #[arg(long, value_parser = parse_size)]
+        pty: Option<emberd_api::PtySize>,
+        /// Kill the process after this many milliseconds.
+        #[arg(long)]
+        timeout_ms: Option<u64>,
+        /// Who runs it: `sandbox` (default) or `root`.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// List a sandbox's background processes.
+    Ps {
+        id: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a background process's output; `-f` follows it until it ends.
+    Logs {
+        id: String,
+        pid: u32,
+        /// Follow: stream new output until the process ends (reconnecting
+        /// from the last byte on a broken connection); exits as it did.
+        #[arg(short, long)]
+        follow: bool,
+        /// Start at this byte offset of the process's log.
+        #[arg(long, default_value_t = 0)]
+        cursor: u64,
+    },
+    /// Send a signal (default TERM) to a background process.
+    Kill {
+        id: String,
+        pid: u32,
+        /// A name (`TERM`, `SIGKILL`, `INT`) or a number.
+        #[arg(default_value = "TERM")]
+        signal: String,
+    },
+    /// An interactive terminal in a sandbox (a login shell on a PTY).
+    Shell {
+        id: String,
+        /// Run this instead of the login shell (after `--`).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Attach to a running background process: stdin in, output out (a
+    /// terminal in raw mode when the process has one).
+    Attach {
+        id: String,
+        pid: u32,
+        /// Replay its output from this byte offset of its log [default: only
+        /// what comes next].
+        #[arg(long)]
+        cursor: Option<u64>,
+    },
+    /// Copy a file or directory: `cp LOCAL ID:/path` or `cp ID:/path LOCAL`.
+    Cp(cp::CpArgs),
     /// List sandboxes.
     Ls {
         /// Print JSON instead of a table.
@@ -81,10 +146,14 @@ struct CodeArgs {
     /// Who runs the code in the guest: `sandbox` (default) or `root`.
     #[arg(long)]
     user: Option<String>,
+    /// Wait for the whole answer and print it at once (the unary exec)
+    /// instead of streaming output as it comes.
+    #[arg(long)]
+    buffered: bool,
 }
 
 impl CodeArgs {
-    fn request(self) -> anyhow::Result<ExecRequest> {
+    fn request(self) -> anyhow::Result<(ExecRequest, bool)> {
         let code = if self.code == "-" {
             let mut code = String::new();
             std::io::stdin().read_to_string(&mut code)?;
@@ -92,13 +161,26 @@ impl CodeArgs {
         } else {
             self.code
         };
-        Ok(ExecRequest {
+        let request = ExecRequest {
             code,
             stdin: self.stdin,
             timeout_ms: self.timeout_ms,
             user: self.user,
-        })
+        };
+        Ok((request, self.buffered))
     }
+}
+
+/// `ROWSxCOLS` as a terminal size.
+fn parse_size(text: &str) -> Result<emberd_api::PtySize, String> {
+    let (rows, cols) = text
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{text:?} is not ROWSxCOLS"))?;
+    let number = |n: &str| n.trim().parse::<u32>().map_err(|e| format!("{n:?}: {e}"));
+    Ok(emberd_api::PtySize {
+        rows: number(rows)?,
+        cols: number(cols)?,
+    })
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -121,8 +203,8 @@ fn describe(error: &anyhow::Error) -> String {
         Some(e) if e.is_unauthorized() => {
             format!("{e} (set EMBERD_TOKEN to one of the daemon's tokens)")
         }
-        Some(e) => e.to_string(),
-        None => format!("{error:#}"),
+        // With its causes: a WebSocket or transport failure says little alone.
+        _ => format!("{error:#}"),
     }
 }
 
@@ -141,18 +223,49 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", client.create_sandbox(pack.as_deref()).await?);
         }
         Command::Exec { id, code } => {
-            let response = client.exec(&id, &code.request()?).await?;
-            return Ok(print_exec(&response));
+            let (request, buffered) = code.request()?;
+            return exec::exec(&client, &id, &request, buffered).await;
         }
         Command::Run { pack, code } => {
-            let request = code.request()?;
+            let (request, buffered) = code.request()?;
             let id = client.create_sandbox(pack.as_deref()).await?;
-            let result = client.exec(&id, &request).await;
+            let result = exec::exec(&client, &id, &request, buffered).await;
             let deleted = client.delete_sandbox(&id).await;
-            let response = result?;
+            let code = result?;
             deleted?;
-            return Ok(print_exec(&response));
+            return Ok(code);
         }
+        Command::Start {
+            id,
+            cmd,
+            stdin,
+            pty,
+            timeout_ms,
+            user,
+        } => {
+            let request = StartProcessRequest {
+                cmd: Some(cmd),
+                stdin,
+                pty,
+                timeout_ms,
+                user,
+                ..StartProcessRequest::default()
+            };
+            println!("{}", client.start_process(&id, &request).await?);
+        }
+        Command::Ps { id, json } => procs::ps(&client, &id, json).await?,
+        Command::Logs {
+            id,
+            pid,
+            follow,
+            cursor,
+        } => return procs::logs(&client, &id, pid, cursor, follow).await,
+        Command::Kill { id, pid, signal } => procs::kill(&client, &id, pid, &signal).await?,
+        Command::Shell { id, cmd } => return shell::shell(&client, &id, cmd).await,
+        Command::Attach { id, pid, cursor } => {
+            return shell::attach(&client, &id, pid, cursor).await
+        }
+        Command::Cp(args) => cp::cp(&client, args).await?,
         Command::Ls { json } => {
             let sandboxes = client.list_sandboxes().await?;
             if json {
@@ -185,27 +298,6 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Writes the code's output to the matching streams; returns its exit code.
-fn print_exec(response: &ExecResponse) -> ExitCode {
-    let _ = std::io::stdout().write_all(response.stdout.as_bytes());
-    let _ = std::io::stdout().flush();
-    let _ = std::io::stderr().write_all(response.stderr.as_bytes());
-    if response.stdout_truncated || response.stderr_truncated {
-        eprintln!("emberctl: output was cut at the daemon's limit");
-    }
-    match &response.error {
-        Some(error) => {
-            eprintln!("emberctl: {error}");
-            if error == "execution timed out" {
-                ExitCode::from(EXIT_TIMED_OUT)
-            } else {
-                ExitCode::from(EXIT_ABNORMAL)
-            }
-        }
-        None => ExitCode::from(u8::try_from(response.exit_code).unwrap_or(EXIT_ABNORMAL)),
-    }
 }
 
 fn print_table(sandboxes: &[SandboxInfo]) {
@@ -255,26 +347,58 @@ fn print_inspect(info: &SandboxInfo) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory as _;
 
-    fn response(exit_code: i32, error: Option<&str>) -> ExecResponse {
-        ExecResponse {
-            exit_code,
-            error: error.map(str::to_owned),
-            ..ExecResponse::default()
-        }
+    #[test]
+    fn terminal_sizes_parse() {
+        assert_eq!(
+            parse_size("24x80").unwrap(),
+            emberd_api::PtySize { rows: 24, cols: 80 }
+        );
+        assert!(parse_size("24").is_err());
+        assert!(parse_size("ax80").is_err());
     }
 
     #[test]
-    fn exit_codes_follow_the_sandbox() {
-        assert_eq!(print_exec(&response(0, None)), ExitCode::from(0));
-        assert_eq!(print_exec(&response(7, None)), ExitCode::from(7));
-        assert_eq!(
-            print_exec(&response(-1, Some("execution timed out"))),
-            ExitCode::from(EXIT_TIMED_OUT)
+    fn the_command_line_parses() {
+        Cli::command().debug_assert();
+        let cli =
+            Cli::try_parse_from(["emberctl", "exec", "sb", "print(1)", "--buffered"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Exec {
+                code: CodeArgs { buffered: true, .. },
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["emberctl", "kill", "sb", "7"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Kill { pid: 7, ref signal, .. } if signal == "TERM")
         );
-        assert_eq!(
-            print_exec(&response(-1, Some("killed by signal 9"))),
-            ExitCode::from(EXIT_ABNORMAL)
+        let cli = Cli::try_parse_from([
+            "emberctl", "start", "sb", "--pty", "24x80", "--", "sleep", "9",
+        ])
+        .unwrap();
+        assert!(
+            matches!(cli.command, Command::Start { ref cmd, pty: Some(_), .. } if cmd == &["sleep", "9"])
         );
+        let cli = Cli::try_parse_from(["emberctl", "attach", "sb", "7", "--cursor", "0"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Attach {
+                pid: 7,
+                cursor: Some(0),
+                ..
+            }
+        ));
+        let cli = Cli::try_parse_from(["emberctl", "logs", "sb", "7", "-f"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Logs {
+                follow: true,
+                cursor: 0,
+                ..
+            }
+        ));
     }
 }

@@ -4,82 +4,45 @@
 //! [`ClientError`]: an error answer from the daemon keeps its HTTP status and the
 //! daemon's `error` message; a refused connection is told apart so that callers
 //! can say "the daemon isn't running" instead of printing a transport error.
+//!
+//! Streams never sit whole in memory: exec output and process logs arrive
+//! as Server-Sent Events ([`ExecStream`], [`OutputFollow`]), uploads are read
+//! from any `AsyncRead` as they are sent ([`UploadBody`]), downloads are
+//! written to any `AsyncWrite` as they arrive ([`Download`]), and a process's
+//! terminal is a WebSocket ([`Attach`]). The bearer token goes with every
+//! request, the WebSocket's included.
 
 use std::time::Duration;
 
 use emberd_api::{
-    CreateSandboxRequest, CreateSandboxResponse, ErrorBody, ExecRequest, ExecResponse,
-    InfoResponse, SandboxInfo, SandboxList,
+    CreateSandboxRequest, CreateSandboxResponse, ExecRequest, ExecResponse, InfoResponse,
+    SandboxInfo, SandboxList,
 };
-use reqwest::{Method, StatusCode, Url};
+use reqwest::{Method, RequestBuilder, Url};
 use serde::de::DeserializeOwned;
+
+mod attach;
+mod error;
+mod exec;
+mod files;
+mod follow;
+mod process;
+mod sse;
+
+pub use attach::{Attach, AttachEnd, AttachEvent, AttachReceiver, AttachSender};
+pub use error::ClientError;
+pub use exec::{ExecEvent, ExecStream};
+pub use files::{Download, FileStat, Progress, PutOptions, UploadBody};
+pub use follow::{OutputFollow, ProcessEvent, StreamKind};
+pub use reqwest::StatusCode;
+pub use sse::decode_output;
 
 /// Address used when none is given.
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7777";
 
 /// Extra time allowed over an exec's own `timeout_ms` before the client gives up,
 /// so that the daemon's timeout answer (with partial output) arrives first.
-const EXEC_TIMEOUT_GRACE: Duration = Duration::from_secs(30);
-
-/// Why a call to the daemon failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    #[error("invalid daemon address {addr:?}: {reason}")]
-    InvalidAddress { addr: String, reason: String },
-    #[error("cannot connect to the daemon at {addr}")]
-    Unreachable {
-        addr: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    #[error("the daemon at {addr} did not answer in time")]
-    TimedOut {
-        addr: String,
-        #[source]
-        source: reqwest::Error,
-    },
-    /// The daemon answered with an error status; `message` is its `error` field
-    /// (or the raw body when it was not an error object).
-    #[error("{message}")]
-    Api { status: StatusCode, message: String },
-    #[error("invalid sandbox id {0:?}")]
-    InvalidId(String),
-    #[error("request to the daemon failed")]
-    Transport(#[source] reqwest::Error),
-    #[error("unexpected answer from the daemon ({status}) to {route}")]
-    InvalidResponse {
-        route: String,
-        status: StatusCode,
-        #[source]
-        source: serde_json::Error,
-    },
-}
-
-impl ClientError {
-    /// HTTP status of an error answer from the daemon, if that is what this is.
-    pub fn status(&self) -> Option<StatusCode> {
-        match self {
-            ClientError::Api { status, .. } => Some(*status),
-            ClientError::InvalidResponse { status, .. } => Some(*status),
-            _ => None,
-        }
-    }
-
-    /// True when nothing was listening at the address.
-    pub fn is_unreachable(&self) -> bool {
-        matches!(self, ClientError::Unreachable { .. })
-    }
-
-    /// True for a 401 answer: the daemon wants a (different) bearer token.
-    pub fn is_unauthorized(&self) -> bool {
-        self.status() == Some(StatusCode::UNAUTHORIZED)
-    }
-
-    /// True for a 404 answer (unknown sandbox or route).
-    pub fn is_not_found(&self) -> bool {
-        self.status() == Some(StatusCode::NOT_FOUND)
-    }
-}
+pub(crate) const EXEC_TIMEOUT_GRACE: Duration = Duration::from_secs(30);
 
 /// Parses a daemon address: a full `http://` URL, or `host:port` without a scheme.
 pub fn parse_addr(addr: &str) -> Result<Url, ClientError> {
@@ -170,10 +133,9 @@ impl Client {
 
     /// `GET /healthz`: Ok when the daemon answers 2xx.
     pub async fn healthz(&self) -> Result<(), ClientError> {
-        let response = self
-            .send(Method::GET, "healthz", None::<&()>, self.request_timeout)
-            .await?;
-        Self::check_status(response).await.map(drop)
+        self.send(Method::GET, "healthz", None::<&()>, self.request_timeout)
+            .await
+            .map(drop)
     }
 
     /// `GET /info`.
@@ -184,12 +146,26 @@ impl Client {
 
     /// `POST /sandboxes`; `None` asks for the default pack.
     pub async fn create_sandbox(&self, language_pack: Option<&str>) -> Result<String, ClientError> {
-        let body = CreateSandboxRequest {
+        self.create_sandbox_with(&CreateSandboxRequest {
             language_pack: language_pack.map(str::to_string),
             ..CreateSandboxRequest::default()
-        };
+        })
+        .await
+    }
+
+    /// `POST /sandboxes` with every setting of the request (sizes, TTL, idle
+    /// timeout); returns the new sandbox's id.
+    pub async fn create_sandbox_with(
+        &self,
+        request: &CreateSandboxRequest,
+    ) -> Result<String, ClientError> {
         let created: CreateSandboxResponse = self
-            .call(Method::POST, "sandboxes", Some(&body), self.request_timeout)
+            .call(
+                Method::POST,
+                "sandboxes",
+                Some(request),
+                self.request_timeout,
+            )
             .await?;
         Ok(created.id)
     }
@@ -204,7 +180,7 @@ impl Client {
 
     /// `GET /sandboxes/{id}`.
     pub async fn get_sandbox(&self, id: &str) -> Result<SandboxInfo, ClientError> {
-        let route = format!("sandboxes/{}", path_segment(id)?);
+        let route = sandbox_route(id, "")?;
         self.call(Method::GET, &route, None::<&()>, self.request_timeout)
             .await
     }
@@ -212,7 +188,7 @@ impl Client {
     /// `POST /sandboxes/{id}/exec`. A non-zero exit code or a timeout is a
     /// successful call; look at `exit_code` and `error` in the answer.
     pub async fn exec(&self, id: &str, request: &ExecRequest) -> Result<ExecResponse, ClientError> {
-        let route = format!("sandboxes/{}/exec", path_segment(id)?);
+        let route = sandbox_route(id, "exec")?;
         let deadline = request
             .timeout_ms
             .map(|ms| Duration::from_millis(ms) + EXEC_TIMEOUT_GRACE);
@@ -222,14 +198,13 @@ impl Client {
 
     /// `DELETE /sandboxes/{id}`.
     pub async fn delete_sandbox(&self, id: &str) -> Result<(), ClientError> {
-        let route = format!("sandboxes/{}", path_segment(id)?);
-        let response = self
-            .send(Method::DELETE, &route, None::<&()>, self.request_timeout)
-            .await?;
-        Self::check_status(response).await.map(drop)
+        let route = sandbox_route(id, "")?;
+        self.send(Method::DELETE, &route, None::<&()>, self.request_timeout)
+            .await
+            .map(drop)
     }
 
-    async fn call<B: serde::Serialize, T: DeserializeOwned>(
+    pub(crate) async fn call<B: serde::Serialize, T: DeserializeOwned>(
         &self,
         method: Method,
         route: &str,
@@ -237,62 +212,91 @@ impl Client {
         deadline: Option<Duration>,
     ) -> Result<T, ClientError> {
         let response = self.send(method, route, body, deadline).await?;
-        let response = Self::check_status(response).await?;
-        let status = response.status();
-        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
-        serde_json::from_slice(&bytes).map_err(|source| ClientError::InvalidResponse {
-            route: format!("/{route}"),
-            status,
-            source,
-        })
+        self.json(response, route).await
     }
 
-    async fn send<B: serde::Serialize>(
+    pub(crate) async fn send<B: serde::Serialize>(
         &self,
         method: Method,
         route: &str,
         body: Option<&B>,
         deadline: Option<Duration>,
     ) -> Result<reqwest::Response, ClientError> {
-        let url = self
-            .base
-            .join(route)
-            .map_err(|e| ClientError::InvalidAddress {
-                addr: format!("{}{route}", self.base),
-                reason: e.to_string(),
-            })?;
-        let mut request = self.http.request(method, url);
-        if let Some(token) = &self.token {
-            request = request.bearer_auth(token);
-        }
+        let mut request = self.request(method, self.url(route, &[])?);
         if let Some(body) = body {
             request = request.json(body);
         }
         if let Some(deadline) = deadline {
             request = request.timeout(deadline);
         }
-        request.send().await.map_err(|e| self.transport(e))
+        self.execute(request).await
     }
 
-    /// Turns a non-2xx answer into [`ClientError::Api`].
-    async fn check_status(response: reqwest::Response) -> Result<reqwest::Response, ClientError> {
+    /// The URL of `route` (relative to the base) with `query` appended.
+    pub(crate) fn url(&self, route: &str, query: &[(&str, String)]) -> Result<Url, ClientError> {
+        let mut url = self
+            .base
+            .join(route)
+            .map_err(|e| ClientError::InvalidAddress {
+                addr: format!("{}{route}", self.base),
+                reason: e.to_string(),
+            })?;
+        if !query.is_empty() {
+            url.query_pairs_mut()
+                .extend_pairs(query.iter().map(|(k, v)| (*k, v.as_str())));
+        }
+        Ok(url)
+    }
+
+    /// A request to `url` carrying the bearer token (and no deadline).
+    pub(crate) fn request(&self, method: Method, url: Url) -> RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    /// The bearer token, for requests not made with reqwest (the WebSocket).
+    pub(crate) fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    /// The deadline of calls that end with their answer (not of streams).
+    pub(crate) fn request_timeout(&self) -> Option<Duration> {
+        self.request_timeout
+    }
+
+    /// Sends `request`; a non-2xx answer becomes [`ClientError::Api`].
+    pub(crate) async fn execute(
+        &self,
+        request: RequestBuilder,
+    ) -> Result<reqwest::Response, ClientError> {
+        let response = request.send().await.map_err(|e| self.transport(e))?;
         let status = response.status();
         if status.is_success() {
             return Ok(response);
         }
-        let body = response.text().await.unwrap_or_default();
-        let message = match serde_json::from_str::<ErrorBody>(&body) {
-            Ok(error) => error.error,
-            Err(_) if body.trim().is_empty() => status
-                .canonical_reason()
-                .unwrap_or("request failed")
-                .to_lowercase(),
-            Err(_) => body.trim().to_string(),
-        };
-        Err(ClientError::Api { status, message })
+        let body = response.bytes().await.unwrap_or_default();
+        Err(ClientError::from_answer(status, &body))
     }
 
-    fn transport(&self, source: reqwest::Error) -> ClientError {
+    /// Reads a 2xx answer's body as JSON.
+    pub(crate) async fn json<T: DeserializeOwned>(
+        &self,
+        response: reqwest::Response,
+        route: &str,
+    ) -> Result<T, ClientError> {
+        let status = response.status();
+        let bytes = response.bytes().await.map_err(|e| self.transport(e))?;
+        serde_json::from_slice(&bytes).map_err(|source| ClientError::InvalidResponse {
+            route: format!("/{}", route.split('?').next().unwrap_or(route)),
+            status,
+            source,
+        })
+    }
+
+    pub(crate) fn transport(&self, source: reqwest::Error) -> ClientError {
         let addr = self.base.as_str().trim_end_matches('/').to_string();
         if source.is_connect() {
             ClientError::Unreachable { addr, source }
@@ -302,6 +306,16 @@ impl Client {
             ClientError::Transport(source)
         }
     }
+}
+
+/// `sandboxes/{id}/{rest}` with the id encoded as one segment.
+pub(crate) fn sandbox_route(id: &str, rest: &str) -> Result<String, ClientError> {
+    let id = path_segment(id)?;
+    Ok(if rest.is_empty() {
+        format!("sandboxes/{id}")
+    } else {
+        format!("sandboxes/{id}/{rest}")
+    })
 }
 
 /// Percent-encodes an id so that it stays one path segment (ids come from users).
@@ -347,6 +361,32 @@ mod tests {
         assert!(parse_addr("ftp://host:1").is_err());
         assert!(parse_addr("http://").is_err());
         assert!(parse_addr("host:notaport").is_err());
+    }
+
+    #[test]
+    fn routes_and_queries_are_encoded() {
+        let client = Client::new("http://h:1/prefix").unwrap();
+        let route = sandbox_route("sb 1", "files").unwrap();
+        let url = client
+            .url(
+                &route,
+                &[("path", "/a b/c&d=e#f?".into()), ("mkdir", "true".into())],
+            )
+            .unwrap();
+        assert_eq!(
+            url.as_str(),
+            "http://h:1/prefix/sandboxes/sb%201/files?path=%2Fa+b%2Fc%26d%3De%23f%3F&mkdir=true"
+        );
+        let pairs: Vec<(String, String)> = url.query_pairs().into_owned().collect();
+        assert_eq!(pairs[0], ("path".into(), "/a b/c&d=e#f?".into()));
+        assert_eq!(
+            client
+                .url(&sandbox_route("x", "").unwrap(), &[])
+                .unwrap()
+                .as_str(),
+            "http://h:1/prefix/sandboxes/x"
+        );
+        assert!(sandbox_route("..", "exec").is_err());
     }
 
     #[test]

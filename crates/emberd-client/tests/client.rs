@@ -206,3 +206,35 @@ async fn non_json_success_body_is_an_invalid_response() {
     );
     server.abort();
 }
+
+/// A streamed exec against the real router: output events in order, then
+/// the exit with empty stdout/stderr (the same outcome as the unary exec).
+#[tokio::test]
+async fn a_streamed_exec_delivers_output_then_the_exit() {
+    let daemon = Daemon::start().await;
+    let client = Client::new(&daemon.url()).unwrap();
+    let id = client.create_sandbox(Some("shell")).await.unwrap();
+
+    let stream = client
+        .exec_stream(&id, &exec_request("echo:42\nstderr:no\nexit:3"))
+        .await
+        .unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let exit = stream
+        .drain(|b| out.extend_from_slice(b), |b| err.extend_from_slice(b))
+        .await
+        .unwrap();
+    assert_eq!(
+        (out.as_slice(), err.as_slice()),
+        (&b"42\n"[..], &b"no\n"[..])
+    );
+    assert_eq!(exit.exit_code, 3);
+    assert!(exit.stdout.is_empty() && exit.stderr.is_empty());
+
+    let missing = client
+        .exec_stream("sb_nope", &exec_request("echo:x"))
+        .await
+        .unwrap_err();
+    assert!(missing.is_not_found(), "{missing:?}");
+    daemon.stop().await;
+}

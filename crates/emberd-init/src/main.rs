@@ -14,6 +14,7 @@ mod files;
 mod forkserver;
 mod group;
 mod identity;
+mod loopback;
 mod node_spare;
 mod output;
 mod pid1;
@@ -124,6 +125,9 @@ fn boot_guest() -> ! {
         _ => None,
     });
     let _ = nix::unistd::sethostname(hostname.unwrap_or_else(|| "emberd".into()));
+    if let Err(e) = loopback::bring_up() {
+        eprintln!("emberd-init: cannot bring up the loopback interface: {e}");
+    }
     eprintln!(
         "emberd-init: booted in {} ms ({modules} modules)",
         started.elapsed().as_millis()

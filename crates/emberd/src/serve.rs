@@ -91,6 +91,7 @@ pub async fn run(args: ServeArgs) -> Result<(), ServeError> {
         () = termination_signal() => {
             tracing::info!(bound = ?settings.shutdown_timeout, "shutting down: draining requests");
             stop.cancel();
+            manager.close_streams();
             if tokio::time::timeout(settings.shutdown_timeout, &mut server).await.is_err() {
                 tracing::warn!("requests still running after the drain bound; stopping anyway");
             }

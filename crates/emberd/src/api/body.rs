@@ -57,7 +57,7 @@ pub async fn read_bounded(
 }
 
 /// Reads and drops the rest of `body` until it ends or a linger bound passes.
-async fn linger(mut body: Body, mut discarded: u64, max_bytes: u64, max_time: Duration) {
+pub(super) async fn linger(mut body: Body, mut discarded: u64, max_bytes: u64, max_time: Duration) {
     let deadline = Instant::now() + max_time;
     while discarded <= max_bytes {
         match timeout_at(deadline, body.frame()).await {
@@ -71,7 +71,7 @@ async fn linger(mut body: Body, mut discarded: u64, max_bytes: u64, max_time: Du
     tracing::debug!(discarded, "stopped discarding an oversized body");
 }
 
-fn content_length(headers: &HeaderMap) -> Option<u64> {
+pub(super) fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
@@ -81,7 +81,7 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-fn expects_continue(headers: &HeaderMap) -> bool {
+pub(super) fn expects_continue(headers: &HeaderMap) -> bool {
     headers
         .get(header::EXPECT)
         .and_then(|v| v.to_str().ok())

@@ -18,6 +18,11 @@ pub enum ApiError {
     BadBody(String),
     #[error("the request body did not arrive within {}", humantime::format_duration(*.0))]
     BodyTimeout(std::time::Duration),
+    /// An upload whose client sent nothing for this long.
+    #[error("the upload stalled: no data for {}", humantime::format_duration(*.0))]
+    BodyStalled(std::time::Duration),
+    #[error("invalid query: {0}")]
+    BadQuery(String),
     #[error("missing or invalid bearer token")]
     Unauthorized,
     #[error("requests from this Origin are not allowed")]
@@ -32,6 +37,8 @@ pub enum ApiError {
     RouteNotFound,
     #[error("method not allowed")]
     MethodNotAllowed,
+    #[error("this route needs a WebSocket upgrade request (GET with Upgrade: websocket)")]
+    WebSocketRequired,
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
 }
@@ -40,9 +47,12 @@ impl ApiError {
     /// The one place where errors become status codes.
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::BadJson(_) | ApiError::BadBody(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadJson(_)
+            | ApiError::BadBody(_)
+            | ApiError::BadQuery(_)
+            | ApiError::WebSocketRequired => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::BodyTimeout(_) | ApiError::BodyStalled(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::ForeignOrigin | ApiError::ForeignHost => StatusCode::FORBIDDEN,
             ApiError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -53,12 +63,30 @@ impl ApiError {
                 SandboxError::UnknownPack(_)
                 | SandboxError::TimeoutTooLong { .. }
                 | SandboxError::OverLimit { .. }
-                | SandboxError::Invalid(_) => StatusCode::BAD_REQUEST,
-                SandboxError::NotFound => StatusCode::NOT_FOUND,
+                | SandboxError::Invalid(_)
+                | SandboxError::ProcessLaunch(_)
+                | SandboxError::CursorBeyondEnd(_)
+                | SandboxError::BadPath(_) => StatusCode::BAD_REQUEST,
+                SandboxError::NotFound
+                | SandboxError::ProcessNotFound(_)
+                | SandboxError::NoSuchFile(_) => StatusCode::NOT_FOUND,
                 SandboxError::NotRunning(_)
                 | SandboxError::Deleted(_)
-                | SandboxError::Exited(_) => StatusCode::CONFLICT,
-                SandboxError::AtCapacity { .. } => StatusCode::TOO_MANY_REQUESTS,
+                | SandboxError::Exited(_)
+                | SandboxError::ProcessNotRunning(_)
+                | SandboxError::StdinNotOpen(_)
+                | SandboxError::StdinClosed(_)
+                | SandboxError::NoTerminal(_)
+                | SandboxError::FileConflict(_)
+                | SandboxError::MissingCapability { .. } => StatusCode::CONFLICT,
+                SandboxError::NoSpace | SandboxError::TransferTooLarge { .. } => {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                }
+                SandboxError::AtCapacity { .. } | SandboxError::TooManyProcesses { .. } => {
+                    StatusCode::TOO_MANY_REQUESTS
+                }
+                // The guest misbehaved: no fault of the daemon's.
+                SandboxError::Files(_) => StatusCode::BAD_GATEWAY,
                 SandboxError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
                 SandboxError::Boot(_)
                 | SandboxError::SandboxDir { .. }
@@ -75,7 +103,9 @@ impl ApiError {
     fn caused_by_the_guest(&self) -> bool {
         matches!(
             self,
-            ApiError::Sandbox(SandboxError::Exec(_) | SandboxError::AgentUnresponsive(_))
+            ApiError::Sandbox(
+                SandboxError::Exec(_) | SandboxError::AgentUnresponsive(_) | SandboxError::Files(_)
+            )
         )
     }
 }
@@ -111,7 +141,10 @@ impl IntoResponse for ApiError {
             }
             // The rest of the body may still be on its way: the connection
             // cannot carry another request.
-            ApiError::BodyTooLarge(_) | ApiError::BodyTimeout(_) => {
+            ApiError::BodyTooLarge(_)
+            | ApiError::BodyTimeout(_)
+            | ApiError::BodyStalled(_)
+            | ApiError::Sandbox(SandboxError::TransferTooLarge { .. }) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
@@ -199,6 +232,58 @@ mod tests {
         assert_eq!(
             status(SandboxError::AgentUnresponsive(std::time::Duration::ZERO)),
             StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+
+    #[test]
+    fn file_errors_are_clear_4xx_and_guest_faults_502() {
+        use crate::guest::files::FilesError;
+        use crate::guest::GuestError;
+        assert_eq!(
+            status(SandboxError::BadPath("relative".into())),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            ApiError::BadQuery("x".into()).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            status(SandboxError::NoSuchFile("/x".into())),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            ApiError::Sandbox(SandboxError::NoSuchFile("/x".into())).to_string(),
+            "no such file: /x"
+        );
+        for conflict in [
+            SandboxError::FileConflict("/d is a directory (ask with format=tar)".into()),
+            SandboxError::MissingCapability {
+                feature: "tar transfers",
+                capability: "tar",
+            },
+            SandboxError::Deleted(Interrupted::Transfer),
+        ] {
+            assert_eq!(status(conflict), StatusCode::CONFLICT);
+        }
+        assert_eq!(status(SandboxError::NoSpace), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            ApiError::Sandbox(SandboxError::NoSpace).to_string(),
+            "no space left in the sandbox"
+        );
+        let too_large = ApiError::Sandbox(SandboxError::TransferTooLarge { limit_mib: 1 });
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            too_large.into_response().headers()[header::CONNECTION],
+            "close"
+        );
+        let broken =
+            SandboxError::Files(FilesError::Guest(GuestError::NoExit { call: "ReadFile" }));
+        assert_eq!(status(broken), StatusCode::BAD_GATEWAY);
+        let stalled = ApiError::BodyStalled(std::time::Duration::from_secs(60));
+        assert_eq!(stalled.status(), StatusCode::REQUEST_TIMEOUT);
+        assert_eq!(
+            stalled.into_response().headers()[header::CONNECTION],
+            "close"
         );
     }
 

@@ -5,16 +5,21 @@
 //! manager's domain types to `emberd-api`'s; [`edge`] wraps the routes in
 //! the layers every request passes (panics, `Host`/`Origin`, tokens,
 //! concurrency), [`body`] reads bodies within bounds and [`server`] is the
-//! connection loop. Handlers parse, call the
+//! connection loop; `stream` answers the streamed exec (SSE), `processes`
+//! and `attach` the background-process routes. Handlers parse, call the
 //! [`Manager`](crate::sandbox::Manager), and shape the answer; they hold no
 //! lifecycle logic.
 
+mod attach;
 pub mod auth;
 mod body;
 mod edge;
 mod error;
+mod files;
 pub mod origin;
+mod processes;
 mod server;
+mod stream;
 mod wire;
 
 pub use body::{LINGER_BYTES, LINGER_TIME};
@@ -28,11 +33,12 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::response::IntoResponse as _;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use emberd_api::{
-    CreateSandboxRequest, CreateSandboxResponse, ExecRequest, ExecResponse, InfoResponse,
-    SandboxInfo, SandboxList,
+    CreateSandboxRequest, CreateSandboxResponse, ExecRequest, InfoResponse, SandboxInfo,
+    SandboxList,
 };
 use serde::de::DeserializeOwned;
 
@@ -68,6 +74,8 @@ fn routes(manager: Arc<Manager>, body_read_timeout: Duration) -> Router {
         .route("/sandboxes", post(create).get(list))
         .route("/sandboxes/{id}", get(get_one).delete(delete))
         .route("/sandboxes/{id}/exec", post(exec))
+        .merge(processes::routes())
+        .merge(files::routes())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(AppState {
@@ -115,14 +123,17 @@ async fn exec(
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Body,
-) -> Result<Json<ExecResponse>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     // An unknown sandbox is a 404 whatever the body says, before a byte of
     // it is read: the body is only a stream here.
     state.manager.check_exists(&id)?;
     let body = body::read_bounded(&headers, body, EXEC_BODY_LIMIT, state.body_read_timeout).await?;
     let request: ExecRequest = parse_body(&body, false)?;
+    if stream::wants_events(&headers) {
+        return stream::exec_events(&state, &id, request).await;
+    }
     let outcome = state.manager.exec(&id, wire::exec_params(request)?).await?;
-    Ok(Json(wire::exec_response(outcome)))
+    Ok(Json(wire::exec_response(outcome)).into_response())
 }
 
 async fn delete(

@@ -11,7 +11,6 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -30,7 +29,10 @@ pub async fn serve(
     header_read_timeout: Duration,
     stop: CancellationToken,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Each connection's task holds a clone of `open`; shutdown waits until
+    // every clone is gone. (hyper-util's `GracefulShutdown` cannot watch a
+    // connection that may upgrade to a WebSocket.)
+    let (open, mut all_closed) = tokio::sync::mpsc::channel::<()>(1);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -53,17 +55,28 @@ pub async fn serve(
         let service = app
             .clone()
             .map_request(|request: Request<Incoming>| request.map(Body::new));
-        let connection =
-            builder.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
-        let connection = graceful.watch(connection);
+        let connection = builder
+            .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service))
+            .with_upgrades();
+        let (open, stop) = (open.clone(), stop.clone());
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let _open = open;
+            tokio::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = stop.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    drop(open);
+    let _ = all_closed.recv().await;
 }
 
 /// Errors about one connection that the listener can carry on after.

@@ -179,6 +179,21 @@ pub struct ServeArgs {
     #[arg(long, env = "EMBERD_VMM_USER")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub vmm_user: Option<String>,
+    // Background processes (see docs/processes.md).
+    /// Most background processes running at once per sandbox; more starts get 429 [default: 32].
+    #[arg(long, env = "EMBERD_MAX_PROCESSES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_processes: Option<usize>,
+    /// Output kept per background process, bytes; older output is dropped [default: 8388608].
+    #[arg(long, env = "EMBERD_PROCESS_LOG_BYTES")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub process_log_bytes: Option<usize>,
+    // The files API.
+    /// Largest file transfer (one upload or download of the files API), MiB;
+    /// more is answered 413 [default: 2048].
+    #[arg(long, env = "EMBERD_MAX_TRANSFER_MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_transfer_mib: Option<u64>,
 }
 
 /// `--backend`: the choice's names, with `auto` explained in `--help`.
@@ -330,5 +345,21 @@ mod tests {
         assert_eq!(settings.max_concurrent_requests, 16);
         assert_eq!(settings.header_read_timeout, Duration::from_secs(3));
         assert_eq!(settings.body_read_timeout, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn the_transfer_limit_is_a_flag_with_a_default_and_must_be_positive() {
+        let defaults = Serve::try_parse_from(["emberd"])
+            .unwrap()
+            .args
+            .resolve()
+            .unwrap();
+        assert_eq!(defaults.max_transfer_mib, 2048);
+        assert_eq!(defaults.limits().max_transfer_bytes, 2048 << 20);
+        let parsed = Serve::try_parse_from(["emberd", "--max-transfer-mib", "64"]).unwrap();
+        let settings = parsed.args.resolve().unwrap();
+        assert_eq!(settings.limits().max_transfer_bytes, 64 << 20);
+        let zero = Serve::try_parse_from(["emberd", "--max-transfer-mib", "0"]).unwrap();
+        assert!(zero.args.resolve().is_err());
     }
 }

@@ -9,6 +9,8 @@ use crate::sandbox::Limits;
 
 /// Default of `--max-memory-mib` and `--max-disk-mib` (at least the per-sandbox default).
 const DEFAULT_MAX_SIZE_MIB: u32 = 2048;
+/// The smallest `--process-log-bytes`.
+const MIN_PROCESS_LOG_BYTES: usize = 4096;
 /// Guest memory budget when the host's RAM cannot be read.
 const FALLBACK_GUEST_MEMORY_MIB: u64 = 2048;
 
@@ -34,6 +36,11 @@ impl Settings {
                 host_memory_mib().map_or(FALLBACK_GUEST_MEMORY_MIB, |mib| mib / 2)
             }),
             max_concurrent_boots: self.max_concurrent_boots.unwrap_or(cpus),
+            processes: crate::sandbox::ProcessLimits {
+                max_running: self.max_processes,
+                log_bytes: self.process_log_bytes,
+            },
+            max_transfer_bytes: self.max_transfer_mib.saturating_mul(1024 * 1024),
         }
     }
 
@@ -63,7 +70,14 @@ impl Settings {
             ("max-sandboxes", self.max_sandboxes == 0),
             ("max-guest-memory-mib", self.max_guest_memory_mib == Some(0)),
             ("max-concurrent-boots", self.max_concurrent_boots == Some(0)),
+            ("max-processes", self.max_processes == 0),
+            ("max-transfer-mib", self.max_transfer_mib == 0),
         ];
+        if self.process_log_bytes < MIN_PROCESS_LOG_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "process-log-bytes must be at least {MIN_PROCESS_LOG_BYTES}"
+            )));
+        }
         match zero.iter().find(|(_, is_zero)| *is_zero) {
             Some((name, _)) => Err(ConfigError::Invalid(format!("{name} must be positive"))),
             None => Ok(()),

@@ -101,6 +101,14 @@ pub struct Settings {
     // VMM confinement.
     /// The unprivileged user VMMs run as when the daemon is root.
     pub vmm_user: String,
+    // Background processes.
+    /// Processes running at once per sandbox.
+    pub max_processes: usize,
+    /// Output kept per process, in bytes.
+    pub process_log_bytes: usize,
+    // The files API.
+    /// Largest file transfer (one upload or download), in MiB.
+    pub max_transfer_mib: u64,
 }
 
 impl Default for Settings {
@@ -139,6 +147,9 @@ impl Default for Settings {
             header_read_timeout: crate::api::DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: crate::api::DEFAULT_BODY_READ_TIMEOUT,
             vmm_user: crate::vmm::vmm_user::DEFAULT_VMM_USER.to_owned(),
+            max_processes: crate::sandbox::limits::DEFAULT_MAX_PROCESSES,
+            process_log_bytes: crate::sandbox::limits::DEFAULT_PROCESS_LOG_BYTES,
+            max_transfer_mib: crate::sandbox::limits::DEFAULT_MAX_TRANSFER_MIB,
         }
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod bounds;
 pub mod clock;
+pub mod files;
 pub mod session;
 pub mod untrusted;
 
@@ -34,7 +35,9 @@ use self::bounds::{
     exec_answer_bound, EXEC_DRAIN_LIMIT, HEALTH_BOUND, IDENTITY_BOUND, QUIESCE_BOUND,
 };
 use self::clock::{ChannelClock, ClockedStream};
-pub use self::session::{ExecEvent, ExitReport, SessionEvents, SessionInput, StartSpec};
+pub use self::session::{
+    ExecEvent, ExitReport, SessionEvents, SessionInput, StartSpec, STDIN_CHUNK,
+};
 pub use self::untrusted::{guest_bytes, guest_text, guest_warning_allowed, GUEST_TEXT_MAX_BYTES};
 use crate::vmm::AgentStream;
 
@@ -147,6 +150,8 @@ pub struct AgentClient {
     clock: Arc<ChannelClock>,
     /// Cancelled when the daemon shuts down: every call then ends.
     shutdown: CancellationToken,
+    /// What the agent listed in `Hello` (`emberd_proto::boundary::capability`).
+    capabilities: Arc<[String]>,
 }
 
 impl AgentClient {
@@ -167,13 +172,20 @@ impl AgentClient {
         let channel = emberd_proto::channel_over(stream)
             .await
             .map_err(GuestError::Connect)?;
-        let client = AgentClient {
+        let mut client = AgentClient {
             channel,
             clock,
             shutdown,
+            capabilities: Arc::new([]),
         };
         let hello = client.bounded("Hello", None, client.hello()).await??;
+        client.capabilities = hello.capabilities.clone().into();
         Ok((client, hello))
+    }
+
+    /// True when the agent listed `name` among its capabilities in `Hello`.
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities.iter().any(|c| c == name)
     }
 
     /// Runs `call` until it ends, `bound` passes, or the daemon shuts down.
@@ -303,6 +315,26 @@ impl AgentClient {
     /// dropped). Dropping the returned future drops the session, and the
     /// agent kills the process.
     pub async fn run(&self, spec: RunSpec) -> Result<RunOutcome, GuestError> {
+        let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+        let mut outcome = self
+            .run_forwarding(spec, &mut |stream, data| match stream {
+                OutputStream::Stdout => stdout.extend_from_slice(data),
+                OutputStream::Stderr => stderr.extend_from_slice(data),
+            })
+            .await?;
+        outcome.stdout = stdout;
+        outcome.stderr = stderr;
+        Ok(outcome)
+    }
+
+    /// [`AgentClient::run`] that hands each piece of output to `sink` as it
+    /// arrives (under the same per-stream cap) instead of collecting it:
+    /// the outcome's `stdout` and `stderr` stay empty.
+    pub async fn run_forwarding(
+        &self,
+        spec: RunSpec,
+        sink: OutputSink<'_>,
+    ) -> Result<RunOutcome, GuestError> {
         let drain_limit = spec
             .drain_limit
             .unwrap_or(EXEC_DRAIN_LIMIT)
@@ -323,8 +355,12 @@ impl AgentClient {
             ..StartSpec::default()
         };
         let stdin = spec.stdin.unwrap_or_default();
-        self.bounded("Exec", answer_bound, self.collect(start, stdin, limit))
-            .await?
+        self.bounded(
+            "Exec",
+            answer_bound,
+            self.collect(start, stdin, limit, sink),
+        )
+        .await?
     }
 
     async fn collect(
@@ -332,6 +368,7 @@ impl AgentClient {
         start: StartSpec,
         stdin: Vec<u8>,
         limit: u64,
+        sink: OutputSink<'_>,
     ) -> Result<RunOutcome, GuestError> {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
         let (input, mut events) = self.start(start).await?;
@@ -345,6 +382,7 @@ impl AgentClient {
         };
         tokio::pin!(feed);
         let mut outcome = RunOutcome::default();
+        let mut sent = [0usize; 2];
         loop {
             let event = tokio::select! {
                 event = events.next() => event?,
@@ -353,10 +391,18 @@ impl AgentClient {
             match event {
                 Some(ExecEvent::Started { warm, .. }) => outcome.warm = warm,
                 Some(ExecEvent::Stdout(data)) => {
-                    outcome.stdout_truncated |= append_capped(&mut outcome.stdout, &data, limit);
+                    let piece = capped(&mut sent[0], &data, limit);
+                    outcome.stdout_truncated |= piece.len() < data.len();
+                    if !piece.is_empty() {
+                        sink(OutputStream::Stdout, piece);
+                    }
                 }
                 Some(ExecEvent::Stderr(data)) => {
-                    outcome.stderr_truncated |= append_capped(&mut outcome.stderr, &data, limit);
+                    let piece = capped(&mut sent[1], &data, limit);
+                    outcome.stderr_truncated |= piece.len() < data.len();
+                    if !piece.is_empty() {
+                        sink(OutputStream::Stderr, piece);
+                    }
                 }
                 Some(ExecEvent::Exit(exit)) => {
                     outcome.exit_code = exit.exit_code;
@@ -375,12 +421,30 @@ impl AgentClient {
     }
 }
 
-/// Appends at most `limit - buf.len()` bytes; returns true when some were cut.
-fn append_capped(buf: &mut Vec<u8>, data: &[u8], limit: usize) -> bool {
-    let room = limit.saturating_sub(buf.len());
-    let take = room.min(data.len());
-    buf.extend_from_slice(&data[..take]);
-    take < data.len()
+/// Which stream a piece of output came on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutputStream::Stdout => "stdout",
+            OutputStream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Where [`AgentClient::run_forwarding`] hands each piece of output.
+pub type OutputSink<'a> = &'a mut (dyn FnMut(OutputStream, &[u8]) + Send);
+
+/// The part of `data` that fits under `limit` after `sent` bytes; counts it.
+fn capped<'d>(sent: &mut usize, data: &'d [u8], limit: usize) -> &'d [u8] {
+    let take = limit.saturating_sub(*sent).min(data.len());
+    *sent += take;
+    &data[..take]
 }
 
 #[cfg(test)]
@@ -389,12 +453,11 @@ mod tests {
 
     #[test]
     fn output_is_capped_and_flagged() {
-        let mut buf = Vec::new();
-        assert!(!append_capped(&mut buf, b"abc", 5));
-        assert!(append_capped(&mut buf, b"defg", 5));
-        assert_eq!(buf, b"abcde");
-        assert!(append_capped(&mut buf, b"x", 5));
-        assert_eq!(buf, b"abcde");
+        let mut sent = 0;
+        assert_eq!(capped(&mut sent, b"abc", 5), b"abc");
+        assert_eq!(capped(&mut sent, b"defg", 5), b"de");
+        assert_eq!(capped(&mut sent, b"x", 5), b"");
+        assert_eq!(sent, 5);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::guest::files::FilesError;
 use crate::guest::GuestError;
 use crate::image::ManifestError;
 use crate::vmm::VmmError;
@@ -15,6 +16,7 @@ use super::model::SandboxState;
 pub enum Interrupted {
     Boot,
     Exec,
+    Transfer,
 }
 
 impl std::fmt::Display for Interrupted {
@@ -22,6 +24,7 @@ impl std::fmt::Display for Interrupted {
         f.write_str(match self {
             Interrupted::Boot => "booting",
             Interrupted::Exec => "the code was running",
+            Interrupted::Transfer => "a file transfer was in progress",
         })
     }
 }
@@ -69,6 +72,47 @@ pub enum SandboxError {
     /// The sandbox's VM ended on its own.
     #[error("sandbox has stopped: {0}")]
     Exited(String),
+    // Background processes.
+    #[error("no such process: {0}")]
+    ProcessNotFound(u32),
+    #[error("process {0} is not running")]
+    ProcessNotRunning(u32),
+    #[error("too many processes running in this sandbox (limit {max}, --max-processes)")]
+    TooManyProcesses { max: usize },
+    #[error("cannot start the process: {0}")]
+    ProcessLaunch(String),
+    #[error("process {0} was started without \"stdin\": true")]
+    StdinNotOpen(u32),
+    #[error("the stdin of process {0} is closed")]
+    StdinClosed(u32),
+    #[error("process {0} has no terminal (start it with \"pty\")")]
+    NoTerminal(u32),
+    #[error("invalid request: {0}")]
+    CursorBeyondEnd(crate::sandbox::process::BeyondEnd),
+    // The files API.
+    /// A guest path the daemon refuses before the guest sees it.
+    #[error("invalid path: {0}")]
+    BadPath(String),
+    #[error("no such file: {0}")]
+    NoSuchFile(String),
+    /// The file is not what the operation needs (a directory, not a regular
+    /// file, a directory with entries…); the message says which.
+    #[error("{0}")]
+    FileConflict(String),
+    #[error("no space left in the sandbox")]
+    NoSpace,
+    #[error("transfer too large: the limit is {limit_mib} MiB (--max-transfer-mib)")]
+    TransferTooLarge { limit_mib: u64 },
+    /// The guest's agent predates a feature the request needs.
+    #[error("the sandbox's guest image is too old to support {feature} (its agent lacks the {capability:?} capability); rebuild the images")]
+    MissingCapability {
+        feature: &'static str,
+        capability: &'static str,
+    },
+    /// The agent failed a file operation in a way that is no answer about
+    /// the file (a broken stream, a call past its deadline).
+    #[error("the guest agent failed the file operation")]
+    Files(#[source] FilesError),
 }
 
 impl From<BootError> for SandboxError {

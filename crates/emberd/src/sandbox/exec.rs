@@ -1,17 +1,60 @@
 //! One exec: the timeout it runs under, the program the agent runs, and
-//! the outcome the manager hands back.
+//! the outcome the manager hands back. The unary and the streamed exec
+//! both run through [`PreparedExec::run`]; they differ only in where the
+//! output goes (collected, or handed to a sink as it comes).
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
 use crate::guest::bounds::{exec_answer_bound, EXEC_DRAIN_LIMIT};
-use crate::guest::{GuestError, RunOutcome, RunSpec};
+use crate::guest::{GuestError, OutputSink, RunOutcome, RunSpec};
 use crate::image::PackArtefact;
 
 use super::error::{Interrupted, SandboxError};
 use super::model::{ExecOutcome, ExecParams, ExitStatus};
-use super::record::Guest;
+use super::record::{Guest, Sandbox};
+
+/// How long an exec whose agent session broke waits to learn whether the
+/// VM died (the VM watcher notices an exit well within this).
+const EXIT_NOTICE: Duration = Duration::from_secs(1);
+
+/// An exec whose sandbox, guest, pack and timeout have been checked.
+pub(super) struct PreparedExec {
+    pub sandbox: Arc<Sandbox>,
+    pub guest: Arc<Guest>,
+    pub pack: PackArtefact,
+    pub timeout: Duration,
+}
+
+impl PreparedExec {
+    /// Runs the exec to its outcome, counting it as activity. With a sink,
+    /// output goes there as it comes and the outcome's output is empty. An
+    /// exec whose VM ends under it answers [`SandboxError::Exited`].
+    pub async fn run(
+        &self,
+        params: ExecParams,
+        sink: Option<OutputSink<'_>>,
+    ) -> Result<ExecOutcome, SandboxError> {
+        let sandbox = &self.sandbox;
+        let _active = sandbox.begin_exec()?;
+        let result = tokio::select! {
+            result = run(&self.guest, &self.pack, params, self.timeout, &sandbox.deleted, sink) => result,
+            () = sandbox.exited.cancelled() => return Err(sandbox.exited_error()),
+        };
+        match result {
+            // A broken session is most often a VM that died: say so.
+            Err(e @ SandboxError::Exec(_)) => {
+                match tokio::time::timeout(EXIT_NOTICE, sandbox.exited.cancelled()).await {
+                    Ok(()) => Err(sandbox.exited_error()),
+                    Err(_) => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+}
 
 /// Timeout of an exec that names none.
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(30);
@@ -44,6 +87,7 @@ pub(super) async fn run(
     params: ExecParams,
     timeout: Duration,
     deleted: &CancellationToken,
+    sink: Option<OutputSink<'_>>,
 ) -> Result<ExecOutcome, SandboxError> {
     let spec = RunSpec {
         interpreter: pack.interpreter.clone(),
@@ -57,8 +101,14 @@ pub(super) async fn run(
         user: params.user.as_str().to_owned(),
     };
     let started = Instant::now();
+    let running = async {
+        match sink {
+            None => guest.agent.run(spec).await,
+            Some(sink) => guest.agent.run_forwarding(spec, sink).await,
+        }
+    };
     let outcome = tokio::select! {
-        result = guest.agent.run(spec) => match result {
+        result = running => match result {
             Ok(outcome) => outcome,
             Err(GuestError::Timeout { .. }) => {
                 let grace = exec_answer_bound(timeout, EXEC_DRAIN_LIMIT) - timeout;

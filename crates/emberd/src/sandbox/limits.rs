@@ -16,6 +16,8 @@ pub const MIN_MEMORY_MIB: u32 = 64;
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Sandboxes (pooled VMs included) one daemon holds unless told otherwise.
 pub const DEFAULT_MAX_SANDBOXES: usize = 64;
+/// Largest file transfer unless the operator says otherwise, in MiB.
+pub const DEFAULT_MAX_TRANSFER_MIB: u64 = 2048;
 
 /// What the operator allows: per-sandbox maxima and defaults, and the
 /// daemon-wide admission limits.
@@ -35,6 +37,33 @@ pub struct Limits {
     pub max_guest_memory_mib: u64,
     /// VMs booting at once; more wait for a turn.
     pub max_concurrent_boots: usize,
+    /// Background processes: how many run per sandbox, how much output each keeps.
+    pub processes: ProcessLimits,
+    /// Largest file transfer (one upload or download of the files API), in bytes.
+    pub max_transfer_bytes: u64,
+}
+
+/// Background processes' limits, per sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessLimits {
+    /// Processes running at once in one sandbox; more starts get 429.
+    pub max_running: usize,
+    /// Output kept per process, in bytes (the oldest is dropped beyond it).
+    pub log_bytes: usize,
+}
+
+/// Default of `--max-processes`.
+pub const DEFAULT_MAX_PROCESSES: usize = 32;
+/// Default of `--process-log-bytes`.
+pub const DEFAULT_PROCESS_LOG_BYTES: usize = 8 * 1024 * 1024;
+
+impl Default for ProcessLimits {
+    fn default() -> Self {
+        ProcessLimits {
+            max_running: DEFAULT_MAX_PROCESSES,
+            log_bytes: DEFAULT_PROCESS_LOG_BYTES,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -50,6 +79,8 @@ impl Default for Limits {
             max_sandboxes: DEFAULT_MAX_SANDBOXES,
             max_guest_memory_mib: u64::MAX,
             max_concurrent_boots: 4,
+            processes: ProcessLimits::default(),
+            max_transfer_bytes: DEFAULT_MAX_TRANSFER_MIB * 1024 * 1024,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 use crate::image::Manifest;
 use crate::vmm::VmBackend;
@@ -20,7 +21,7 @@ use crate::vmm::VmBackend;
 use super::admission::{Admission, Reservation};
 use super::background::Background;
 use super::error::{BootError, Interrupted, SandboxError};
-use super::exec::{exec_timeout, run};
+use super::exec::{exec_timeout, PreparedExec};
 use super::launcher::Launcher;
 use super::limits::Terms;
 use super::model::{BootPath, CreateParams, DaemonInfo, ExecOutcome, ExecParams, SandboxSummary};
@@ -34,9 +35,6 @@ use super::{vm_watch, ManagerConfig};
 const HEALTH_FRESH: Duration = Duration::from_secs(2);
 /// How long a pooled sandbox gets to answer `Health` before hand-out.
 const HEALTH_BOUND: Duration = Duration::from_secs(2);
-/// How long an exec whose agent session broke waits to learn whether the
-/// VM died (the VM watcher notices an exit well within this).
-const EXIT_NOTICE: Duration = Duration::from_secs(1);
 
 /// Owns all sandboxes of one daemon.
 pub struct Manager {
@@ -48,6 +46,10 @@ pub struct Manager {
     template_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     reaper: Mutex<Option<JoinHandle<()>>>,
     reaped: Arc<AtomicU64>,
+    /// Cancelled when shutdown begins: long-lived output streams (process
+    /// followers, attached WebSockets) end then, instead of holding the
+    /// drain of requests in flight until its bound.
+    streams_closing: CancellationToken,
     _lock: WorkDirLock,
 }
 
@@ -93,6 +95,7 @@ impl Manager {
             template_queue: Mutex::new(Some(template_queue)),
             reaper: Mutex::new(None),
             reaped: Arc::default(),
+            streams_closing: CancellationToken::new(),
             _lock: lock,
         })
     }
@@ -262,25 +265,28 @@ impl Manager {
     /// Runs `params.code` in sandbox `id` with the pack's interpreter. An
     /// exec whose VM ends under it answers [`SandboxError::Exited`].
     pub async fn exec(&self, id: &str, params: ExecParams) -> Result<ExecOutcome, SandboxError> {
+        self.prepare_exec(id, params.timeout_ms)?
+            .run(params, None)
+            .await
+    }
+
+    /// Checks what an exec (unary or streamed) or a process start needs
+    /// before anything runs: the sandbox, its guest, the timeout, the pack.
+    pub(super) fn prepare_exec(
+        &self,
+        id: &str,
+        timeout_ms: Option<u64>,
+    ) -> Result<PreparedExec, SandboxError> {
         let sandbox = self.lookup(id)?;
         let guest = sandbox.guest()?;
-        let timeout = exec_timeout(params.timeout_ms)?;
-        let pack = self.launcher.pack(&sandbox.pack)?;
-        let _active = sandbox.begin_exec()?;
-        let result = tokio::select! {
-            result = run(&guest, pack, params, timeout, &sandbox.deleted) => result,
-            () = sandbox.exited.cancelled() => return Err(sandbox.exited_error()),
-        };
-        match result {
-            // A broken session is most often a VM that died: say so.
-            Err(e @ SandboxError::Exec(_)) => {
-                match tokio::time::timeout(EXIT_NOTICE, sandbox.exited.cancelled()).await {
-                    Ok(()) => Err(sandbox.exited_error()),
-                    Err(_) => Err(e),
-                }
-            }
-            other => other,
-        }
+        let timeout = exec_timeout(timeout_ms)?;
+        let pack = self.launcher.pack(&sandbox.pack)?.clone();
+        Ok(PreparedExec {
+            sandbox,
+            guest,
+            pack,
+            timeout,
+        })
     }
 
     /// Stops and removes sandbox `id`.
@@ -354,6 +360,19 @@ impl Manager {
     /// started (they failed on an intact template): a metric.
     pub fn restores_given_up(&self) -> u64 {
         self.launcher.packs_given_up()
+    }
+
+    /// Ends every open process follower and attached WebSocket (with a
+    /// "shutting down" error); requests with an end of their own (execs,
+    /// transfers) carry on. Called when shutdown begins, before requests
+    /// in flight are drained.
+    pub fn close_streams(&self) {
+        self.streams_closing.cancel();
+    }
+
+    /// Cancelled once [`Manager::close_streams`] was called.
+    pub(super) fn streams_closing(&self) -> &CancellationToken {
+        &self.streams_closing
     }
 
     /// Refuses new sandboxes and stops every VM, pooled ones included.

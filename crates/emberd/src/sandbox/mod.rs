@@ -16,7 +16,9 @@
 //! - `vm_watch`: notices a VM that ended on its own;
 //! - `launcher`: the one boot path (restore or cold boot, agent session,
 //!   identity) that creates, pools and template builds all go through;
-//! - `exec`: one exec, from request to outcome;
+//! - `exec`: one exec, from request to outcome (collected or streamed);
+//! - [`process`]: background processes, their output logs and streams;
+//! - `files`: file operations and transfers on a sandbox;
 //! - `pool`: booted VMs kept ready per pack, and their fillers;
 //! - `template`: template snapshots, stored and built;
 //! - `background`: the tasks that build templates and fill pools;
@@ -26,12 +28,15 @@ mod admission;
 mod background;
 mod error;
 mod exec;
+mod exec_stream;
+mod files;
 mod ids;
 mod launcher;
 pub mod limits;
 mod manager;
 mod model;
 mod pool;
+pub mod process;
 mod reaper;
 mod record;
 mod recovery;
@@ -43,8 +48,10 @@ use std::time::Duration;
 
 pub use error::{BootError, Interrupted, SandboxError};
 pub use exec::{DEFAULT_EXEC_TIMEOUT, DEFAULT_OUTPUT_LIMIT, MAX_EXEC_TIMEOUT};
+pub use exec_stream::{ExecStream, ExecStreamEvent};
+pub use files::{check_depth, check_path, FileStream, FileUpload};
 pub use ids::{is_sandbox_id, new_sandbox_id};
-pub use limits::Limits;
+pub use limits::{Limits, ProcessLimits};
 pub use manager::Manager;
 pub use model::{
     BootPath, CreateParams, DaemonInfo, ExecOutcome, ExecParams, ExitStatus, GuestUser,

@@ -24,6 +24,7 @@ use super::admission::Reservation;
 use super::error::SandboxError;
 use super::limits::Terms;
 use super::model::{BootPath, SandboxState, SandboxSummary};
+use super::process::ProcessTable;
 
 /// Lines of the console shown by a sandbox's summary.
 const CONSOLE_TAIL_LINES: usize = 20;
@@ -97,6 +98,8 @@ pub(super) struct Sandbox {
     pub deleted: CancellationToken,
     /// Cancelled when the VM ends on its own.
     pub exited: CancellationToken,
+    /// Its background processes, running and recently ended.
+    pub processes: ProcessTable,
 }
 
 impl Sandbox {
@@ -130,6 +133,7 @@ impl Sandbox {
             reservation: Mutex::new(Some(reservation)),
             deleted: CancellationToken::new(),
             exited: CancellationToken::new(),
+            processes: ProcessTable::default(),
         }
     }
 
@@ -204,6 +208,16 @@ impl Sandbox {
         }
         activity.execs += 1;
         Ok(ExecActivity { sandbox: self })
+    }
+
+    /// [`Sandbox::begin_exec`] for a stream (an SSE follower, a WebSocket)
+    /// that outlives the call that opened it.
+    pub fn begin_stream(self: &Arc<Self>) -> Result<StreamActivity, SandboxError> {
+        drop(self.begin_exec()?);
+        self.activity.lock().execs += 1;
+        Ok(StreamActivity {
+            sandbox: self.clone(),
+        })
     }
 
     /// Claims the sandbox for the reaper when its TTL or idle timeout has
@@ -311,6 +325,25 @@ impl Drop for ExecActivity<'_> {
         let mut activity = self.sandbox.activity.lock();
         activity.execs -= 1;
         activity.last_active = Instant::now();
+    }
+}
+
+/// An open stream; its end restarts the idle clock.
+pub(super) struct StreamActivity {
+    sandbox: Arc<Sandbox>,
+}
+
+impl StreamActivity {
+    pub fn sandbox(&self) -> &Arc<Sandbox> {
+        &self.sandbox
+    }
+}
+
+impl Drop for StreamActivity {
+    fn drop(&mut self) {
+        drop(ExecActivity {
+            sandbox: &self.sandbox,
+        });
     }
 }
 
