@@ -12,7 +12,7 @@ EMBERD_BIN := target/release/emberd
 export EMBERD_DATA_DIR := $(DATA_DIR)
 export EMBERD_INIT_BIN := $(CURDIR)/$(INIT_BIN)
 
-.PHONY: setup build images run test test-firecracker lint bench clean-images
+.PHONY: setup build images run test test-firecracker smoke-firecracker lint bench clean-images
 
 ## Install every system package and Rust target the project needs (idempotent).
 setup:
@@ -41,6 +41,11 @@ test: images
 ## The real-VM suite on Firecracker (needs hardware KVM and firecracker; fails otherwise).
 test-firecracker: images
 	EMBERD_TEST_BACKEND=firecracker $(CARGO) nextest run -p emberd --test e2e --test guest_privilege --test containment --test vm_killed --test http_limits --test processes --test files --test files_hostile --no-fail-fast
+
+## Smoke test on real Firecracker: one table (boot entry, ACPI, vsock, stop, 20 restores,
+## a corrupted snapshot). Needs hardware KVM and firecracker >= 1.15.1; fails loudly otherwise.
+smoke-firecracker:
+	python3 scripts/smoke-firecracker.py
 
 ## Formatting and lints, as CI-quality gates for contributors.
 lint:

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use crate::backend_choice::{choose_backend, Backend, BackendDecision};
+use crate::backend_choice::{choose_backend, choose_jailer, Backend, BackendDecision, Unjailed};
 use crate::config::{ServeArgs, Settings};
 use crate::image::Manifest;
 use crate::vmm::cgroup::{CgroupError, VmmCgroups};
@@ -75,6 +75,20 @@ fn checks(settings: &Settings) -> (Vec<Check>, bool) {
             "see docs/firecracker.md (only needed with hardware KVM)",
         ),
     });
+    if let Ok(backend) = &firecracker {
+        checks.push(snapshots_check(&backend.version()));
+        checks.extend(boot_entry_check(&settings.data_dir, &backend.version()));
+        let jailer = settings.jailer.as_deref().unwrap_or(Path::new("jailer"));
+        checks.push(jailer_check(
+            choose_jailer(
+                settings.no_jailer,
+                crate::host_tools::find_in_path(jailer).is_some(),
+                nix::unistd::geteuid().is_root(),
+            ),
+            jailer,
+            &settings.vmm_user,
+        ));
+    }
     let qemu = QemuBackend::new(settings.qemu_bin.clone(), settings.accel);
     checks.push(match &qemu {
         Ok(backend) => Check::pass(format!(
@@ -235,6 +249,56 @@ fn kvm_permissions() -> Check {
             "add this user to the kvm group (usermod -aG kvm $USER) or run as root",
         ),
     }
+}
+
+/// Whether this Firecracker's snapshots are used (v1.15.1 or later, not v1.16.0).
+fn snapshots_check(firecracker_version: &str) -> Check {
+    match crate::vmm::firecracker::snapshots_refused(firecracker_version) {
+        None => Check::pass(format!(
+            "Firecracker snapshots: {firecracker_version} takes and restores templates"
+        )),
+        Some(reason) => Check::fail(
+            format!("Firecracker snapshots: {reason}"),
+            "install Firecracker v1.15.1 or later, not v1.16.0 (docs/firecracker.md)",
+        ),
+    }
+}
+
+/// Whether Firecracker runs in its jailer, as `serve` decides it.
+fn jailer_check(decision: Result<(), Unjailed>, jailer: &Path, vmm_user: &str) -> Check {
+    match decision {
+        Ok(()) => Check::pass(format!(
+            "Firecracker jailer: {} runs each VMM as {vmm_user} in a chroot",
+            jailer.display()
+        )),
+        Err(why @ Unjailed::OptedOut) => Check::pass(format!("Firecracker jailer: off ({why})")),
+        Err(why) => Check::fail(
+            format!("Firecracker jailer: off ({why}); VMMs run unconfined by it"),
+            "install the release's jailer as `jailer` and run the daemon as root (docs/firecracker.md)",
+        ),
+    }
+}
+
+/// Which entry Firecracker takes into the built kernel (PVH or the 64-bit
+/// Linux boot protocol); nothing when no kernel is built yet.
+fn boot_entry_check(data_dir: &Path, firecracker_version: &str) -> Option<Check> {
+    let vmlinux = Manifest::load(data_dir).ok()?.kernel.vmlinux;
+    let release = crate::vmm::firecracker::parse_release(firecracker_version)?;
+    Some(
+        match crate::vmm::firecracker::boot_entry(&vmlinux, release) {
+            Ok(entry) => Check::pass(format!(
+                "Firecracker boot entry: {entry} ({})",
+                vmlinux.display()
+            )),
+            Err(e) => Check::fail(
+                format!(
+                    "Firecracker boot entry: {} is no ELF kernel: {e}",
+                    vmlinux.display()
+                ),
+                "make images",
+            ),
+        },
+    )
 }
 
 fn images_check(data_dir: &Path) -> Check {
@@ -437,6 +501,56 @@ mod tests {
         assert!(!check.ok);
         assert!(check.what.contains("not treat TCG as a security boundary"));
         assert!(check.fix.unwrap().contains("KVM"));
+    }
+
+    #[test]
+    fn the_firecracker_lines_say_whether_snapshots_and_the_jailer_are_used() {
+        assert!(snapshots_check("Firecracker v1.15.1").ok);
+        let old = snapshots_check("Firecracker v1.14.0");
+        assert!(!old.ok && old.what.contains("#5809"), "{}", old.what);
+        assert!(!snapshots_check("Firecracker v1.16.0").ok);
+        let jailer = Path::new("/usr/local/bin/jailer");
+        let on = jailer_check(Ok(()), jailer, "emberd-vmm");
+        assert!(on.ok && on.what.contains("as emberd-vmm"), "{}", on.what);
+        assert!(jailer_check(Err(Unjailed::OptedOut), jailer, "u").ok);
+        let not_root = jailer_check(Err(Unjailed::NotRoot), jailer, "u");
+        assert!(
+            !not_root.ok && not_root.what.contains("needs root"),
+            "{}",
+            not_root.what
+        );
+    }
+
+    #[test]
+    fn the_boot_entry_line_says_how_firecracker_enters_the_built_kernel() {
+        let data = tempfile::tempdir().unwrap();
+        assert!(boot_entry_check(data.path(), "Firecracker v1.15.1").is_none());
+        let manifest = |vmlinux: &Path| {
+            let text = serde_json::json!({
+                "kernel": {"bzimage": "k", "vmlinux": vmlinux, "release": "r", "source": "s"},
+                "initramfs": "i", "packs": {}, "inputs_key": "x"
+            });
+            std::fs::write(data.path().join("manifest.json"), text.to_string()).unwrap();
+        };
+        // An ELF without the PVH note (this test binary) is entered through
+        // the Linux boot protocol; PVH detection is tested beside the parser.
+        manifest(&std::env::current_exe().unwrap());
+        let check = boot_entry_check(data.path(), "Firecracker v1.15.1 (jailed)").unwrap();
+        assert!(check.ok, "{}", check.what);
+        assert!(
+            check.what.contains("64-bit Linux boot protocol"),
+            "{}",
+            check.what
+        );
+        let not_elf = data.path().join("vmlinux");
+        std::fs::write(&not_elf, vec![b'M'; 128]).unwrap();
+        manifest(&not_elf);
+        let check = boot_entry_check(data.path(), "Firecracker v1.15.1").unwrap();
+        assert!(
+            !check.ok && check.what.contains("no ELF kernel"),
+            "{}",
+            check.what
+        );
     }
 
     #[test]

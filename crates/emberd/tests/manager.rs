@@ -409,17 +409,24 @@ async fn a_failing_restore_falls_back_to_a_cold_boot() {
     assert_eq!(daemon.sandbox(&id).await["boot_path"], "cold-boot");
     assert!(!daemon.vm_of(&id).await.restored());
     assert_eq!(daemon.exec_ok(&id, "echo:cold").await["stdout"], "cold\n");
-    // The template is intact, so it stays: the next create restores it.
+    // The template is intact, so it stays; but the VMM refused it, so the
+    // pack is not restored (nor rebuilt) again in this daemon's lifetime.
     daemon.backend.fail_restores(false);
     let again = daemon.manager.create("python").await.unwrap();
-    assert_eq!(
-        daemon.sandbox(&again).await["boot_path"],
-        "snapshot-restore"
-    );
+    assert_eq!(daemon.sandbox(&again).await["boot_path"], "cold-boot");
+    assert_eq!(daemon.backend.restores_started(), 1, "restored again");
+    assert_eq!(daemon.manager.restores_given_up(), 1);
+    assert_eq!(daemon.info().await["boot_path"], "cold-boot");
     assert_eq!(
         daemon.backend.snapshots_taken(),
         2,
         "an intact template was rebuilt"
+    );
+    // The other pack still restores.
+    let shell = daemon.manager.create("shell").await.unwrap();
+    assert_eq!(
+        daemon.sandbox(&shell).await["boot_path"],
+        "snapshot-restore"
     );
     daemon.stop().await;
 }

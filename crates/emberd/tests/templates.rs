@@ -121,3 +121,26 @@ async fn a_template_whose_files_changed_size_is_never_restored() {
     .await;
     daemon.stop().await;
 }
+
+// A restored clone shares its template's RNG state until `SetIdentity`
+// pushes its own seed (Firecracker's VM generation ID is not bound by the
+// guest kernels before 6.10): nothing may run in it before that.
+#[tokio::test]
+async fn a_restored_clone_takes_its_identity_before_anything_runs() {
+    use emberd::vmm::fake::AgentCall;
+    let daemon = with_templates(Duration::from_secs(5)).await;
+    let id = daemon.manager.create("python").await.unwrap();
+    assert_eq!(daemon.sandbox(&id).await["boot_path"], "snapshot-restore");
+    daemon.exec_ok(&id, "echo:after").await;
+    let vm = daemon.vm_of(&id).await;
+    assert!(vm.restored());
+    let calls = vm.agent_calls();
+    let identity = calls.iter().position(|c| *c == AgentCall::SetIdentity);
+    let first_exec = calls.iter().position(|c| *c == AgentCall::Exec);
+    assert_eq!(calls.first(), Some(&AgentCall::Hello), "{calls:?}");
+    assert!(
+        matches!((identity, first_exec), (Some(i), Some(e)) if i < e),
+        "{calls:?}"
+    );
+    daemon.stop().await;
+}

@@ -87,14 +87,42 @@ pub(crate) fn flood_console(bytes: u64) {
     });
 }
 
-/// Hybrid vsock: `CONNECT <port>\n` from the host, `OK <n>\n` back, then bytes both ways.
-pub(crate) async fn vsock_proxy(listener: UnixListener, agent_socket: PathBuf, no_ack: bool) {
+/// How long Firecracker waits for the guest to answer a host-initiated
+/// connection (`CONN_REQUEST_TIMEOUT_MS`) before dropping it.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// `CONNECT <port>` as Firecracker's muxer reads it: the word in any case,
+/// then the port.
+fn parse_connect(line: &str) -> Option<u32> {
+    let mut words = line.split_whitespace();
+    let verb = words.next()?;
+    let port = words.next()?.parse().ok()?;
+    (verb.eq_ignore_ascii_case("connect") && words.next().is_none()).then_some(port)
+}
+
+/// Hybrid vsock: `CONNECT <port>\n` from the host, `OK <n>\n` back, then
+/// bytes both ways. Any port is forwarded to the guest, where only the
+/// agent's listens. Until the guest's vsock driver is up (here: until the
+/// agent's socket exists) a connection waits; the guest answers within
+/// [`CONNECT_TIMEOUT`] or the connection is dropped; a port nobody listens
+/// on is reset at once.
+/// The first `drop_after_ok` connections that get their `OK` are then
+/// closed, as a guest end that goes away before the first byte would.
+pub(crate) async fn vsock_proxy(
+    listener: UnixListener,
+    agent_socket: PathBuf,
+    no_ack: bool,
+    drop_after_ok: u32,
+) {
     let mut next_port = 1_073_741_824u32;
+    let dropped = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
     loop {
         let Ok((mut host, _)) = listener.accept().await else {
             return;
         };
         next_port += 1;
+        let host_port = next_port;
+        let dropped = dropped.clone();
         let agent_socket = agent_socket.clone();
         tokio::spawn(async move {
             let mut line = Vec::new();
@@ -105,30 +133,56 @@ pub(crate) async fn vsock_proxy(listener: UnixListener, agent_socket: PathBuf, n
                     _ => return,
                 }
             }
-            let line = String::from_utf8_lossy(&line).into_owned();
-            let port: Option<u32> = line
-                .strip_prefix("CONNECT ")
-                .and_then(|p| p.trim().parse().ok());
-            if port != Some(AGENT_VSOCK_PORT) {
+            let Some(port) = parse_connect(&String::from_utf8_lossy(&line)) else {
                 return;
-            }
+            };
             if no_ack {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
                 return;
             }
-            // Like a guest whose agent is not listening yet: the host sees the
-            // connection close and tries again.
-            let Ok(mut guest) = UnixStream::connect(&agent_socket).await else {
-                return;
+            let asked = tokio::time::Instant::now();
+            let mut guest = loop {
+                if agent_socket.exists() {
+                    // The driver is up: a listener answers, else a reset.
+                    if port != AGENT_VSOCK_PORT {
+                        return;
+                    }
+                    match UnixStream::connect(&agent_socket).await {
+                        Ok(guest) => break guest,
+                        Err(_) => return,
+                    }
+                }
+                if asked.elapsed() >= CONNECT_TIMEOUT {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
             };
             if host
-                .write_all(format!("OK {next_port}\n").as_bytes())
+                .write_all(format!("OK {host_port}\n").as_bytes())
                 .await
                 .is_err()
             {
                 return;
             }
+            if dropped.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < drop_after_ok {
+                return;
+            }
             let _ = tokio::io::copy_bidirectional(&mut host, &mut guest).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_is_read_in_any_case_with_any_port() {
+        assert_eq!(parse_connect("CONNECT 1024"), Some(1024));
+        assert_eq!(parse_connect("connect 52"), Some(52));
+        assert_eq!(parse_connect("Connect 7 "), Some(7));
+        assert_eq!(parse_connect("CONNECT"), None);
+        assert_eq!(parse_connect("CONNECT x"), None);
+        assert_eq!(parse_connect("OPEN 1024"), None);
     }
 }

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::net::UnixListener;
 
 use crate::guest::{flood_console, signal_guest, vsock_proxy};
-use crate::{jail, spec, VERSION};
+use crate::{jail, snapshot, spec, version};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum VmState {
@@ -43,6 +43,9 @@ pub(crate) struct Fake {
     pub(crate) agent: Option<Child>,
     pub(crate) agent_root: Option<PathBuf>,
     pub(crate) vsock_task: Option<tokio::task::JoinHandle<()>>,
+    /// A snapshot load failed past its checks: Firecracker ends (its
+    /// process is "too dirty to recover").
+    pub(crate) fatal: bool,
 }
 
 pub(crate) type Shared = Arc<Mutex<Fake>>;
@@ -71,6 +74,42 @@ impl Fake {
         }
     }
 
+    /// Writes a refused request to the log file, if one is configured, as
+    /// Firecracker's API thread logs it.
+    pub(crate) fn log_error(&self, status: StatusCode, answer: &Value) {
+        let Some(log) = self
+            .config
+            .get("/logger")
+            .and_then(|l| l.get("log_path"))
+            .and_then(Value::as_str)
+            .and_then(|p| jail::resolve(p).ok())
+        else {
+            return;
+        };
+        let message = answer
+            .get("fault_message")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let line = format!(
+            "[{}:fc_api:ERROR] Received Error. Status code: {status}. Message: {message}\n",
+            self.id
+        );
+        if let Ok(mut file) = std::fs::File::options().append(true).open(log) {
+            let _ = file.write_all(line.as_bytes());
+        }
+    }
+
+    pub(crate) fn exits_before_answering(&self) -> bool {
+        self.failing("exit-unanswered")
+    }
+
+    fn slow_guest(&self) -> Option<Duration> {
+        self.faults
+            .iter()
+            .find_map(|f| f.strip_prefix("slow-guest:")?.parse().ok())
+            .map(Duration::from_millis)
+    }
+
     fn failing(&self, what: &str) -> bool {
         self.faults.iter().any(|f| f == what)
     }
@@ -88,9 +127,15 @@ impl Fake {
             .map(Duration::from_millis)
     }
 
-    /// Effects that follow a successful answer: a guest that reboots on
-    /// Ctrl-Alt-Del ends Firecracker (`reboot=k`); an injected crash mid-boot.
+    /// Effects that follow an answer: a guest that reboots on Ctrl-Alt-Del
+    /// ends Firecracker (`reboot=k`), unless its kernel has no i8042
+    /// keyboard to receive it (`no-i8042`); a failed snapshot load ends it
+    /// too; an injected crash mid-boot.
     pub(crate) fn after(&self, method: &str, status: StatusCode, body: Option<&Value>) -> After {
+        if self.fatal {
+            println!("fake-firecracker: the snapshot load failed; exiting");
+            return After::Exit(1);
+        }
         if method != "PUT" || !status.is_success() {
             return After::Nothing;
         }
@@ -98,7 +143,9 @@ impl Fake {
             .and_then(|b| b.get("action_type"))
             .and_then(Value::as_str)
         {
-            Some("SendCtrlAltDel") if self.state == VmState::Running => {
+            Some("SendCtrlAltDel")
+                if self.state == VmState::Running && !self.failing("no-i8042") =>
+            {
                 println!("fake-firecracker: guest rebooted on Ctrl-Alt-Del");
                 After::Exit(0)
             }
@@ -150,24 +197,37 @@ impl Fake {
         match (method, route.template.as_str()) {
             ("GET", "/") => (
                 StatusCode::OK,
-                json!({ "id": self.id, "state": self.state.name(), "vmm_version": VERSION, "app_name": "Firecracker" }),
+                json!({ "id": self.id, "state": self.state.name(), "vmm_version": version(), "app_name": "Firecracker" }),
             ),
-            ("GET", "/version") => (StatusCode::OK, json!({ "firecracker_version": VERSION })),
+            ("GET", "/version") => (StatusCode::OK, json!({ "firecracker_version": version() })),
             ("GET", "/vm/config") => (StatusCode::OK, Value::Object(self.config.clone())),
             ("PUT", "/logger") => {
                 let log = body
                     .get("log_path")
                     .and_then(Value::as_str)
                     .unwrap_or_default();
-                if !jail::resolve(log).is_ok_and(|p| p.exists()) {
-                    return fault(format!(
-                        "Failed to open the log file {log}: No such file or directory"
-                    ));
+                // Since 1.14 Firecracker creates the file when it is missing.
+                let opened = jail::resolve(log).and_then(|p| {
+                    std::fs::File::options()
+                        .create(true)
+                        .append(true)
+                        .open(p)
+                        .map_err(|e| e.to_string())
+                });
+                if let Err(e) = opened {
+                    return fault(format!("Failed to open the log file {log}: {e}"));
                 }
                 self.config.insert(path.to_owned(), body);
                 (StatusCode::NO_CONTENT, Value::Null)
             }
             ("PUT", "/boot-source") => {
+                let args = body.get("boot_args").and_then(Value::as_str).unwrap_or("");
+                if args.len() + 1 > MAX_CMDLINE {
+                    return fault(format!(
+                        "The kernel command line is invalid: Command line string is too large ({} bytes with its NUL, at most {MAX_CMDLINE})",
+                        args.len() + 1
+                    ));
+                }
                 for key in ["kernel_image_path", "initrd_path"] {
                     if let Some(file) = body.get(key).and_then(Value::as_str) {
                         if !jail::resolve(file).is_ok_and(|p| p.is_file()) {
@@ -199,7 +259,7 @@ impl Fake {
                 self.config.insert(path.to_owned(), body);
                 (StatusCode::NO_CONTENT, Value::Null)
             }
-            ("PUT", "/vsock") => {
+            ("PUT", "/vsock") | ("PUT", "/entropy") => {
                 self.config.insert(path.to_owned(), body);
                 (StatusCode::NO_CONTENT, Value::Null)
             }
@@ -243,6 +303,14 @@ impl Fake {
                 return fault("Cannot start microvm without kernel configuration.");
             }
         }
+        if let Err(e) = self.kernel_is_elf() {
+            return fault(format!(
+                "Cannot load kernel due to invalid memory configuration or invalid kernel image: {e}"
+            ));
+        }
+        if let Err(e) = open_kvm() {
+            return fault(e);
+        }
         if self.failing("crash-on-start") {
             println!("fake-firecracker: crashing during InstanceStart (injected)");
             std::process::exit(1);
@@ -259,6 +327,28 @@ impl Fake {
                 (StatusCode::NO_CONTENT, Value::Null)
             }
             Err(e) => fault(format!("Failed to start the guest: {e}")),
+        }
+    }
+
+    /// Firecracker on x86_64 boots an uncompressed ELF `vmlinux` only.
+    fn kernel_is_elf(&self) -> Result<(), String> {
+        let kernel = self
+            .config
+            .get("/boot-source")
+            .and_then(|b| b.get("kernel_image_path"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let mut head = [0u8; 4];
+        let read = jail::resolve(kernel).and_then(|p| {
+            use std::io::Read;
+            std::fs::File::open(p)
+                .and_then(|mut f| f.read_exact(&mut head))
+                .map_err(|e| e.to_string())
+        });
+        match read {
+            Ok(()) if head == *b"\x7fELF" => Ok(()),
+            Ok(()) => Err(format!("Kernel Loader: {kernel} is not an ELF image")),
+            Err(e) => Err(format!("Kernel Loader: {kernel}: {e}")),
         }
     }
 
@@ -283,7 +373,17 @@ impl Fake {
         let root = guest_dir.join("guest-root");
         std::fs::create_dir_all(root.join("tmp"))?;
         let agent_socket = guest_dir.join("agent.sock");
-        let mut command = Command::new(&agent_bin);
+        let mut command = match self.slow_guest() {
+            // The guest boots that late: the agent starts after a sleep.
+            Some(delay) => {
+                let mut sh = Command::new("/bin/sh");
+                sh.arg("-c")
+                    .arg(format!("sleep {}; exec \"$0\" \"$@\"", delay.as_secs_f64()))
+                    .arg(&agent_bin);
+                sh
+            }
+            None => Command::new(&agent_bin),
+        };
         // SAFETY: prctl(2) is async-signal-safe and takes no pointers.
         unsafe {
             command.pre_exec(|| {
@@ -318,12 +418,27 @@ impl Fake {
             .transpose()
             .map_err(|e| anyhow::anyhow!("vsock {e}"))?;
         if let Some(uds) = uds {
-            let _ = std::fs::remove_file(&uds);
-            let listener = std::os::unix::net::UnixListener::bind(&uds)?;
+            // Firecracker binds without removing a leftover: "address in use".
+            let listener = std::os::unix::net::UnixListener::bind(&uds).map_err(|e| {
+                anyhow::anyhow!(
+                    "Cannot create backend for vsock device: {}: {e}",
+                    uds.display()
+                )
+            })?;
             listener.set_nonblocking(true)?;
             let listener = UnixListener::from_std(listener)?;
             let no_ack = self.failing("no-vsock-ack");
-            self.vsock_task = Some(tokio::spawn(vsock_proxy(listener, agent_socket, no_ack)));
+            let drop_after_ok = self
+                .faults
+                .iter()
+                .find_map(|f| f.strip_prefix("drop-after-ok:")?.parse().ok())
+                .unwrap_or(0);
+            self.vsock_task = Some(tokio::spawn(vsock_proxy(
+                listener,
+                agent_socket,
+                no_ack,
+                drop_after_ok,
+            )));
         }
         if let Some(bytes) = self.console_flood() {
             flood_console(bytes);
@@ -348,10 +463,13 @@ impl Fake {
                 (Ok(state), Ok(memory)) => (state, memory),
                 (Err(e), _) | (_, Err(e)) => return fault(format!("Create snapshot error: {e}")),
             };
-        let state = json!({ "fake_firecracker_snapshot": VERSION, "config": self.config });
-        let written = std::fs::write(state_path, state.to_string())
-            .and_then(|()| std::fs::write(memory_path, vec![0u8; 4096]));
-        match written {
+        let mem_size_mib = self
+            .config
+            .get("/machine-config")
+            .and_then(|m| m.get("mem_size_mib"))
+            .and_then(Value::as_u64)
+            .unwrap_or(128);
+        match snapshot::write(&state_path, &memory_path, &self.config, mem_size_mib) {
             Ok(()) => (StatusCode::NO_CONTENT, Value::Null),
             Err(e) => fault(format!("Create snapshot error: {e}")),
         }
@@ -382,22 +500,18 @@ impl Fake {
                 (Ok(state), Ok(memory)) => (state, memory),
                 (Err(e), _) | (_, Err(e)) => return fault(format!("Load snapshot error: {e}")),
             };
-        let state: Value =
-            match std::fs::read(state_file).map(|b| serde_json::from_slice::<Value>(&b)) {
-                Ok(Ok(state)) if state.get("fake_firecracker_snapshot").is_some() => state,
-                Ok(_) => return fault("Load snapshot error: the snapshot file is corrupted."),
-                Err(e) => return fault(format!("Load snapshot error: {state_path}: {e}")),
-            };
-        if !memory_file.is_file() {
-            return fault(format!(
-                "Load snapshot error: cannot open the memory file {memory_path}"
-            ));
+        // From here on a failure ends Firecracker.
+        self.fatal = true;
+        if let Err(e) = open_kvm() {
+            return fault(format!("Load snapshot error: {e}"));
         }
-        if let Some(config) = state.get("config").and_then(Value::as_object) {
-            for (key, value) in config {
-                if key != "/logger" {
-                    self.config.insert(key.clone(), value.clone());
-                }
+        let config = match snapshot::read(&state_file, &memory_file) {
+            Ok(config) => config,
+            Err(e) => return fault(format!("Load snapshot error: {e}")),
+        };
+        for (key, value) in config {
+            if key != "/logger" {
+                self.config.insert(key, value);
             }
         }
         // Firecracker reopens each drive's backing file by its recorded path.
@@ -415,6 +529,7 @@ impl Fake {
         if let Err(e) = self.start_guest() {
             return fault(format!("Load snapshot error: {e}"));
         }
+        self.fatal = false;
         if body
             .get("resume_vm")
             .and_then(Value::as_bool)
@@ -427,6 +542,29 @@ impl Fake {
         }
         (StatusCode::NO_CONTENT, Value::Null)
     }
+}
+
+/// Firecracker's limit on the kernel command line, its NUL included.
+const MAX_CMDLINE: usize = 2048;
+
+/// Firecracker opens `/dev/kvm` to build a VM (inside the jail when
+/// jailed, where the jailer made it); `FAKE_FC_KVM` names another device.
+fn open_kvm() -> Result<(), String> {
+    let path = match std::env::var("FAKE_FC_KVM") {
+        Ok(path) => std::path::PathBuf::from(path),
+        Err(_) => jail::resolve("/dev/kvm")?,
+    };
+    std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map(drop)
+        .map_err(|e| {
+            format!(
+                "Error creating the KVM object: cannot open {}: {e}",
+                path.display()
+            )
+        })
 }
 
 /// A drive's backing file must be there (inside the jail, when jailed).

@@ -8,23 +8,43 @@
 //! protocol on the configured vsock socket (`CONNECT <port>\n` → `OK <n>\n`).
 //! Pause and resume stop and continue that process and its children.
 //!
-//! Like Firecracker it refuses an `--id` other than 1 to 64 letters, digits
-//! and `-`, and it ends when the running guest reboots (`SendCtrlAltDel`).
+//! Like Firecracker v1.15.1 it refuses an `--id` other than 1 to 64
+//! letters, digits and `-`; fails on a leftover API or vsock socket
+//! ("address in use") and leaves both behind when it ends; creates its log
+//! file; opens `/dev/kvm` to build a VM; boots only an ELF kernel with a
+//! command line under 2,048 bytes; writes a memory file as large as the
+//! guest's memory and checks a snapshot's format, checksum and CPU on load,
+//! ending when a load fails; ends when the running guest reboots on
+//! `SendCtrlAltDel` (unless its kernel has no i8042: `no-i8042`); dies by
+//! SIGTERM rather than exiting. Hybrid vsock: `CONNECT` in any case, any
+//! port; a connection waits until the guest's driver is up (its agent
+//! socket exists) and is dropped after 2 s without an answer.
 //!
 //! Environment: `FAKE_FC_SPEC` (another copy of the spec), `FAKE_FC_RECORD`
 //! (where to record calls), `FAKE_FC_AGENT_BIN` (the `emberd-init` to run),
 //! `FAKE_FC_JAIL_ROOT` (set by the fake `jailer`: every path is resolved
-//! inside that chroot, see `jail`).
+//! inside that chroot, see `jail`), `FAKE_FC_CPU` (the CPU snapshots are
+//! taken on and checked against; default: the host's model and flags),
+//! `FAKE_FC_KVM` (the KVM device to open; default `/dev/kvm`),
+//! `FAKE_FC_VERSION` (the release it reports; default 1.15.1).
 //! Faults, from `FAKE_FC_FAIL` (comma-separated): `api:<METHOD> <path>` (that
 //! call fails), `crash-on-start` (exit during InstanceStart, before the
 //! answer), `crash-after-start` (answer InstanceStart, then exit mid-boot),
 //! `no-vsock-ack` (accept CONNECT, never answer), `slow-start:<ms>` (delay
 //! the answer to InstanceStart), `console-flood:<bytes>` (once the guest
-//! runs, it writes that many bytes to the console, then `console flood done`).
+//! runs, it writes that many bytes to the console, then `console flood done`),
+//! `no-i8042` (the guest ignores Ctrl-Alt-Del), `slow-guest:<ms>` (the
+//! guest's vsock driver and agent come up that late), `drop-after-ok:<n>`
+//! (the first n vsock connections are closed right after their `OK`),
+//! `exit-unanswered`
+//! (a request that ends the fake gets no answer). Once `PUT /logger` named a
+//! log file, every refused request is also written there, as Firecracker
+//! writes its errors.
 
 mod guest;
 mod jail;
 mod machine;
+mod snapshot;
 mod spec;
 
 use std::path::PathBuf;
@@ -42,12 +62,18 @@ use tokio::net::UnixListener;
 use crate::guest::kill_guest;
 use crate::machine::{fault, After, Fake, Shared, VmState};
 
+/// The release the fake stands in for.
 const VERSION: &str = "1.15.1";
+
+/// The release the fake reports: `FAKE_FC_VERSION`, else [`VERSION`].
+pub(crate) fn version() -> String {
+    std::env::var("FAKE_FC_VERSION").unwrap_or_else(|_| VERSION.to_owned())
+}
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.iter().any(|a| a == "--version") {
-        println!("Firecracker v{VERSION}");
+        println!("Firecracker v{}", version());
         return Ok(());
     }
     let value = |flag: &str| {
@@ -84,6 +110,7 @@ fn main() -> anyhow::Result<()> {
         agent: None,
         agent_root: None,
         vsock_task: None,
+        fatal: false,
     };
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag only.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1 as libc::c_ulong) } != 0 {
@@ -100,15 +127,27 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn serve(api_sock: PathBuf, fake: Shared) -> anyhow::Result<()> {
-    let _ = std::fs::remove_file(&api_sock);
-    let listener = UnixListener::bind(&api_sock)?;
+    // Like Firecracker: a leftover socket is "address in use", never removed.
+    let listener = UnixListener::bind(&api_sock).map_err(|e| {
+        anyhow::anyhow!(
+            "Failed to open the API socket at: {}. Check that it is not already used. ({e})",
+            api_sock.display()
+        )
+    })?;
     println!("fake-firecracker: API on {}", api_sock.display());
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         let stream = tokio::select! {
             accepted = listener.accept() => accepted?.0,
             _ = term.recv() => {
+                // Firecracker sets no SIGTERM handler: it dies by the signal.
                 shutdown(&fake);
+                // SAFETY: signal(2) and raise(3) take plain integers; the
+                // default action ends the process here.
+                unsafe {
+                    libc::signal(libc::SIGTERM, libc::SIG_DFL);
+                    libc::raise(libc::SIGTERM);
+                }
                 return Ok(());
             }
         };
@@ -189,11 +228,19 @@ async fn handle(
         let mut guard = fake.lock().expect("fake lock");
         guard.record(&method, &path, body.as_ref());
         let (status, value) = guard.apply(&method, &path, body.as_ref());
+        if !status.is_success() {
+            guard.log_error(status, &value);
+        }
         let after = guard.after(&method, status, body.as_ref());
         (status, value, after)
     };
     if let After::Exit(code) = after {
-        // Let hyper send the answer first, as Firecracker's API thread would.
+        if fake.lock().expect("fake lock").exits_before_answering() {
+            shutdown(&fake);
+            println!("fake-firecracker: exiting with status {code} before answering");
+            std::process::exit(code);
+        }
+        // Let hyper send the answer first, as Firecracker's API thread may.
         let fake = fake.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;

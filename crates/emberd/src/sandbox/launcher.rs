@@ -11,7 +11,9 @@
 //!
 //! A failed restore never removes the template by itself: only a template
 //! whose integrity check fails is condemned (after a failure that was not
-//! a timeout), and removed once no other restore reads it.
+//! a timeout), and removed once no other restore reads it. A restore that
+//! fails on an intact template (or times out again and again) gives the
+//! pack's restores up for the daemon's lifetime: it cold-boots from then on.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,7 +23,7 @@ use emberd_proto::kernel_args::KernelArg;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 
-use crate::guest::{guest_text, AgentClient};
+use crate::guest::{guest_text, AgentClient, GuestError};
 use crate::image::{Manifest, ManifestError, PackArtefact};
 use crate::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend, VmmError};
 
@@ -29,7 +31,7 @@ use super::error::{BootError, SandboxError};
 use super::ids::{create_private_dir, new_sandbox_id};
 use super::model::{BootPath, Shape};
 use super::record::{last_console_line, Guest};
-use super::template::{Lease, Templates};
+use super::template::{host_fingerprint, Lease, Templates};
 use super::ManagerConfig;
 
 /// A VM with an open agent session, in its own directory.
@@ -87,13 +89,17 @@ impl Launcher {
             template_requests,
         };
         let (backend, version) = (launcher.backend.name(), launcher.backend.version());
+        let host = host_fingerprint();
         launcher.template_keys = launcher
             .manifest
             .packs
             .iter()
             .map(|(name, artefact)| {
                 let spec = launcher.boot_spec("", Path::new(""), artefact);
-                (name.clone(), Templates::key(&spec, backend, &version))
+                (
+                    name.clone(),
+                    Templates::key(&spec, backend, &version, &host),
+                )
             })
             .collect();
         launcher
@@ -161,6 +167,12 @@ impl Launcher {
     /// The key a template of `pack` is stored under.
     pub fn template_key(&self, pack: &str) -> Option<&str> {
         self.template_keys.get(pack).map(String::as_str)
+    }
+
+    /// How many packs' restores were given up since the daemon started
+    /// (their restores failed on an intact template).
+    pub fn packs_given_up(&self) -> u64 {
+        self.templates.as_ref().map_or(0, |t| t.packs_given_up())
     }
 
     /// The usable template of `pack`, if there is one.
@@ -236,7 +248,12 @@ impl Launcher {
         if let Some(lease) = self.template_lease(pack) {
             let result = self.restore(spec, lease.files()).await;
             match result {
-                Ok(guest) => return Ok(guest),
+                Ok(guest) => {
+                    if let Some(templates) = &self.templates {
+                        templates.restore_succeeded(pack);
+                    }
+                    return Ok(guest);
+                }
                 Err(e) => {
                     tracing::warn!(pack, sandbox = %spec.sandbox_id, error = %crate::error_chain::render(&e), "restore from the template failed; falling back to a cold boot");
                     self.check_template_after_failure(pack, &lease, &e).await;
@@ -246,25 +263,36 @@ impl Launcher {
             }
         }
         let guest = self.cold_boot(spec).await?;
-        if self.templates.is_some() && self.template_for(pack).is_none() {
+        let given_up = self
+            .templates
+            .as_ref()
+            .is_some_and(|t| t.restores_given_up(pack));
+        if self.templates.is_some() && !given_up && self.template_for(pack).is_none() {
             self.request_template(pack);
         }
         Ok(guest)
     }
 
-    /// After a failed restore: a timeout says nothing about the template
-    /// (the host is loaded) and keeps it; any other failure runs the full
-    /// integrity check, and only a template that fails it is condemned.
+    /// After a failed restore: a timeout says little about the template
+    /// (the host may be loaded) and keeps it, though timeouts in a row give
+    /// the pack's restores up; any other failure runs the full integrity
+    /// check: a template that fails it is condemned (and rebuilt), one that
+    /// passes is kept but no longer restored, since the VMM refuses it.
     async fn check_template_after_failure(&self, pack: &str, lease: &Lease, error: &BootError) {
         let Some(templates) = &self.templates else {
             return;
         };
-        if is_timeout(error) || self.shutdown.is_cancelled() {
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        if is_timeout(error) {
+            templates.restore_timed_out(pack);
             return;
         }
         match lease.verify().await {
             Ok(()) => {
                 tracing::info!(pack, template = %lease.files().dir.display(), "the template passed its integrity check; keeping it");
+                templates.restore_refused(pack, &crate::error_chain::render(error));
             }
             Err(e) => {
                 tracing::warn!(pack, template = %lease.files().dir.display(), error = %crate::error_chain::render(&e), "the template is corrupt; it will be removed and rebuilt");
@@ -291,6 +319,7 @@ fn is_timeout(error: &BootError) -> bool {
         error,
         BootError::AgentTimeout { .. }
             | BootError::Vmm(VmmError::BootTimeout(_))
+            | BootError::Vmm(VmmError::Unresponsive { .. })
             | BootError::Agent(crate::guest::GuestError::Timeout { .. })
     )
 }
@@ -332,14 +361,18 @@ async fn connect_agent(
 ) -> Result<AgentClient, BootError> {
     // The agent's socket may refuse connections for a moment while the VMM
     // sets it up; a connected stream then waits for the guest to open its end.
+    // A stream that breaks after it was accepted (Firecracker's hybrid vsock
+    // answers `OK` before the guest's end is known to hold) is dialled
+    // again; the caller's bound ends the retries.
     loop {
         match vm.connect_agent().await {
-            Ok(stream) => {
-                return AgentClient::handshake_until(stream, shutdown.clone())
-                    .await
-                    .map(|(client, _hello)| client)
-                    .map_err(BootError::Agent);
-            }
+            Ok(stream) => match AgentClient::handshake_until(stream, shutdown.clone()).await {
+                Ok((client, _hello)) => return Ok(client),
+                Err(GuestError::Connect(_) | GuestError::Broken { .. }) if !vm.has_exited() => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(BootError::Agent(e)),
+            },
             Err(VmmError::AgentConnect(_)) => tokio::time::sleep(Duration::from_millis(10)).await,
             Err(other) => return Err(other.into()),
         }

@@ -356,6 +356,12 @@ impl Manager {
         }
     }
 
+    /// How many packs' template restores were given up since the daemon
+    /// started (they failed on an intact template): a metric.
+    pub fn restores_given_up(&self) -> u64 {
+        self.launcher.packs_given_up()
+    }
+
     /// Ends every open process follower and attached WebSocket (with a
     /// "shutting down" error); requests with an end of their own (execs,
     /// transfers) carry on. Called when shutdown begins, before requests

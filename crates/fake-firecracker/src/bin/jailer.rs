@@ -15,8 +15,9 @@
 //! path inside the jail. With `--new-pid-ns` it writes the child's pid to
 //! `<root>/<exec name>.pid` and exits, as the jailer does.
 //!
-//! What it does not do: chroot, pivot_root, mount or PID namespaces,
-//! cgroups (entries are checked, not applied), device nodes. The fake
+//! It makes `/dev/kvm` in the jail (10:232, owned by uid:gid), as the
+//! jailer does. What it does not do: chroot, pivot_root, mount or PID
+//! namespaces, cgroups (entries are checked, not applied), other devices. The fake
 //! Firecracker is dynamically linked and shares the host's `/proc`.
 //! Like the jailer it clears the environment, except `FAKE_FC_*` (the
 //! fake's own settings). `FAKE_JAILER_RECORD` names a file that gets one
@@ -54,6 +55,30 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// `/dev/kvm` in the jail, as the jailer makes it: a character device
+/// 10:232 owned by uid:gid, mode 0600.
+fn make_kvm_node(path: &Path, uid: u32, gid: u32) -> Result<(), String> {
+    let c_path = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(path);
+    // SAFETY: mknod(2) gets a NUL-terminated path that lives across the call.
+    let made = unsafe {
+        libc::mknod(
+            c_path.as_ptr(),
+            libc::S_IFCHR | 0o600,
+            libc::makedev(10, 232),
+        )
+    };
+    if made != 0 {
+        return Err(format!(
+            "Failed to create {} via mknod inside the jail: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .map_err(|e| format!("Failed to change owner for {}: {e}", path.display()))
 }
 
 fn record(args: &[String]) {
@@ -282,6 +307,7 @@ fn run(args: &[String]) -> Result<(), String> {
         std::os::unix::fs::chown(&path, Some(uid), Some(gid))
             .map_err(|e| format!("Failed to change owner for {}: {e}", path.display()))?;
     }
+    make_kvm_node(&root.join("dev/kvm"), uid, gid)?;
     check_layout(&root, &parsed.extra)?;
 
     let mut command = Command::new(format!("./{exec_name}"));

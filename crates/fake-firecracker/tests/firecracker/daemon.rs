@@ -13,7 +13,7 @@ use serde_json::Value;
 use crate::support::{assert_nothing_left, data_dir, fake_bin, temp_root, workspace_bin};
 
 /// `emberd serve --backend firecracker` on the fake, on a free port.
-fn start(data_dir: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> Daemon {
+pub fn start(data_dir: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> Daemon {
     let builder = Daemon::builder(workspace_bin("emberd"))
         .backend("firecracker")
         .data_dir(data_dir)
@@ -29,20 +29,20 @@ fn start(data_dir: &Path, args: &[&str], env: &[(&str, &OsStr)]) -> Daemon {
 }
 
 /// Plain HTTP to a daemon: status and JSON body as they come.
-struct Http {
+pub struct Http {
     client: reqwest::Client,
     base: String,
 }
 
 impl Http {
-    fn of(daemon: &Daemon) -> Http {
+    pub fn of(daemon: &Daemon) -> Http {
         Http {
             client: reqwest::Client::new(),
             base: daemon.base_url(),
         }
     }
 
-    async fn get(&self, path: &str) -> Value {
+    pub async fn get(&self, path: &str) -> Value {
         let response = self
             .client
             .get(format!("{}{path}", self.base))
@@ -52,7 +52,7 @@ impl Http {
         response.json().await.unwrap()
     }
 
-    async fn post(&self, path: &str, body: &str) -> (u16, Value) {
+    pub async fn post(&self, path: &str, body: &str) -> (u16, Value) {
         let response = self
             .client
             .post(format!("{}{path}", self.base))
@@ -63,7 +63,7 @@ impl Http {
         (response.status().as_u16(), response.json().await.unwrap())
     }
 
-    async fn delete(&self, path: &str) -> u16 {
+    pub async fn delete(&self, path: &str) -> u16 {
         self.client
             .delete(format!("{}{path}", self.base))
             .send()
@@ -171,7 +171,7 @@ async fn the_daemon_restores_sandboxes_from_a_firecracker_snapshot() {
         .find(|id| of(id).contains(&"PUT /snapshot/create".to_owned()))
         .expect("a template VM was snapshotted");
     assert_eq!(
-        of(template)[6..],
+        of(template)[7..],
         ["PATCH /vm", "PUT /snapshot/create"],
         "the template VM is paused, snapshotted, then stopped by signal"
     );
@@ -244,4 +244,30 @@ async fn a_guest_that_never_answers_is_a_500_and_leaves_nothing() {
         assert!(Instant::now() < deadline, "a VM was left running");
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A hybrid-vsock stream that breaks right after `OK` (before `Hello`) is
+/// dialled again within the boot timeout: the create succeeds.
+#[tokio::test]
+async fn a_handshake_that_breaks_after_ok_is_retried() {
+    let daemon = start(
+        &data_dir(),
+        &["--pool-size", "0", "--snapshots", "false"],
+        &[("FAKE_FC_FAIL", OsStr::new("drop-after-ok:2"))],
+    );
+    let http = Http::of(&daemon);
+    let (status, created) = http
+        .post("/sandboxes", r#"{"language_pack":"shell"}"#)
+        .await;
+    assert_eq!(status, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let (status, out) = http
+        .post(&format!("/sandboxes/{id}/exec"), r#"{"code":"echo again"}"#)
+        .await;
+    assert_eq!(
+        (status, out["stdout"].as_str()),
+        (200, Some("again\n")),
+        "{out}"
+    );
+    assert_eq!(http.delete(&format!("/sandboxes/{id}")).await, 204);
 }

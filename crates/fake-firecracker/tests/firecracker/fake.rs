@@ -82,8 +82,9 @@ async fn the_fake_rejects_what_firecracker_rejects() {
     let info = api.call(Method::GET, "/", None).await.unwrap();
     assert_eq!(info["state"], "Not started");
 
-    // State rules around InstanceStart.
-    let file = "/etc/hostname";
+    // State rules around InstanceStart (the kernel must be an ELF image).
+    let kernel = fake_bin();
+    let file = kernel.to_str().unwrap();
     let ok = [
         (
             Method::PUT,

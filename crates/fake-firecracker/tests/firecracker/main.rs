@@ -4,6 +4,8 @@
 
 mod daemon;
 mod fake;
+mod give_up;
 mod jailer;
+mod strict;
 mod support;
 mod vmm;

@@ -46,10 +46,14 @@ pub enum ModuleError {
     Cycle(String),
 }
 
-/// Writes the [`GUEST_MODULES`] of the tree at `modules_root` (none for a
-/// kernel without modules) and their dependencies into `out`, decompressed,
-/// with `out/order` listing them in load order.
-pub fn cache_guest_modules(modules_root: Option<&Path>, out: &Path) -> Result<(), ModuleError> {
+/// Writes the [`GUEST_MODULES`] and `extra` of the tree at `modules_root`
+/// (none for a kernel without modules) and their dependencies into `out`,
+/// decompressed, with `out/order` listing them in load order.
+pub fn cache_guest_modules(
+    modules_root: Option<&Path>,
+    extra: &[&str],
+    out: &Path,
+) -> Result<(), ModuleError> {
     let write_error = |path: &Path| {
         let path = path.to_owned();
         move |source| ModuleError::Write { path, source }
@@ -59,7 +63,8 @@ pub fn cache_guest_modules(modules_root: Option<&Path>, out: &Path) -> Result<()
     let mut order = String::new();
     if let Some(modules_root) = modules_root {
         let tree = ModuleTree::scan(modules_root)?;
-        for path in tree.load_order(GUEST_MODULES, read_module)? {
+        let wanted: Vec<&str> = GUEST_MODULES.iter().chain(extra).copied().collect();
+        for path in tree.load_order(&wanted, read_module)? {
             let name = format!(
                 "{}.ko",
                 module_name(
@@ -301,7 +306,7 @@ mod tests {
 
         let out = tempfile::tempdir().unwrap();
         let out = out.path().join("modules");
-        cache_guest_modules(Some(tree.path()), &out).unwrap();
+        cache_guest_modules(Some(tree.path()), &[], &out).unwrap();
         assert_eq!(
             std::fs::read_to_string(out.join("order")).unwrap(),
             "overlay.ko\nvirtio_mmio.ko\nvirtio_blk.ko\nvirtio_console.ko\n\
@@ -310,7 +315,7 @@ mod tests {
         assert_eq!(std::fs::read(out.join("overlay.ko")).unwrap(), plain);
 
         // A kernel without modules leaves an empty order and nothing else.
-        cache_guest_modules(None, &out).unwrap();
+        cache_guest_modules(None, &[], &out).unwrap();
         assert_eq!(std::fs::read_to_string(out.join("order")).unwrap(), "");
         assert_eq!(std::fs::read_dir(&out).unwrap().count(), 1);
     }

@@ -7,11 +7,13 @@
 //! it; never writes the manifest.
 
 mod bzimage;
+mod config;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 pub use self::bzimage::{extract_vmlinux, BzimageError};
+pub use self::config::{ctrl_alt_del_support, CtrlAltDelSupport};
 use super::initramfs::modules::{self, ModuleError};
 use super::manifest::{KernelArtefact, Manifest};
 use super::store::{hash_file, Store, StoreError};
@@ -177,7 +179,8 @@ pub fn fetch(
     let bz_tmp = work.path().join("bzImage");
     std::fs::write(&bz_tmp, &image).map_err(io_error(&bz_tmp))?;
 
-    modules::cache_guest_modules(modules_root.as_deref(), modules_out)
+    let keyboard = keyboard_modules(work.path(), &release);
+    modules::cache_guest_modules(modules_root.as_deref(), &keyboard, modules_out)
         .map_err(KernelError::Modules)?;
 
     Ok(KernelArtefact {
@@ -190,6 +193,37 @@ pub fn fetch(
         requested: choice.requested(),
         input: source.to_owned(),
     })
+}
+
+/// The modules Firecracker's Ctrl-Alt-Del needs loaded in the guest, from
+/// the unpacked package's `boot/config-<release>` in `work` (none for a
+/// user's kernel, which has no config here). Says what it found.
+fn keyboard_modules(work: &Path, release: &str) -> Vec<&'static str> {
+    let path = work.join("root/boot").join(format!("config-{release}"));
+    let Ok(config) = std::fs::read_to_string(&path) else {
+        return Vec::new();
+    };
+    match ctrl_alt_del_support(&config) {
+        CtrlAltDelSupport::BuiltIn => {
+            tracing::debug!(
+                release,
+                "i8042 and atkbd are built in: Firecracker stops by Ctrl-Alt-Del"
+            );
+            Vec::new()
+        }
+        CtrlAltDelSupport::Modules(modules) => {
+            tracing::info!(
+                release,
+                ?modules,
+                "i8042/atkbd are modules: the initramfs loads them for Firecracker's Ctrl-Alt-Del"
+            );
+            modules
+        }
+        CtrlAltDelSupport::Missing(options) => {
+            tracing::warn!(release, ?options, "the guest kernel lacks i8042/atkbd: Firecracker ignores Ctrl-Alt-Del there and stops VMs by signal");
+            Vec::new()
+        }
+    }
 }
 
 /// Downloads and unpacks `spec` (`package=version`) in `work`: its

@@ -5,7 +5,8 @@
 //! then waits for a new connection, which is what a restored clone gets).
 //! It lives under `<data_dir>/snapshots/<pack>-<key>`, where the key hashes
 //! everything that shapes the VM image: kernel, initramfs, pack, boot
-//! arguments, vCPUs, memory, backend and its version. Templates are written
+//! arguments, vCPUs, memory, backend and its version, and the host a
+//! snapshot depends on (CPU model and flags, kernel release). Templates are written
 //! to a staging directory named for this daemon (several daemons may share
 //! a data dir) and renamed into place; templates of the same pack with
 //! another key are removed.
@@ -13,7 +14,9 @@
 //! A template is removed only when its integrity check fails
 //! ([`super::integrity`]), and then only once no restore of this daemon
 //! reads it: restores hold a [`Lease`]. A restore that fails for any
-//! other reason (a timeout under load, a VMM refusing it) keeps it.
+//! other reason (a timeout under load, a VMM refusing it) keeps it, and
+//! one that fails on an intact template gives the pack's restores up for
+//! the daemon's lifetime ([`super::give_up`]): neither restored nor rebuilt.
 
 use parking_lot::Mutex;
 use std::collections::{HashMap, HashSet};
@@ -24,6 +27,7 @@ use std::sync::Arc;
 use nix::fcntl::{Flock, FlockArg};
 use sha2::{Digest, Sha256};
 
+use super::give_up::GiveUp;
 use super::integrity::{self, IntegrityError};
 use super::lease::{Entry, Lease};
 use crate::vmm::{BootSpec, SnapshotFiles};
@@ -60,6 +64,8 @@ pub(in crate::sandbox) struct Templates {
     condemned: Mutex<HashMap<PathBuf, Arc<Entry>>>,
     /// Packs whose template is being built, or whose build failed.
     building: Mutex<HashSet<String>>,
+    /// Packs whose restores were given up.
+    give_up: GiveUp,
 }
 
 impl Templates {
@@ -70,6 +76,7 @@ impl Templates {
             ready: Mutex::new(HashMap::new()),
             condemned: Mutex::new(HashMap::new()),
             building: Mutex::new(HashSet::new()),
+            give_up: GiveUp::default(),
         }
     }
 
@@ -78,8 +85,15 @@ impl Templates {
         &self.root
     }
 
-    /// The key of a template for VMs booted from `spec` (ids and dirs aside).
-    pub(in crate::sandbox) fn key(spec: &BootSpec, backend: &str, backend_version: &str) -> String {
+    /// The key of a template for VMs booted from `spec` (ids and dirs
+    /// aside) by `backend` at `backend_version` on host `host` (see
+    /// [`super::host_fingerprint`]).
+    pub(in crate::sandbox) fn key(
+        spec: &BootSpec,
+        backend: &str,
+        backend_version: &str,
+        host: &str,
+    ) -> String {
         let mut hash = Sha256::new();
         for part in [
             spec.kernel_bzimage.display().to_string(),
@@ -91,6 +105,7 @@ impl Templates {
             spec.memory_mib.to_string(),
             backend.to_owned(),
             backend_version.to_owned(),
+            host.to_owned(),
             env!("CARGO_PKG_VERSION").to_owned(),
         ] {
             hash.update(part.as_bytes());
@@ -106,6 +121,9 @@ impl Templates {
     /// The published template of `pack` with `key`, looking on disk too
     /// (where it must pass the quick integrity check to count).
     fn entry(&self, pack: &str, key: &str) -> Option<Arc<Entry>> {
+        if self.give_up.is_given_up(pack) {
+            return None;
+        }
         let dir = self.dir_for(pack, key);
         if let Some(entry) = self.ready.lock().get(pack) {
             if entry.files.dir == dir {
@@ -167,7 +185,50 @@ impl Templates {
     /// Claims the right to build the template of `pack`; false when a build
     /// is under way or already failed in this daemon's lifetime.
     pub(in crate::sandbox) fn claim_build(&self, pack: &str) -> bool {
-        self.building.lock().insert(pack.to_owned())
+        !self.give_up.is_given_up(pack) && self.building.lock().insert(pack.to_owned())
+    }
+
+    /// True once the restores of `pack` were given up (see [`super::give_up`]).
+    pub(in crate::sandbox) fn restores_given_up(&self, pack: &str) -> bool {
+        self.give_up.is_given_up(pack)
+    }
+
+    /// A restore of `pack` worked.
+    pub(in crate::sandbox) fn restore_succeeded(&self, pack: &str) {
+        self.give_up.succeeded(pack);
+    }
+
+    /// A restore of `pack` timed out; logs and returns true when that gave
+    /// its restores up.
+    pub(in crate::sandbox) fn restore_timed_out(&self, pack: &str) -> bool {
+        let gave_up = self.give_up.timed_out(pack);
+        if gave_up {
+            tracing::warn!(
+                pack,
+                timeouts = super::give_up::TIMEOUTS_BEFORE_GIVING_UP,
+                "restores of this pack time out again and again; the pack cold-boots until the daemon restarts"
+            );
+        }
+        gave_up
+    }
+
+    /// A restore of `pack` failed on an intact template with `error`: the
+    /// pack's restores are given up (logged once) and its template is left
+    /// alone, neither restored nor rebuilt, until the daemon restarts.
+    pub(in crate::sandbox) fn restore_refused(&self, pack: &str, error: &str) {
+        if self.give_up.failed(pack) {
+            tracing::warn!(
+                pack,
+                error,
+                "the VMM cannot restore this pack's intact template; the pack cold-boots until the daemon restarts"
+            );
+        }
+        self.ready.lock().remove(pack);
+    }
+
+    /// How many packs' restores were given up since the daemon started.
+    pub(in crate::sandbox) fn packs_given_up(&self) -> u64 {
+        self.give_up.count()
     }
 
     /// Ends a build claim. A failed build stays claimed so it is not retried
@@ -292,13 +353,18 @@ mod tests {
 
     #[test]
     fn keys_change_with_what_shapes_the_vm_only() {
-        let a = Templates::key(&spec(256), "qemu", "7.2");
+        let a = Templates::key(&spec(256), "qemu", "7.2", "host a");
         let mut other_sandbox = spec(256);
         other_sandbox.sandbox_id = "sb_111111111111".into();
         other_sandbox.sandbox_dir = "/tmp/y".into();
-        assert_eq!(a, Templates::key(&other_sandbox, "qemu", "7.2"));
-        assert_ne!(a, Templates::key(&spec(512), "qemu", "7.2"));
-        assert_ne!(a, Templates::key(&spec(256), "qemu", "8.0"));
+        assert_eq!(a, Templates::key(&other_sandbox, "qemu", "7.2", "host a"));
+        assert_ne!(a, Templates::key(&spec(512), "qemu", "7.2", "host a"));
+        assert_ne!(a, Templates::key(&spec(256), "qemu", "8.0", "host a"));
+        assert_ne!(
+            a,
+            Templates::key(&spec(256), "qemu", "7.2", "host b"),
+            "another CPU or host kernel"
+        );
     }
 
     #[test]
@@ -370,6 +436,27 @@ mod tests {
             templates.get("python", key).map(|f| f.dir),
             Some(rebuilt.dir)
         );
+    }
+
+    #[test]
+    fn a_pack_given_up_is_neither_restored_nor_rebuilt_but_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let templates = Templates::new(root.path().to_owned());
+        let key = "00000000000000ab";
+        let files = published(&templates, key);
+        assert!(templates.lease("python", key).is_some());
+        templates.restore_refused("python", "the CPU differs");
+        assert!(templates.restores_given_up("python"));
+        assert!(templates.lease("python", key).is_none());
+        assert!(templates.get("python", key).is_none());
+        assert!(!templates.claim_build("python"), "a rebuild was allowed");
+        assert!(templates.claim_build("shell"), "another pack was given up");
+        assert!(
+            files.dir.join("vm.migration").is_file(),
+            "an intact template was removed"
+        );
+        templates.restore_refused("python", "again");
+        assert_eq!(templates.packs_given_up(), 1);
     }
 
     #[test]

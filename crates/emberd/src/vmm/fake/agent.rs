@@ -41,7 +41,7 @@ impl Agent for ScriptedAgent {
         &self,
         request: Request<HelloRequest>,
     ) -> Result<Response<HelloResponse>, Status> {
-        self.guest.backend.answer_or_hang(AgentCall::Hello).await;
+        self.guest.took(AgentCall::Hello).await;
         let request = request.into_inner();
         if request.generation != PROTOCOL_GENERATION {
             return Err(Status::failed_precondition(format!(
@@ -63,7 +63,7 @@ impl Agent for ScriptedAgent {
 
     async fn health(&self, _: Request<HealthRequest>) -> Result<Response<HealthResponse>, Status> {
         self.guest.health_calls.fetch_add(1, Ordering::SeqCst);
-        self.guest.backend.answer_or_hang(AgentCall::Health).await;
+        self.guest.took(AgentCall::Health).await;
         if self.guest.health_hangs.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
@@ -83,7 +83,7 @@ impl Agent for ScriptedAgent {
         &self,
         request: Request<Streaming<ExecInput>>,
     ) -> Result<Response<OutputStream>, Status> {
-        self.guest.backend.answer_or_hang(AgentCall::Exec).await;
+        self.guest.took(AgentCall::Exec).await;
         if self.guest.quiesced.load(Ordering::SeqCst) {
             return Err(Status::failed_precondition(
                 "the agent is quiesced for a snapshot",
@@ -127,10 +127,7 @@ impl Agent for ScriptedAgent {
         &self,
         request: Request<Identity>,
     ) -> Result<Response<SetIdentityResponse>, Status> {
-        self.guest
-            .backend
-            .answer_or_hang(AgentCall::SetIdentity)
-            .await;
+        self.guest.took(AgentCall::SetIdentity).await;
         let identity = request.into_inner();
         *self.guest.identity.lock() = Some(identity.sandbox_id);
         Ok(Response::new(SetIdentityResponse {}))
@@ -140,7 +137,7 @@ impl Agent for ScriptedAgent {
         &self,
         _: Request<QuiesceRequest>,
     ) -> Result<Response<QuiesceResponse>, Status> {
-        self.guest.backend.answer_or_hang(AgentCall::Quiesce).await;
+        self.guest.took(AgentCall::Quiesce).await;
         self.guest.quiesced.store(true, Ordering::SeqCst);
         Ok(Response::new(QuiesceResponse {}))
     }

@@ -12,7 +12,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 
-use super::Shared;
+use super::{AgentCall, Shared};
 use crate::vmm::console::ConsoleRing;
 use crate::vmm::BootSpec;
 
@@ -49,6 +49,8 @@ pub(super) struct Guest {
     pub(super) console: ConsoleRing,
     /// The spec it was made from.
     pub(super) spec: BootSpec,
+    /// Every agent call received, in order.
+    pub(super) calls: Mutex<Vec<AgentCall>>,
 }
 
 impl Guest {
@@ -71,7 +73,14 @@ impl Guest {
             next_exec_pid: AtomicU32::new(100),
             console: ConsoleRing::default(),
             spec: spec.clone(),
+            calls: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Records an agent call, then answers it or hangs as told.
+    pub(super) async fn took(&self, call: AgentCall) {
+        self.calls.lock().push(call);
+        self.backend.answer_or_hang(call).await;
     }
 
     pub(super) fn life(&self) -> Life {

@@ -15,7 +15,7 @@ use emberd_proto::v1::agent_server::AgentServer;
 
 use super::agent::ScriptedAgent;
 use super::guest::{Guest, Life};
-use super::{SNAPSHOT_FILE, SNAPSHOT_HEADER};
+use super::{AgentCall, SNAPSHOT_FILE, SNAPSHOT_HEADER};
 use crate::vmm::{AgentStream, SnapshotFiles, Vm, VmExit, VmmError};
 
 /// Bytes in flight in each direction of an agent stream.
@@ -213,6 +213,11 @@ impl FakeVmHandle {
     /// `Health` calls the agent has received.
     pub fn health_calls(&self) -> u64 {
         self.guest.health_calls.load(Ordering::SeqCst)
+    }
+
+    /// The agent calls this VM received, in order.
+    pub fn agent_calls(&self) -> Vec<AgentCall> {
+        self.guest.calls.lock().clone()
     }
 
     /// The sandbox id of the last `SetIdentity`, if one came.

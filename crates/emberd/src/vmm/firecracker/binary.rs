@@ -1,5 +1,6 @@
 //! Naming and finding Firecracker: the binary (given, on PATH, or in
-//! `~/.local/bin`), its version, and the instance id it accepts.
+//! `~/.local/bin`), its version and what that version may be trusted
+//! with, and the instance id it accepts.
 
 use std::path::{Path, PathBuf};
 
@@ -55,10 +56,64 @@ pub fn parse_version(text: &str) -> Option<(u32, u32)> {
     Some((major, minor))
 }
 
+/// "Firecracker v1.15.1" → (1, 15, 1); a missing patch level is 0.
+pub fn parse_release(text: &str) -> Option<(u32, u32, u32)> {
+    let version = text.split_whitespace().find_map(|w| w.strip_prefix('v'))?;
+    let mut parts = version.split(['.', '-']);
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    let patch = parts.next().and_then(|p| p.parse().ok()).unwrap_or(0);
+    Some((major, minor, patch))
+}
+
+/// The oldest release whose snapshots emberd takes and restores: earlier
+/// ones jump a restored guest's monotonic clock on host kernels 5.16 and
+/// later (firecracker#5809) and log soft lockups (#5494).
+pub const SNAPSHOT_MIN_RELEASE: (u32, u32, u32) = (1, 15, 1);
+/// A release whose restored VMs have a broken vsock (firecracker#5969).
+pub const BROKEN_RESTORE_RELEASE: (u32, u32, u32) = (1, 16, 0);
+
+/// Why the Firecracker that reports `reported` must not take or restore
+/// snapshots, if it must not.
+pub fn snapshots_refused(reported: &str) -> Option<String> {
+    let show = |(a, b, c): (u32, u32, u32)| format!("{a}.{b}.{c}");
+    match parse_release(reported) {
+        Some(v) if v < SNAPSHOT_MIN_RELEASE => Some(format!(
+            "Firecracker v{} jumps a restored guest's monotonic clock (firecracker#5809) and logs soft lockups (#5494): snapshots need v{} or later; templates are off",
+            show(v),
+            show(SNAPSHOT_MIN_RELEASE)
+        )),
+        Some(v) if v == BROKEN_RESTORE_RELEASE => Some(format!(
+            "Firecracker v{} restores VMs with a broken vsock (firecracker#5969): templates are off; use v{} or a fixed later release",
+            show(v),
+            show(SNAPSHOT_MIN_RELEASE)
+        )),
+        Some(_) => None,
+        None => Some(format!(
+            "cannot tell the Firecracker release from {reported:?}: templates are off"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::vmm::firecracker::MIN_VERSION;
+
+    #[test]
+    fn snapshots_need_1_15_1_and_restores_refuse_1_16_0() {
+        assert_eq!(parse_release("Firecracker v1.15.1"), Some((1, 15, 1)));
+        assert_eq!(parse_release("Firecracker v1.16.0-dev"), Some((1, 16, 0)));
+        assert!(snapshots_refused("Firecracker v1.15.1").is_none());
+        assert!(snapshots_refused("Firecracker v1.16.1").is_none());
+        assert!(snapshots_refused("Firecracker v2.0.0").is_none());
+        let old = snapshots_refused("Firecracker v1.15.0").unwrap();
+        assert!(old.contains("#5809") && old.contains("1.15.1"), "{old}");
+        assert!(snapshots_refused("Firecracker v1.12.3").is_some());
+        let broken = snapshots_refused("Firecracker v1.16.0").unwrap();
+        assert!(broken.contains("#5969"), "{broken}");
+        assert!(snapshots_refused("garbage").is_some());
+    }
 
     #[test]
     fn versions_are_parsed_and_compared() {

@@ -228,7 +228,8 @@ pub fn last_line(console: &ConsoleRing, log: &Path) -> String {
         .unwrap_or_default()
 }
 
-fn read_tail(path: &Path) -> String {
+/// The end of the file at `path` (empty when it cannot be read).
+pub fn read_tail(path: &Path) -> String {
     use std::io::{Read, Seek, SeekFrom};
     let Ok(mut file) = std::fs::File::open(path) else {
         return String::new();

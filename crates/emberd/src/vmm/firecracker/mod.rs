@@ -13,16 +13,28 @@
 //!
 //! API calls, in order:
 //! - create: `PUT /logger`, `PUT /boot-source`, `PUT /drives/rootfs`,
-//!   `PUT /machine-config`, `PUT /vsock`, `PUT /actions` (InstanceStart);
+//!   `PUT /machine-config`, `PUT /vsock`, `PUT /entropy` (virtio-rng: the
+//!   guest's RNG has a source of its own before the identity's seed),
+//!   `PUT /actions` (InstanceStart);
 //! - snapshot: `PATCH /vm` (Paused), `PUT /snapshot/create` (Full);
 //! - restore: `PUT /logger`, `PUT /snapshot/load` (File backend, resume_vm);
-//! - stop: `PUT /actions` (SendCtrlAltDel) when running, then signals.
+//! - stop: `PUT /actions` (SendCtrlAltDel) when running, then signals;
+//!   once a guest ignored Ctrl-Alt-Del (a kernel without i8042/atkbd),
+//!   signals straight away.
+//!
+//! Snapshots need v1.15.1 or later and are refused on v1.16.0 (see
+//! `binary::snapshots_refused`). Failures quote Firecracker's log file,
+//! naming it (`diagnose`).
 
 mod api;
 mod binary;
+mod boot_entry;
+mod diagnose;
 mod jail;
 mod launch;
 mod pidfd;
+mod shutdown;
+mod vsock;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -34,16 +46,18 @@ use async_trait::async_trait;
 use emberd_proto::boundary::AGENT_VSOCK_PORT;
 use hyper::Method;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 use tokio::process::Command;
 
 pub use self::api::FirecrackerApi;
 use self::binary::find_binary;
-pub use self::binary::{instance_id, parse_version};
+pub use self::binary::{instance_id, parse_release, parse_version, snapshots_refused};
+pub use self::boot_entry::{boot_entry, BootEntry};
+use self::diagnose::{last_words, FC_LOG};
 use self::jail::Jail;
 pub use self::jail::{cgroup_v2_usable, JailError, JailerConfig};
-use self::launch::{last_line, spawn_jailed, FcProcess, VmFiles, VMM_LOG};
+use self::launch::{spawn_jailed, FcProcess, VmFiles, VMM_LOG};
+use self::shutdown::{CtrlAltDel, CTRL_ALT_DEL_GRACE};
 use super::console::ConsoleRing;
 use super::process::{describe_exit, version_line, VmProcess};
 use super::{AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError};
@@ -54,11 +68,8 @@ const API_SOCKET: &str = "fc.sock";
 const VSOCK_SOCKET: &str = "v.sock";
 pub(crate) const SNAPSHOT_STATE: &str = "vm.snap";
 pub(crate) const SNAPSHOT_MEMORY: &str = "vm.mem";
-/// The longest `OK <port>\n` acknowledgement accepted.
-const MAX_ACK: usize = 64;
-/// How long a running guest gets to reboot (which ends Firecracker, given
-/// `reboot=k`) after Ctrl-Alt-Del before signals follow.
-const CTRL_ALT_DEL_GRACE: Duration = Duration::from_secs(1);
+/// Firecracker's limit on the kernel command line, its NUL included.
+const MAX_CMDLINE: usize = 2048;
 
 /// Errors setting up the Firecracker backend.
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +102,10 @@ pub struct FirecrackerBackend {
     jailer: Option<JailerConfig>,
     /// Jails left by an earlier daemon were looked for (at the first jailed start).
     swept: AtomicBool,
+    /// Why this release must not take or restore snapshots, if it must not.
+    snapshots_refused: Option<String>,
+    /// Whether guests reboot on Ctrl-Alt-Del, learnt at stops.
+    ctrl_alt_del: CtrlAltDel,
 }
 
 impl FirecrackerBackend {
@@ -102,13 +117,21 @@ impl FirecrackerBackend {
             source,
         })?;
         match parse_version(&reported) {
-            Some(v) if v >= MIN_VERSION => Ok(FirecrackerBackend {
-                binary,
-                version: reported,
-                vmm_env: Vec::new(),
-                jailer: None,
-                swept: AtomicBool::new(false),
-            }),
+            Some(v) if v >= MIN_VERSION => {
+                let snapshots_refused = snapshots_refused(&reported);
+                if let Some(reason) = &snapshots_refused {
+                    tracing::warn!(binary = %binary.display(), "{reason}");
+                }
+                Ok(FirecrackerBackend {
+                    binary,
+                    version: reported,
+                    vmm_env: Vec::new(),
+                    jailer: None,
+                    swept: AtomicBool::new(false),
+                    snapshots_refused,
+                    ctrl_alt_del: CtrlAltDel::default(),
+                })
+            }
             _ => Err(FirecrackerSetupError::TooOld {
                 binary: binary.display().to_string(),
                 reported,
@@ -150,6 +173,8 @@ impl FirecrackerBackend {
             console: console.clone(),
             boot_timeout: spec.boot_timeout,
             running: AtomicBool::new(false),
+            ctrl_alt_del: self.ctrl_alt_del.clone(),
+            snapshots_refused: self.snapshots_refused.clone(),
         };
         if let Some(config) = &self.jailer {
             // After crash recovery has killed what an earlier daemon left.
@@ -171,6 +196,14 @@ impl FirecrackerBackend {
             return Ok(vm(jailed.process, root, jailed.files, jail));
         }
         let dir = &spec.sandbox_dir;
+        // Firecracker refuses to bind over a leftover socket ("address in
+        // use"), and leaves its sockets behind when it ends.
+        for socket in [API_SOCKET, VSOCK_SOCKET] {
+            match std::fs::remove_file(dir.join(socket)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
         // The absolute socket path also puts the sandbox dir on the command
         // line, where the manager's crash recovery looks for leftover VMs.
         let mut command = Command::new(&self.binary);
@@ -199,6 +232,14 @@ impl FirecrackerBackend {
             .map(String::from)
             .collect::<Vec<_>>();
         boot_args.extend(spec.extra_kernel_args.iter().cloned());
+        let boot_args = boot_args.join(" ");
+        if boot_args.len() + 1 > MAX_CMDLINE {
+            return Err(VmmError::Config(format!(
+                "the kernel command line is {} bytes; Firecracker takes at most {}",
+                boot_args.len(),
+                MAX_CMDLINE - 1
+            )));
+        }
         vm.api
             .call(
                 Method::PUT,
@@ -206,7 +247,7 @@ impl FirecrackerBackend {
                 Some(json!({
                     "kernel_image_path": vm.files.kernel,
                     "initrd_path": vm.files.initrd,
-                    "boot_args": boot_args.join(" "),
+                    "boot_args": boot_args,
                 })),
             )
             .await?;
@@ -237,12 +278,20 @@ impl FirecrackerBackend {
             )
             .await?;
         vm.api
+            .call(Method::PUT, "/entropy", Some(json!({})))
+            .await?;
+        vm.api
             .call(
                 Method::PUT,
                 "/actions",
                 Some(json!({ "action_type": "InstanceStart" })),
             )
             .await?;
+        if let Some(release) = parse_release(&self.version) {
+            if let Ok(entry) = boot_entry(&spec.kernel_vmlinux, release) {
+                tracing::debug!(sandbox = %spec.sandbox_id, %entry, "Firecracker boots the kernel through {entry}");
+            }
+        }
         Ok(())
     }
 
@@ -278,7 +327,12 @@ impl VmBackend for FirecrackerBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::ALL
+        let snapshots = self.snapshots_refused.is_none();
+        Capabilities {
+            pause_resume: true,
+            snapshot: snapshots,
+            restore: snapshots,
+        }
     }
 
     /// A jailed Firecracker names its files by chroot paths, which end up
@@ -301,6 +355,9 @@ impl VmBackend for FirecrackerBackend {
         spec: &BootSpec,
         snapshot: &SnapshotFiles,
     ) -> Result<Box<dyn Vm>, VmmError> {
+        if let Some(reason) = &self.snapshots_refused {
+            return Err(VmmError::Config(reason.clone()));
+        }
         let vm = self.spawn(spec, Some(snapshot)).await?;
         let result = tokio::time::timeout(spec.boot_timeout, self.load(&vm)).await;
         vm.settle(result, spec.boot_timeout).await
@@ -323,6 +380,10 @@ pub struct FirecrackerVm {
     /// The guest runs (started or restored, and not paused): it can react to
     /// Ctrl-Alt-Del.
     running: AtomicBool,
+    /// Shared with the backend: whether guests reboot on Ctrl-Alt-Del.
+    ctrl_alt_del: CtrlAltDel,
+    /// Why this release must not take snapshots, if it must not.
+    snapshots_refused: Option<String>,
 }
 
 impl FirecrackerVm {
@@ -363,15 +424,17 @@ impl FirecrackerVm {
         }
     }
 
+    /// Firecracker's own messages go to `fc.log` from here on. Releases
+    /// before 1.14 need the file to exist.
     async fn put_logger(&self) -> Result<(), VmmError> {
         if self.jail.is_none() {
-            std::fs::File::create(self.dir.join("fc.log"))?;
+            std::fs::File::create(self.dir.join(FC_LOG))?;
         }
         self.api
             .call(
                 Method::PUT,
                 "/logger",
-                Some(json!({ "log_path": "fc.log", "level": "Warning", "show_level": true })),
+                Some(json!({ "log_path": FC_LOG, "level": "Warning", "show_level": true })),
             )
             .await
             .map(drop)
@@ -381,14 +444,16 @@ impl FirecrackerVm {
         VmmError::ExitedEarly(format!(
             "firecracker exited ({}): {}",
             describe_exit(exit),
-            last_line(&self.console, &self.log)
+            last_words(&self.dir, &self.log, &self.console)
         ))
     }
 
-    /// Asks a running guest to reboot, which ends Firecracker (`reboot=k`),
-    /// and waits a little for that. Firecracker does not handle SIGTERM, so
-    /// this is its only clean exit.
+    /// Asks a running guest to reboot, which ends Firecracker, and waits a
+    /// little for that (see `shutdown`).
     async fn ctrl_alt_del(&self) {
+        if self.ctrl_alt_del.skip() {
+            return;
+        }
         let sent = tokio::time::timeout(
             CTRL_ALT_DEL_GRACE,
             self.api.call(
@@ -399,7 +464,8 @@ impl FirecrackerVm {
         )
         .await;
         if matches!(sent, Ok(Ok(_))) {
-            let _ = tokio::time::timeout(CTRL_ALT_DEL_GRACE, self.process.wait()).await;
+            let ended = tokio::time::timeout(CTRL_ALT_DEL_GRACE, self.process.wait()).await;
+            self.ctrl_alt_del.learn(ended.is_ok());
         }
     }
 
@@ -426,22 +492,12 @@ impl Vm for FirecrackerVm {
         if let Some(exit) = self.process.exited() {
             return Err(self.early_exit(&exit));
         }
-        let mut stream = UnixStream::connect(self.dir.join(VSOCK_SOCKET))
-            .await
-            .map_err(VmmError::AgentConnect)?;
-        stream
-            .write_all(format!("CONNECT {AGENT_VSOCK_PORT}\n").as_bytes())
-            .await
-            .map_err(VmmError::AgentConnect)?;
-        let ack = tokio::time::timeout(self.boot_timeout, read_ack(&mut stream))
-            .await
-            .map_err(|_| VmmError::AgentConnect(std::io::Error::other("no answer to CONNECT")))?
-            .map_err(VmmError::AgentConnect)?;
-        if !ack.starts_with("OK ") {
-            return Err(VmmError::AgentConnect(std::io::Error::other(format!(
-                "vsock refused CONNECT: {ack:?}"
-            ))));
-        }
+        let stream = vsock::dial(
+            &self.dir.join(VSOCK_SOCKET),
+            AGENT_VSOCK_PORT,
+            self.boot_timeout,
+        )
+        .await?;
         Ok(Box::new(stream))
     }
 
@@ -462,6 +518,9 @@ impl Vm for FirecrackerVm {
     }
 
     async fn snapshot(&self, dest: &SnapshotFiles) -> Result<(), VmmError> {
+        if let Some(reason) = &self.snapshots_refused {
+            return Err(VmmError::Config(reason.clone()));
+        }
         let (state, memory) = match &self.jail {
             Some(_) => (format!("/{SNAPSHOT_STATE}"), format!("/{SNAPSHOT_MEMORY}")),
             None => (
@@ -508,22 +567,6 @@ impl Vm for FirecrackerVm {
 
     fn console_tail(&self, max_bytes: usize) -> Vec<u8> {
         self.console.tail(max_bytes)
-    }
-}
-
-/// Reads the `OK <port>\n` line byte by byte, so that no agent data that
-/// follows it is consumed.
-async fn read_ack(stream: &mut UnixStream) -> std::io::Result<String> {
-    let mut line = Vec::new();
-    loop {
-        let byte = stream.read_u8().await?;
-        if byte == b'\n' {
-            return Ok(String::from_utf8_lossy(&line).into_owned());
-        }
-        line.push(byte);
-        if line.len() > MAX_ACK {
-            return Err(std::io::Error::other("vsock acknowledgement too long"));
-        }
     }
 }
 
