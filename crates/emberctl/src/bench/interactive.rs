@@ -22,6 +22,7 @@ use super::{provenance, BenchArgs, Daemon};
 const PRINT_THEN_SLEEP: &str = "import time\nprint('ready', flush=True)\ntime.sleep(0.5)";
 const FIRST_BYTE: &str = "streamed exec: request to first stdout event (prints, then sleeps 0.5 s)";
 const STREAM_EXIT: &str = "streamed exec: request to exit event (same program)";
+const UNARY: &str = "unary exec of the same program: request to answer";
 const PROCESS_START: &str = "process start: POST /processes to 201 (`true`)";
 
 /// A transfer size and how many samples it gets at least.
@@ -100,10 +101,20 @@ async fn measure(
 ) -> anyhow::Result<()> {
     let n = samples.max(5);
     eprintln!("bench: streamed exec first byte ({n} samples)");
+    let unary = ExecRequest {
+        code: PRINT_THEN_SLEEP.into(),
+        ..ExecRequest::default()
+    };
     for _ in 0..n {
         let (first, exit) = first_byte(client, id).await?;
         report.add(FIRST_BYTE, first);
         report.add(STREAM_EXIT, exit);
+        // The same program without streaming, alternated with the streamed
+        // one so that both meet the same sandbox state.
+        let started = Instant::now();
+        let answer = client.exec(id, &unary).await?;
+        report.add(UNARY, started.elapsed());
+        anyhow::ensure!(answer.exit_code == 0, "the program exited with {answer:?}");
     }
 
     eprintln!("bench: process start ({n} samples)");
