@@ -122,6 +122,11 @@ impl OutputLog {
         self.start
     }
 
+    /// Memory the kept frames take, as counted against the bound.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
     /// Appends `data` written on `stream`, then drops from the front what
     /// no longer fits.
     pub fn append(&mut self, stream: OutputStream, data: &[u8]) {

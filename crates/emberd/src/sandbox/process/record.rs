@@ -136,6 +136,11 @@ impl Process {
         Ok((read, state.ended.is_some(), state.log.end()))
     }
 
+    /// Memory its output log takes now.
+    pub fn held_bytes(&self) -> usize {
+        self.state.lock().log.held()
+    }
+
     pub fn output_end(&self) -> u64 {
         self.state.lock().log.end()
     }

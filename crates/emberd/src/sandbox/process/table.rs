@@ -1,7 +1,8 @@
 //! One sandbox's processes: the running ones under the operator's limit,
 //! and the ended ones for a while after (their exit and output can still
 //! be read). Ended records are forgotten [`RETAIN`] after they ended, or
-//! sooner when more than [`KEEP_ENDED`] have ended; forgetting happens
+//! sooner when more than [`KEEP_ENDED`] have ended or their logs together
+//! hold more than [`KEEP_ENDED_BYTES`] (oldest first); forgetting happens
 //! when the table is next used, which no caller can tell apart from a
 //! timer.
 
@@ -17,6 +18,10 @@ use crate::sandbox::SandboxError;
 pub const RETAIN: Duration = Duration::from_secs(10 * 60);
 /// The most ended records kept per sandbox.
 pub const KEEP_ENDED: usize = 100;
+/// The most memory the logs of one sandbox's ended records hold together:
+/// a client that starts many short, loud processes cannot make the daemon
+/// keep `KEEP_ENDED` full logs.
+pub const KEEP_ENDED_BYTES: usize = 64 * 1024 * 1024;
 
 #[derive(Default)]
 struct Inner {
@@ -95,21 +100,28 @@ impl ProcessTable {
 }
 
 /// Forgets ended records past [`RETAIN`] at `now`, then the oldest ended
-/// ones beyond [`KEEP_ENDED`].
+/// ones beyond [`KEEP_ENDED`] or [`KEEP_ENDED_BYTES`].
 fn prune(processes: &mut Vec<Arc<Process>>, now: Instant) {
     processes.retain(
         |p| !matches!(p.ended_at(), Some(ended) if now.saturating_duration_since(ended) >= RETAIN),
     );
-    let mut ended: Vec<(Instant, u32)> = processes
+    // (when it ended, its place in start order, pid, log memory)
+    let mut ended: Vec<(Instant, usize, u32, usize)> = processes
         .iter()
-        .filter_map(|p| p.ended_at().map(|at| (at, p.pid)))
+        .enumerate()
+        .filter_map(|(at, p)| p.ended_at().map(|end| (end, at, p.pid, p.held_bytes())))
         .collect();
-    if ended.len() > KEEP_ENDED {
-        ended.sort();
-        let forget: Vec<u32> = ended[..ended.len() - KEEP_ENDED]
-            .iter()
-            .map(|(_, pid)| *pid)
-            .collect();
+    // Newest first: keep while both bounds hold, forget the rest.
+    ended.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    let mut held = 0usize;
+    let mut forget = Vec::new();
+    for (kept, (_, _, pid, bytes)) in ended.into_iter().enumerate() {
+        held = held.saturating_add(bytes);
+        if kept >= KEEP_ENDED || held > KEEP_ENDED_BYTES {
+            forget.push(pid);
+        }
+    }
+    if !forget.is_empty() {
         processes.retain(|p| p.is_running() || !forget.contains(&p.pid));
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::record::Process;
-use super::table::{prune_at, ProcessTable, KEEP_ENDED, RETAIN};
+use super::table::{prune_at, ProcessTable, KEEP_ENDED, KEEP_ENDED_BYTES, RETAIN};
 use super::ProcessStatus;
 use crate::guest::OutputStream;
 use crate::sandbox::SandboxError;
@@ -65,6 +65,47 @@ fn ended_records_are_kept_for_a_while_and_at_most_a_hundred() {
     prune_at(&table, Instant::now() + RETAIN + Duration::from_secs(1));
     let left: Vec<u32> = table.list().iter().map(|p| p.pid).collect();
     assert_eq!(left, vec![1]);
+}
+
+#[test]
+fn ended_records_hold_a_bounded_amount_of_output_together() {
+    const LOG: usize = 8 * 1024 * 1024;
+    let table = ProcessTable::default();
+    let running = Arc::new(Process::new(1, vec!["cat".into()], false, None, false, LOG));
+    table.insert(running.clone()).unwrap();
+    running.append(OutputStream::Stdout, &vec![b'r'; LOG]);
+    let loud = KEEP_ENDED_BYTES / LOG + 3;
+    for pid in 2..(2 + loud as u32) {
+        let ended = Arc::new(Process::new(
+            pid,
+            vec!["yes".into()],
+            false,
+            None,
+            false,
+            LOG,
+        ));
+        table.insert(ended.clone()).unwrap();
+        ended.append(OutputStream::Stdout, &vec![b'y'; LOG]);
+        ended.finish(ProcessStatus::Exited(0), None);
+    }
+    let listed = table.list();
+    let ended_held: usize = listed
+        .iter()
+        .filter(|p| !p.is_running())
+        .map(|p| p.held_bytes())
+        .sum();
+    assert!(ended_held <= KEEP_ENDED_BYTES, "{ended_held} bytes kept");
+    assert!(
+        ended_held > KEEP_ENDED_BYTES - 2 * LOG,
+        "{ended_held} bytes kept"
+    );
+    // The running one is never forgotten, and the newest ended ones stay.
+    assert!(table.get(1).is_ok());
+    assert!(table.get(1 + loud as u32).is_ok());
+    assert!(matches!(
+        table.get(2),
+        Err(SandboxError::ProcessNotFound(2))
+    ));
 }
 
 #[test]
