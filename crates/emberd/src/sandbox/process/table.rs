@@ -112,7 +112,7 @@ fn prune(processes: &mut Vec<Arc<Process>>, now: Instant) {
         .filter_map(|(at, p)| p.ended_at().map(|end| (end, at, p.pid, p.held_bytes())))
         .collect();
     // Newest first: keep while both bounds hold, forget the rest.
-    ended.sort_by(|a, b| (b.0, b.1).cmp(&(a.0, a.1)));
+    ended.sort_by_key(|e| std::cmp::Reverse((e.0, e.1)));
     let mut held = 0usize;
     let mut forget = Vec::new();
     for (kept, (_, _, pid, bytes)) in ended.into_iter().enumerate() {
