@@ -12,8 +12,8 @@ pub mod stream;
 
 pub use files::{FileEntry, FileKind, FileList, WriteResult};
 pub use process::{
-    AttachControl, OutputChunk, OutputPage, ProcessInfo, ProcessList, ProcessStarted, ProcessState,
-    PtySize, ResizeRequest, SignalRequest, StartProcessRequest,
+    AttachControl, AttachNotice, OutputChunk, OutputPage, ProcessInfo, ProcessList, ProcessStarted,
+    ProcessState, PtySize, ResizeRequest, SignalRequest, StartProcessRequest,
 };
 pub use stream::{DroppedEvent, OutputEvent};
 

@@ -138,7 +138,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// A control frame of `GET …/processes/{pid}/attach` (a WebSocket text
-/// frame); binary frames carry stdin in and output out.
+/// frame from the client); binary frames carry stdin in and output out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum AttachControl {
@@ -151,4 +151,46 @@ pub enum AttachControl {
     },
     /// Close the process's stdin.
     Eof,
+}
+
+/// A text frame the daemon sends on `GET …/processes/{pid}/attach` (binary
+/// frames carry the output).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum AttachNotice {
+    /// Output fell off the start of the process's log before it was sent.
+    Dropped {
+        /// Bytes lost.
+        dropped: u64,
+        /// Where the output resumes.
+        cursor: u64,
+    },
+    /// A frame of the client's was refused (a bad control frame, stdin
+    /// after end of input); the session goes on.
+    Error { error: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attach_notices_are_tagged_by_type() {
+        let dropped = AttachNotice::Dropped {
+            dropped: 10,
+            cursor: 30,
+        };
+        assert_eq!(
+            serde_json::to_value(&dropped).unwrap(),
+            serde_json::json!({"type": "dropped", "dropped": 10, "cursor": 30})
+        );
+        let refused: AttachNotice =
+            serde_json::from_str(r#"{"type":"error","error":"bad control frame"}"#).unwrap();
+        assert_eq!(
+            refused,
+            AttachNotice::Error {
+                error: "bad control frame".into()
+            }
+        );
+    }
 }

@@ -3,7 +3,7 @@
 //! text frames are `AttachControl` JSON, and the daemon's close frame says
 //! how the process ended. Owns the frame shapes; knows nothing of terminals.
 
-use emberd_api::{AttachControl, DroppedEvent};
+use emberd_api::{AttachControl, AttachNotice, DroppedEvent};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt as _, StreamExt as _};
 use tokio::net::TcpStream;
@@ -61,13 +61,11 @@ pub enum AttachEvent {
 /// The meaning of a text frame from the daemon; `None` for kinds this
 /// client does not know.
 fn notice(text: &str) -> Option<AttachEvent> {
-    let value: serde_json::Value = serde_json::from_str(text).ok()?;
-    match value.get("type")?.as_str()? {
-        "dropped" => serde_json::from_value(value).ok().map(AttachEvent::Dropped),
-        "error" => Some(AttachEvent::Refused(
-            value.get("error")?.as_str()?.to_owned(),
-        )),
-        _ => None,
+    match serde_json::from_str(text).ok()? {
+        AttachNotice::Dropped { dropped, cursor } => {
+            Some(AttachEvent::Dropped(DroppedEvent { dropped, cursor }))
+        }
+        AttachNotice::Error { error } => Some(AttachEvent::Refused(error)),
     }
 }
 

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use emberd_api::AttachControl;
+use emberd_api::{AttachControl, AttachNotice};
 use futures::{SinkExt as _, StreamExt as _};
 
 use super::processes::{parse_pid, query_u64};
@@ -60,12 +60,8 @@ async fn session(socket: WebSocket, handle: ProcessHandle, mut follower: Process
                     }
                 }
                 Ok(Some(FollowEvent::Dropped { dropped, cursor })) => {
-                    let notice = serde_json::json!({
-                        "type": "dropped",
-                        "dropped": dropped,
-                        "cursor": cursor,
-                    });
-                    if tx.send(Message::Text(notice.to_string().into())).await.is_err() {
+                    let notice = AttachNotice::Dropped { dropped, cursor };
+                    if send_notice(&mut tx, &notice).await.is_err() {
                         break End::ClientGone;
                     }
                 }
@@ -123,8 +119,19 @@ async fn report(
     tx: &mut futures::stream::SplitSink<WebSocket, Message>,
     error: &SandboxError,
 ) -> Result<(), axum::Error> {
-    let body = serde_json::json!({ "type": "error", "error": error.to_string() });
-    tx.send(Message::Text(body.to_string().into())).await
+    let notice = AttachNotice::Error {
+        error: error.to_string(),
+    };
+    send_notice(tx, &notice).await
+}
+
+/// Sends `notice` as a text frame.
+async fn send_notice(
+    tx: &mut futures::stream::SplitSink<WebSocket, Message>,
+    notice: &AttachNotice,
+) -> Result<(), axum::Error> {
+    let text = serde_json::to_string(notice).unwrap_or_default();
+    tx.send(Message::Text(text.into())).await
 }
 
 /// The close reason of a process's end: `exit 0`, `signal 15`, `timeout`
