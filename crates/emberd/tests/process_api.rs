@@ -358,9 +358,9 @@ async fn the_websocket_carries_stdin_in_and_output_out_and_closes_with_the_exit(
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
-#[tokio::test]
-async fn deleting_a_sandbox_ends_its_followers_and_websockets() {
-    let served = serve(Options::default()).await;
+/// A sandbox whose one process prints a line and blocks, with a follower
+/// that has read that line and an attached WebSocket.
+async fn followed_and_attached(served: &served::Served) -> (String, u64, sse::Sse, served::Ws) {
     let id = served.daemon.create("python").await;
     let pid = served.start(&id, json!({ "code": "echo:up\nblock" })).await;
     let mut sse = served.follow(&id, pid, "", None).await;
@@ -369,7 +369,14 @@ async fn deleting_a_sandbox_ends_its_followers_and_websockets() {
         "{}/sandboxes/{id}/processes/{pid}/attach",
         served.base.replace("http://", "ws://")
     );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    (id, pid, sse, ws)
+}
+
+#[tokio::test]
+async fn deleting_a_sandbox_ends_its_followers_and_websockets() {
+    let served = serve(Options::default()).await;
+    let (id, pid, mut sse, mut ws) = followed_and_attached(&served).await;
     let (status, _) = served
         .call(Method::DELETE, &format!("/sandboxes/{id}"), None)
         .await;
@@ -473,15 +480,7 @@ async fn websocket_control_frames_signal_and_refuse_a_resize_without_a_terminal(
 #[tokio::test]
 async fn shutdown_ends_followers_and_websockets_at_once() {
     let served = serve(Options::default()).await;
-    let id = served.daemon.create("python").await;
-    let pid = served.start(&id, json!({ "code": "echo:up\nblock" })).await;
-    let mut sse = served.follow(&id, pid, "", None).await;
-    assert_eq!(sse.next().await.unwrap().event, "stdout");
-    let url = format!(
-        "{}/sandboxes/{id}/processes/{pid}/attach",
-        served.base.replace("http://", "ws://")
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let (id, pid, mut sse, mut ws) = followed_and_attached(&served).await;
     // What the daemon does first on SIGTERM, before it drains requests.
     served.daemon.manager.close_streams();
     let rest = sse.rest().await;

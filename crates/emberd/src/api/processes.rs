@@ -186,9 +186,7 @@ async fn signal(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let handle = state.manager.process(&id, parse_pid(&pid)?)?;
-    let body =
-        body::read_bounded(&headers, body, SMALL_BODY_LIMIT, state.body_read_timeout).await?;
-    let request: SignalRequest = parse_body(&body, false)?;
+    let request: SignalRequest = small_json(&state, &headers, body).await?;
     handle.signal(&request.signal).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -215,11 +213,19 @@ async fn resize(
     body: Body,
 ) -> Result<StatusCode, ApiError> {
     let handle = state.manager.process(&id, parse_pid(&pid)?)?;
-    let body =
-        body::read_bounded(&headers, body, SMALL_BODY_LIMIT, state.body_read_timeout).await?;
-    let request: ResizeRequest = parse_body(&body, false)?;
+    let request: ResizeRequest = small_json(&state, &headers, body).await?;
     handle.resize(request.rows, request.cols).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The JSON body of a control route (signal, resize), within [`SMALL_BODY_LIMIT`].
+async fn small_json<T: serde::de::DeserializeOwned + Default>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, ApiError> {
+    let body = body::read_bounded(headers, body, SMALL_BODY_LIMIT, state.body_read_timeout).await?;
+    parse_body(&body, false)
 }
 
 /// The `Last-Event-ID` a reconnecting SSE client sends, when it is a cursor.
