@@ -33,6 +33,12 @@ struct PackLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    pack: String,
+    result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: String,
     pack: String,
@@ -68,6 +74,8 @@ pub struct Metrics {
     create_seconds: Family<BootPathLabel, Histogram>,
     exec_seconds: Histogram,
     boot_failures: Family<PackLabel, Counter>,
+    restore_failures: Family<PackLabel, Counter>,
+    template_builds: Family<BuildLabels, Counter>,
     sandboxes: Family<StateLabels, Gauge>,
     pool_ready: Family<PackLabel, Gauge>,
     held_sandboxes: Gauge,
@@ -110,6 +118,18 @@ impl Metrics {
             "boot_failures",
             "Creates whose VM failed to boot or restore (after any cold-boot fallback)",
             boot_failures.clone(),
+        );
+        let restore_failures = Family::<PackLabel, Counter>::default();
+        registry.register(
+            "restore_failures",
+            "Restores from a pack's template that failed (the create fell back to a cold boot)",
+            restore_failures.clone(),
+        );
+        let template_builds = Family::<BuildLabels, Counter>::default();
+        registry.register(
+            "template_builds",
+            "Template snapshot builds that ended, by pack and result (ok or failed)",
+            template_builds.clone(),
         );
         let restores_given_up = Counter::default();
         registry.register(
@@ -156,7 +176,15 @@ impl Metrics {
             create_seconds.get_or_create_owned(&label);
         }
         for pack in packs {
-            boot_failures.get_or_create_owned(&PackLabel { pack: pack.clone() });
+            let label = PackLabel { pack: pack.clone() };
+            boot_failures.get_or_create_owned(&label);
+            restore_failures.get_or_create_owned(&label);
+            for result in ["ok", "failed"] {
+                template_builds.get_or_create_owned(&BuildLabels {
+                    pack: pack.clone(),
+                    result: result.to_owned(),
+                });
+            }
         }
         Metrics {
             registry,
@@ -164,6 +192,8 @@ impl Metrics {
             create_seconds,
             exec_seconds,
             boot_failures,
+            restore_failures,
+            template_builds,
             sandboxes,
             pool_ready,
             held_sandboxes,
@@ -190,6 +220,25 @@ impl Metrics {
         self.boot_failures
             .get_or_create(&PackLabel {
                 pack: pack.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A restore from `pack`'s template failed; a cold boot follows.
+    pub fn record_restore_failure(&self, pack: &str) {
+        self.restore_failures
+            .get_or_create(&PackLabel {
+                pack: pack.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A template build of `pack` ended.
+    pub fn record_template_build(&self, pack: &str, ok: bool) {
+        self.template_builds
+            .get_or_create(&BuildLabels {
+                pack: pack.to_owned(),
+                result: if ok { "ok" } else { "failed" }.to_owned(),
             })
             .inc();
     }
@@ -253,6 +302,8 @@ mod tests {
         metrics.record_create("warm-pool", Duration::from_millis(30));
         metrics.record_exec(Duration::from_millis(5));
         metrics.record_boot_failure("python");
+        metrics.record_restore_failure("python");
+        metrics.record_template_build("python", true);
         let snapshot = Snapshot {
             sandboxes: vec![
                 ("running".into(), "python".into()),
@@ -271,6 +322,9 @@ mod tests {
             "emberd_create_duration_seconds_count{boot_path=\"warm-pool\"} 1",
             "emberd_exec_duration_seconds_count 1",
             "emberd_boot_failures_total{pack=\"python\"} 1",
+            "emberd_restore_failures_total{pack=\"python\"} 1",
+            "emberd_template_builds_total{pack=\"python\",result=\"ok\"} 1",
+            "emberd_template_builds_total{pack=\"python\",result=\"failed\"} 0",
             "emberd_sandboxes{state=\"running\",pack=\"python\"} 2",
             "emberd_pool_ready{pack=\"python\"} 2",
             "emberd_held_sandboxes 4",

@@ -1,6 +1,6 @@
 //! `GET /metrics` through `api::app()` over the fake backend: the metric
 //! families and their values after creates (cold boot, warm pool, a failed
-//! boot), unary and streamed execs and a delete, and that the route is behind the token.
+//! boot), unary and streamed execs and a delete, template builds and restores, and that the route is behind the token.
 
 mod fixture;
 
@@ -9,7 +9,7 @@ use axum::http::{header, Method, Request, StatusCode};
 use emberd::api::auth::Tokens;
 use emberd::api::HttpConfig;
 use emberd::sandbox::{ExecParams, ExecStreamEvent};
-use fixture::{Daemon, MEMORY_MIB};
+use fixture::{wait_until_async, Daemon, Options, MEMORY_MIB};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
 
@@ -73,6 +73,8 @@ async fn a_create_and_an_exec_show_in_every_family() {
         "emberd_create_duration_seconds_count{boot_path=\"cold-boot\"}",
         "emberd_boot_failures_total{pack=\"python\"}",
         "emberd_boot_failures_total{pack=\"shell\"}",
+        "emberd_restore_failures_total{pack=\"python\"}",
+        "emberd_template_builds_total{pack=\"python\",result=\"ok\"}",
         "emberd_restores_given_up_total",
         "emberd_reaped_total",
         "emberd_guest_memory_committed_bytes",
@@ -164,6 +166,52 @@ async fn a_failed_boot_is_counted_and_is_no_create() {
     assert_sample(&text, "emberd_creates_total{boot_path=\"cold-boot\"}", 0.0);
     assert_sample(&text, "emberd_held_sandboxes", 0.0);
     daemon.backend.fail_boots(false);
+    daemon.stop().await;
+}
+
+#[tokio::test]
+async fn template_builds_restores_and_a_failed_restore_are_counted() {
+    let daemon = Daemon::with(Options {
+        templates: true,
+        warm_templates_at_start: true,
+        ..Options::default()
+    });
+    wait_until_async("both templates are built", || async {
+        daemon.backend.snapshots_taken() == 2
+            && daemon.backend.live_vms() == 0
+            && daemon.info().await["boot_path"] == "snapshot-restore"
+    })
+    .await;
+    let text = scrape(&daemon).await;
+    for pack in ["python", "shell"] {
+        assert_sample(
+            &text,
+            &format!("emberd_template_builds_total{{pack=\"{pack}\",result=\"ok\"}}"),
+            1.0,
+        );
+        assert_sample(
+            &text,
+            &format!("emberd_template_builds_total{{pack=\"{pack}\",result=\"failed\"}}"),
+            0.0,
+        );
+    }
+
+    daemon.manager.create("shell").await.unwrap();
+    daemon.backend.fail_restores(true);
+    daemon.manager.create("python").await.unwrap();
+    daemon.backend.fail_restores(false);
+    let text = scrape(&daemon).await;
+    assert_sample(
+        &text,
+        "emberd_creates_total{boot_path=\"snapshot-restore\"}",
+        1.0,
+    );
+    assert_sample(&text, "emberd_creates_total{boot_path=\"cold-boot\"}", 1.0);
+    assert_sample(&text, "emberd_restore_failures_total{pack=\"python\"}", 1.0);
+    assert_sample(&text, "emberd_restore_failures_total{pack=\"shell\"}", 0.0);
+    assert_sample(&text, "emberd_boot_failures_total{pack=\"python\"}", 0.0);
+    // The VMM refused an intact template: the pack's restores are given up.
+    assert_sample(&text, "emberd_restores_given_up_total", 1.0);
     daemon.stop().await;
 }
 

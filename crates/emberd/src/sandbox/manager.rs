@@ -89,6 +89,7 @@ impl Manager {
             config,
             template_requests,
             background.token.clone(),
+            metrics.clone(),
         );
         Ok(Manager {
             launcher: Arc::new(launcher),
