@@ -16,6 +16,7 @@ mod body;
 mod edge;
 mod error;
 mod files;
+mod metrics;
 pub mod origin;
 mod processes;
 mod server;
@@ -76,6 +77,7 @@ fn routes(manager: Arc<Manager>, body_read_timeout: Duration) -> Router {
         .route("/sandboxes/{id}/exec", post(exec))
         .merge(processes::routes())
         .merge(files::routes())
+        .merge(metrics::routes())
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(AppState {

@@ -49,12 +49,16 @@ impl Manager {
         drop(prepared.sandbox.begin_exec()?);
         // Unbounded, but bounded in fact: the exec's cap limits what comes.
         let (tx, events) = mpsc::unbounded_channel();
+        let metrics = self.metrics.clone();
         let task = tokio::spawn(async move {
             let output = tx.clone();
             let mut sink = move |stream: OutputStream, data: &[u8]| {
                 let _ = output.send(ExecStreamEvent::Output(stream, data.to_vec()));
             };
             let result = prepared.run(params, Some(&mut sink)).await;
+            if let Ok(outcome) = &result {
+                metrics.record_exec(outcome.elapsed);
+            }
             let _ = tx.send(ExecStreamEvent::Done(result));
         });
         Ok(ExecStream { events, task })

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::guest::{guest_text, AgentClient, GuestError};
 use crate::image::{Manifest, ManifestError, PackArtefact};
+use crate::metrics::Metrics;
 use crate::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend, VmmError};
 
 use super::error::{BootError, SandboxError};
@@ -63,6 +64,8 @@ pub(super) struct Launcher {
     template_keys: HashMap<String, String>,
     /// Packs whose template should be built.
     template_requests: UnboundedSender<String>,
+    /// Where restore failures and template builds are counted.
+    pub metrics: std::sync::Arc<Metrics>,
 }
 
 impl Launcher {
@@ -72,6 +75,7 @@ impl Launcher {
         config: ManagerConfig,
         template_requests: UnboundedSender<String>,
         shutdown: CancellationToken,
+        metrics: std::sync::Arc<Metrics>,
     ) -> Self {
         let templates = match &config.snapshot_dir {
             Some(dir) if backend.capabilities().restore => {
@@ -87,6 +91,7 @@ impl Launcher {
             shutdown,
             template_keys: HashMap::new(),
             template_requests,
+            metrics,
         };
         let (backend, version) = (launcher.backend.name(), launcher.backend.version());
         let host = host_fingerprint();
@@ -255,6 +260,7 @@ impl Launcher {
                     return Ok(guest);
                 }
                 Err(e) => {
+                    self.metrics.record_restore_failure(pack);
                     tracing::warn!(pack, sandbox = %spec.sandbox_id, error = %crate::error_chain::render(&e), "restore from the template failed; falling back to a cold boot");
                     self.check_template_after_failure(pack, &lease, &e).await;
                     drop(lease);

@@ -16,6 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::image::Manifest;
+use crate::metrics::Metrics;
 use crate::vmm::VmBackend;
 
 use super::admission::{Admission, Reservation};
@@ -29,7 +30,7 @@ use super::pool::{Pooled, Pools};
 use super::reaper::{self, Registry};
 use super::record::Sandbox;
 use super::recovery::{self, WorkDirError, WorkDirLock};
-use super::{vm_watch, ManagerConfig};
+use super::{observe, vm_watch, ManagerConfig};
 
 /// A pooled VM that answered `Health` this recently is handed out unasked.
 const HEALTH_FRESH: Duration = Duration::from_secs(2);
@@ -46,6 +47,8 @@ pub struct Manager {
     template_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
     reaper: Mutex<Option<JoinHandle<()>>>,
     reaped: Arc<AtomicU64>,
+    /// Counters and histograms of creates and execs (see `observe.rs`).
+    pub(super) metrics: Arc<Metrics>,
     /// Cancelled when shutdown begins: long-lived output streams (process
     /// followers, attached WebSockets) end then, instead of holding the
     /// drain of requests in flight until its bound.
@@ -77,6 +80,7 @@ impl Manager {
             &config,
             admission.clone(),
         ));
+        let metrics = Arc::new(observe::new_metrics(&manifest.pack_names()));
         let (template_requests, template_queue) = tokio::sync::mpsc::unbounded_channel();
         let background = Background::new();
         let launcher = Launcher::new(
@@ -85,6 +89,7 @@ impl Manager {
             config,
             template_requests,
             background.token.clone(),
+            metrics.clone(),
         );
         Ok(Manager {
             launcher: Arc::new(launcher),
@@ -95,6 +100,7 @@ impl Manager {
             template_queue: Mutex::new(Some(template_queue)),
             reaper: Mutex::new(None),
             reaped: Arc::default(),
+            metrics,
             streams_closing: CancellationToken::new(),
             _lock: lock,
         })
@@ -132,6 +138,7 @@ impl Manager {
     /// create over a per-sandbox maximum or an admission limit fails before
     /// any VM work starts.
     pub async fn create_with(&self, params: CreateParams) -> Result<String, SandboxError> {
+        let started = Instant::now();
         let pack = params.pack.as_str();
         if self.background.token.is_cancelled() {
             return Err(SandboxError::ShuttingDown);
@@ -141,7 +148,7 @@ impl Manager {
         self.launcher.pack(pack)?;
         if terms.shape == default_shape {
             while let Some(pooled) = self.pools.take(pack) {
-                match self.adopt(pooled, pack, terms).await {
+                match self.adopt(pooled, pack, terms, started).await {
                     Ok(id) => return Ok(id),
                     Err(e) => {
                         tracing::warn!(pack, error = %crate::error_chain::render(&e), "pooled sandbox unusable; trying the next")
@@ -150,7 +157,7 @@ impl Manager {
             }
         }
         let reservation = self.make_room(terms.shape.memory_mib).await?;
-        self.boot_new(pack, terms, reservation).await
+        self.boot_new(pack, terms, reservation, started).await
     }
 
     /// Room under the admission limits for a sandbox of `memory_mib`. When
@@ -179,6 +186,7 @@ impl Manager {
         pooled: Pooled,
         pack: &str,
         terms: Terms,
+        started: Instant,
     ) -> Result<String, SandboxError> {
         // The filler checks `Health` every second; only a VM not heard from
         // recently is asked again before hand-out. One that has died since
@@ -206,6 +214,8 @@ impl Manager {
         ));
         self.insert(sandbox.clone());
         vm_watch::watch(sandbox, self.background.token.clone());
+        self.metrics
+            .record_create(BootPath::WarmPool.as_str(), started.elapsed());
         tracing::info!(sandbox = %id, pack, "sandbox handed out from the pool");
         Ok(id)
     }
@@ -217,6 +227,7 @@ impl Manager {
         pack: &str,
         terms: Terms,
         reservation: Reservation,
+        started: Instant,
     ) -> Result<String, SandboxError> {
         let (id, dir) = self.launcher.new_sandbox_dir()?;
         let sandbox = Arc::new(Sandbox::booting(
@@ -227,10 +238,14 @@ impl Manager {
             reservation,
         ));
         self.insert(sandbox.clone());
-        let started = Instant::now();
         let boot = async {
             let _turn = self.admission.boot_permit().await?;
-            self.launcher.boot(&id, &dir, pack, terms.shape).await
+            let booted = self.launcher.boot(&id, &dir, pack, terms.shape).await;
+            // A boot cut short by shutdown is no failure of the VM.
+            if matches!(&booted, Err(e) if !matches!(e, SandboxError::ShuttingDown)) {
+                self.metrics.record_boot_failure(pack);
+            }
+            booted
         };
         let booted = tokio::select! {
             result = boot => result,
@@ -242,6 +257,8 @@ impl Manager {
                 match sandbox.finish_boot(guest) {
                     Ok(()) => {
                         vm_watch::watch(sandbox, self.background.token.clone());
+                        self.metrics
+                            .record_create(boot_path.as_str(), started.elapsed());
                         tracing::info!(sandbox = %id, pack, %boot_path, elapsed_ms = started.elapsed().as_millis() as u64, "sandbox ready");
                         return Ok(id);
                     }
@@ -265,9 +282,12 @@ impl Manager {
     /// Runs `params.code` in sandbox `id` with the pack's interpreter. An
     /// exec whose VM ends under it answers [`SandboxError::Exited`].
     pub async fn exec(&self, id: &str, params: ExecParams) -> Result<ExecOutcome, SandboxError> {
-        self.prepare_exec(id, params.timeout_ms)?
+        let outcome = self
+            .prepare_exec(id, params.timeout_ms)?
             .run(params, None)
-            .await
+            .await?;
+        self.metrics.record_exec(outcome.elapsed);
+        Ok(outcome)
     }
 
     /// Checks what an exec (unary or streamed) or a process start needs

@@ -35,6 +35,7 @@ mod launcher;
 pub mod limits;
 mod manager;
 mod model;
+mod observe;
 mod pool;
 pub mod process;
 mod reaper;

@@ -50,6 +50,9 @@ pub(in crate::sandbox) async fn build_logged(
         () = shutting_down.cancelled() => Err(SandboxError::ShuttingDown),
     };
     templates.finish_build(pack, result.is_ok());
+    if !matches!(result, Err(SandboxError::ShuttingDown)) {
+        launcher.metrics.record_template_build(pack, result.is_ok());
+    }
     match result {
         Ok(files) => tracing::info!(
             pack,
