@@ -12,6 +12,7 @@ packages=(
   xz-utils lz4 zstd # unpacking kernels
   cpio              # inspecting initramfs images
   python3 nodejs    # the agent tests run both interpreters on the host
+  python3-venv      # the Python test environment (SDK, schemathesis, MCP client)
   ca-certificates
 )
 
