@@ -12,11 +12,17 @@ EMBERD_BIN := target/release/emberd
 export EMBERD_DATA_DIR := $(DATA_DIR)
 export EMBERD_INIT_BIN := $(CURDIR)/$(INIT_BIN)
 
-.PHONY: setup build images run test test-firecracker smoke-firecracker lint bench clean-images
+.PHONY: setup build images run test test-firecracker smoke-firecracker lint bench clean-images install
+
+# `make install`: where the binaries, the system-wide images and the unit go.
+PREFIX ?= /usr/local
+SYSTEM_DATA_DIR ?= /var/lib/emberd
+SYSTEMD_UNIT_DIR ?= /etc/systemd/system
 
 ## Install every system package and Rust target the project needs (idempotent).
 setup:
 	@bash scripts/install-deps.sh
+	@bash scripts/python-env.sh
 
 ## Build the daemon, the CLI and the static guest agent.
 build: setup
@@ -55,6 +61,18 @@ lint:
 ## Benchmark: starts its own daemons (cold boot, restore, pool), prints a table, writes bench.json.
 bench: images
 	target/release/emberctl bench --json bench.json
+
+## Install emberd and emberctl under $(PREFIX), the images in $(SYSTEM_DATA_DIR) and the
+## systemd unit (packaging/emberd.service); run as root. DESTDIR stages the whole tree.
+install: images
+	install -D -m 0755 $(EMBERD_BIN) $(DESTDIR)$(PREFIX)/bin/emberd
+	install -D -m 0755 target/release/emberctl $(DESTDIR)$(PREFIX)/bin/emberctl
+	install -d -m 0700 $(DESTDIR)$(SYSTEM_DATA_DIR)
+	cp -a "$(DATA_DIR)/blobs" "$(DATA_DIR)/manifest.json" $(DESTDIR)$(SYSTEM_DATA_DIR)/
+	install -d $(DESTDIR)$(SYSTEMD_UNIT_DIR)
+	sed 's|@BINDIR@|$(PREFIX)/bin|' packaging/emberd.service > $(DESTDIR)$(SYSTEMD_UNIT_DIR)/emberd.service
+	chmod 0644 $(DESTDIR)$(SYSTEMD_UNIT_DIR)/emberd.service
+	@echo "emberd: installed; start it with: systemctl daemon-reload && systemctl enable --now emberd"
 
 clean-images:
 	rm -rf "$(DATA_DIR)"

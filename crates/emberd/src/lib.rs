@@ -16,6 +16,7 @@ pub mod error_chain;
 pub mod guest;
 pub mod host_tools;
 pub mod image;
+pub mod logging;
 pub mod metrics;
 pub mod sandbox;
 pub mod serve;

@@ -11,6 +11,15 @@ use clap::{Parser, Subcommand};
     about = "Run untrusted code in throw-away microVMs"
 )]
 struct Cli {
+    /// How log lines are written to stderr.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "EMBERD_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: emberd::logging::LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -34,14 +43,8 @@ enum ImageCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EMBERD_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
     let cli = Cli::parse();
+    emberd::logging::init(cli.log_format);
     let result = match cli.command {
         Command::Serve(args) => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)

@@ -16,6 +16,7 @@ use axum::Router;
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::trace::TraceLayer;
 
 use super::auth::Tokens;
 use super::origin::{OriginPolicy, Refusal};
@@ -86,6 +87,7 @@ pub fn with_edge(routes: Router, config: &HttpConfig) -> Router {
             check_origin,
         ))
         .layer(CatchPanicLayer::custom(panic_response))
+        .layer(TraceLayer::new_for_http().make_span_with(super::trace::request_span))
 }
 
 /// CORS answers for the allowed origins, so that a page served from one can

@@ -21,6 +21,7 @@ pub mod origin;
 mod processes;
 mod server;
 mod stream;
+mod trace;
 mod wire;
 
 pub use body::{LINGER_BYTES, LINGER_TIME};

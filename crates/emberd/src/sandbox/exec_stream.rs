@@ -5,6 +5,7 @@
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tracing::Instrument as _;
 
 use crate::guest::OutputStream;
 
@@ -50,17 +51,20 @@ impl Manager {
         // Unbounded, but bounded in fact: the exec's cap limits what comes.
         let (tx, events) = mpsc::unbounded_channel();
         let metrics = self.metrics.clone();
-        let task = tokio::spawn(async move {
-            let output = tx.clone();
-            let mut sink = move |stream: OutputStream, data: &[u8]| {
-                let _ = output.send(ExecStreamEvent::Output(stream, data.to_vec()));
-            };
-            let result = prepared.run(params, Some(&mut sink)).await;
-            if let Ok(outcome) = &result {
-                metrics.record_exec(outcome.elapsed);
+        let task = tokio::spawn(
+            async move {
+                let output = tx.clone();
+                let mut sink = move |stream: OutputStream, data: &[u8]| {
+                    let _ = output.send(ExecStreamEvent::Output(stream, data.to_vec()));
+                };
+                let result = prepared.run(params, Some(&mut sink)).await;
+                if let Ok(outcome) = &result {
+                    metrics.record_exec(outcome.elapsed);
+                }
+                let _ = tx.send(ExecStreamEvent::Done(result));
             }
-            let _ = tx.send(ExecStreamEvent::Done(result));
-        });
+            .in_current_span(),
+        );
         Ok(ExecStream { events, task })
     }
 }

@@ -204,6 +204,7 @@ impl Manager {
         let mut booted = pooled.booted;
         booted.guest.boot_path = BootPath::WarmPool;
         let id = booted.id.clone();
+        tracing::Span::current().record("sandbox", id.as_str());
         let sandbox = Arc::new(Sandbox::running(
             booted.id,
             pack,
@@ -230,6 +231,7 @@ impl Manager {
         started: Instant,
     ) -> Result<String, SandboxError> {
         let (id, dir) = self.launcher.new_sandbox_dir()?;
+        tracing::Span::current().record("sandbox", id.as_str());
         let sandbox = Arc::new(Sandbox::booting(
             id.clone(),
             pack,

@@ -26,6 +26,7 @@ use std::time::Duration;
 use emberd_proto::boundary::{capability, MAX_PTY_SIDE};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::guest::bounds::EXEC_DRAIN_LIMIT;
 use crate::guest::{ExecEvent, StartSpec};
@@ -171,12 +172,15 @@ impl Manager {
             process.append(stream, &data);
         }
         sandbox.processes.insert(process.clone())?;
-        tokio::spawn(driver::drive(
-            process.clone(),
-            events,
-            sandbox.deleted.clone(),
-            sandbox.exited.clone(),
-        ));
+        tokio::spawn(
+            driver::drive(
+                process.clone(),
+                events,
+                sandbox.deleted.clone(),
+                sandbox.exited.clone(),
+            )
+            .instrument(tracing::info_span!("process", sandbox = %id, pid)),
+        );
         tracing::debug!(sandbox = %id, pid, "process started");
         Ok(process.snapshot())
     }
