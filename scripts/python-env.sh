@@ -9,6 +9,11 @@ venv=target/pyenv
 stamp="$venv/.stamp"
 want="$({ cat scripts/requirements-test.txt; cat clients/python/pyproject.toml 2>/dev/null || true; } | sha256sum | cut -d' ' -f1)"
 
+# A venv copied from another checkout still points at that checkout: make a fresh one.
+if [ -e "$venv/bin/pip" ] && ! head -n1 "$venv/bin/pip" | grep -qF "$(pwd)/$venv/bin/python"; then
+  echo "setup: $venv belongs to another checkout; recreating it"
+  rm -rf "$venv"
+fi
 if [ ! -x "$venv/bin/python" ]; then
   echo "setup: creating the Python test environment in $venv"
   /usr/bin/python3 -m venv "$venv"
