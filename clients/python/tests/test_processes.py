@@ -98,9 +98,17 @@ def test_a_server_answers_another_exec(sb: Sandbox) -> None:
     assert b"GET /hello.txt" in server.output().stderr
 
 
-def test_pty(sb: Sandbox) -> None:
-    p = sb.processes.start(["sh", "-c", "tty; stty size"], pty=(30, 100))
+def test_pty_and_resize(sb: Sandbox) -> None:
+    p = sb.processes.start(["sh", "-c", "tty; stty size; read line; stty size"], pty=(30, 100))
+    with p.follow() as f:
+        seen = b""
+        for chunk in f:
+            seen += chunk.data
+            if b"30 100" in seen:
+                break
+    p.resize(40, 120)
+    p.write_stdin("\n")
     info = p.wait()
-    assert info.pty
+    assert info.pty and info.exit_code == 0
     out = p.output().stdout.decode()
-    assert "/dev/pts/" in out and "30 100" in out
+    assert "/dev/pts/" in out and "30 100" in out and "40 120" in out
