@@ -92,6 +92,14 @@ def test_conflicts(sb: Sandbox) -> None:
         p.write_stdin("late")
 
 
+def test_a_body_over_its_limit_is_limit_exceeded(sb: Sandbox) -> None:
+    p = sb.processes.start(["cat"], stdin=True)
+    with pytest.raises(LimitExceeded) as e:
+        p.write_stdin(b"x" * ((1 << 20) + 1))
+    assert e.value.status == 413 and "too large" in e.value.message
+    p.kill("KILL")
+
+
 def test_unreachable_daemon_is_a_transport_error() -> None:
     with Client("127.0.0.1:1") as c:
         assert not c.health()
