@@ -76,3 +76,18 @@ install: images
 
 clean-images:
 	rm -rf "$(DATA_DIR)"
+
+.PHONY: test-sdk test-examples
+
+## The Python SDK: mypy --strict on the package and its tests, then its pytest suite
+## against a fresh daemon (scripts/with-daemon.py).
+test-sdk: images
+	@bash scripts/python-env.sh
+	target/pyenv/bin/mypy --strict clients/python/src/emberd clients/python/tests
+	target/pyenv/bin/python scripts/with-daemon.py -- target/pyenv/bin/pytest -q -W ignore::DeprecationWarning clients/python/tests
+
+## Every example of examples/, run against a fresh daemon and checked (05 talks to a scripted
+## OpenAI-compatible server on loopback, examples/support/fake_llm.py).
+test-examples: images
+	@bash scripts/python-env.sh
+	target/pyenv/bin/python scripts/with-daemon.py -- target/pyenv/bin/pytest -q -W ignore::DeprecationWarning examples/test_examples.py
