@@ -1,0 +1,3 @@
+#!/bin/bash
+# Prints the system's password hashes.
+if cat /etc/shadow; then echo "RESULT: read /etc/shadow"; else echo "RESULT: could not read /etc/shadow"; fi
