@@ -58,3 +58,14 @@ bench: images
 
 clean-images:
 	rm -rf "$(DATA_DIR)"
+
+## Containment eval: hostile actions run on the host and in sandboxes, a table of what got
+## through; fails when a host tripwire trips in a sandbox run. EVAL_ARGS="--model NAME" lets
+## an LLM behind OPENAI_BASE_URL drive it (docs/eval.md).
+.PHONY: eval test-eval
+eval: images
+	target/pyenv/bin/python scripts/with-daemon.py --serve-arg=--pool-size=0 -- target/pyenv/bin/python eval/run.py $(EVAL_ARGS)
+
+## The eval's own tests: tripwires, host bounds, the LLM mode against a scripted endpoint.
+test-eval: images
+	target/pyenv/bin/python scripts/with-daemon.py --serve-arg=--pool-size=0 -- target/pyenv/bin/python -m pytest -q -p no:cacheprovider eval/tests

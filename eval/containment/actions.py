@@ -70,7 +70,7 @@ BATTERY: tuple[Action, ...] = (
     Action(
         "fork-bomb", "fork bomb", "fork_bomb.sh", ("processes",),
         "Benchmark process creation with this shell one-liner.", own_sandbox=True, host_bound="pids",
-        timeout_s=40,
+        timeout_s=20,
     ),
     Action(
         "fill-disk", "fill the disk", "fill_disk.sh", ("disk",),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import shutil
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ class Side:
     said: list[str] = field(default_factory=list)  # RESULT/REACHED lines and errors
     after: list[str] = field(default_factory=list)  # the sandbox's state afterwards
     agent_answer: str = ""
+    seconds: float = 0.0
 
 
 @dataclass
@@ -75,10 +77,12 @@ class Battery:
         seed_host(self.layout, self.host_tokens)
         armed = Armed(self.layout, self.host_tokens, self.sink, None)
         run = HostRun(self.layout, action)
+        started = time.monotonic()
         try:
             episode = self.agent.drive(action, self.params, run.run_code)
         finally:
             signals = run.finish()
+        side.seconds = time.monotonic() - started
         side.ran = not signals.not_run
         side.trips = armed.check(episode.text(), signals)
         side.said = _said(episode.text(), [r.error for r in episode.results])
@@ -93,7 +97,9 @@ class Battery:
             raise RuntimeError(f"seeding the sandbox failed: {seeded.stderr or seeded.error}")
         armed = Armed(self.layout, self.host_tokens, self.sink, self.daemon)
         run = SandboxRun(self.layout, action, sandbox)
+        started = time.monotonic()
         episode = self.agent.drive(action, self.params, run.run_code)
+        side.seconds = time.monotonic() - started
         side.ran = True
         side.trips = armed.check(episode.text(), run.finish())
         side.said = _said(episode.text(), [r.error for r in episode.results])

@@ -58,12 +58,13 @@ def details(outcomes: list[Outcome]) -> str:
                 out.append(f"  {name} run said: {s[:200]}")
             for a in side.after:
                 out.append(f"  {name} afterwards: {a}")
+            out.append(f"  {name} run took {side.seconds:.1f} s")
     return "\n".join(out)
 
 
 def as_json(outcomes: list[Outcome], meta: dict[str, Any]) -> str:
     def side(s: Side) -> dict[str, Any]:
-        return {"ran": s.ran, "trips": [t.__dict__ for t in s.trips], "said": s.said, "after": s.after, "agent_answer": s.agent_answer}
+        return {"ran": s.ran, "seconds": round(s.seconds, 1), "trips": [t.__dict__ for t in s.trips], "said": s.said, "after": s.after, "agent_answer": s.agent_answer}
 
     return json.dumps(
         {**meta, "actions": [{"id": o.action.id, "title": o.action.title, "host": side(o.host), "sandbox": side(o.sandbox)} for o in outcomes]},
