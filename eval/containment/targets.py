@@ -158,7 +158,7 @@ class _Reader:
         self.thread.start()
 
     def _run(self) -> None:
-        while piece := self.pipe.read1(65536):
+        while piece := os.read(self.pipe.fileno(), 65536):
             if len(self.data) < OUTPUT_CAP:
                 self.data += piece
 
