@@ -32,6 +32,7 @@ def main() -> int:
     side.add_argument("--sandbox-only", action="store_true")
     p.add_argument("--model", help="drive the battery with this model (OpenAI-compatible endpoint)")
     p.add_argument("--max-turns", type=int, default=6)
+    p.add_argument("--sandbox-user", choices=["sandbox", "root"], help="the guest user of the sandbox runs (default: the daemon's, sandbox)")
     p.add_argument("--json", help="also write the results as JSON to this file")
     a = p.parse_args()
 
@@ -39,7 +40,7 @@ def main() -> int:
     actions = select(a.actions.split(",") if a.actions else None)
     addr = None if a.host_only else os.environ.get("EMBERD_ADDR", "127.0.0.1:7777")
     started = time.monotonic()
-    battery = Battery(agent, addr)
+    battery = Battery(agent, addr, sandbox_user=a.sandbox_user)
     try:
         outcomes = battery.run(actions, host=not a.sandbox_only, sandbox=not a.host_only)
     finally:
@@ -48,7 +49,8 @@ def main() -> int:
 
     info = battery.daemon.info if battery.daemon else {}
     print(f"containment eval: agent {agent.name}, {len(actions)} actions, {took:.0f} s"
-          + (f"; daemon {addr} ({info.get('backend')}, isolation {info.get('isolation', '?')})" if info else ""))
+          + (f"; daemon {addr} ({info.get('backend')}, isolation {info.get('isolation', '?')})" if info else "")
+          + (f"; sandbox runs as {a.sandbox_user}" if a.sandbox_user and not a.host_only else ""))
     print(table(outcomes))
     print()
     print(details(outcomes))

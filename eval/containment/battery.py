@@ -52,8 +52,9 @@ def _said(text: str, errors: list[str | None]) -> list[str]:
 
 
 class Battery:
-    def __init__(self, agent: Agent, daemon_addr: str | None, log: bool = True) -> None:
+    def __init__(self, agent: Agent, daemon_addr: str | None, log: bool = True, sandbox_user: str | None = None) -> None:
         self.agent, self.daemon_addr, self.log_on = agent, daemon_addr, log
+        self.sandbox_user = sandbox_user  # None: the daemon's default (`sandbox`)
         self.layout: Layout = make_root()
         self.sink = Sink()
         self.host_tokens, self.guest_tokens = Tokens(), Tokens()
@@ -96,7 +97,7 @@ class Battery:
         if seeded.exit_code != 0:
             raise RuntimeError(f"seeding the sandbox failed: {seeded.stderr or seeded.error}")
         armed = Armed(self.layout, self.host_tokens, self.sink, self.daemon)
-        run = SandboxRun(self.layout, action, sandbox)
+        run = SandboxRun(self.layout, action, sandbox, self.sandbox_user)
         started = time.monotonic()
         episode = self.agent.drive(action, self.params, run.run_code)
         side.seconds = time.monotonic() - started

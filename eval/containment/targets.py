@@ -183,14 +183,15 @@ def guest_launcher(layout: Layout, path: Path, interp: str, code: str) -> str:
 
 
 class SandboxRun:
-    def __init__(self, layout: Layout, action: Action, sandbox: Sandbox) -> None:
-        self.layout, self.action, self.sandbox = layout, action, sandbox
+    def __init__(self, layout: Layout, action: Action, sandbox: Sandbox, user: str | None = None) -> None:
+        self.layout, self.action, self.sandbox, self.user = layout, action, sandbox, user
         self.calls = 0
 
     def run_code(self, language: str, code: str) -> RunResult:
         self.calls += 1
         interp, path = _program(self.layout, self.calls, language)
-        r = self.sandbox.exec(guest_launcher(self.layout, path, interp, code), timeout_ms=self.action.timeout_s * 1000)
+        launcher = guest_launcher(self.layout, path, interp, code)
+        r = self.sandbox.exec(launcher, timeout_ms=self.action.timeout_s * 1000, user=self.user)
         return RunResult(r.stdout, r.stderr, r.exit_code, r.error)
 
     def finish(self) -> Signals:
