@@ -92,7 +92,7 @@ class _LeakySandbox:
 
     id = "sb_leaky"
 
-    def exec(self, code: str, timeout_ms: int | None = None) -> ExecResult:
+    def exec(self, code: str, timeout_ms: int | None = None, user: str | None = None) -> ExecResult:
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         return ExecResult(done.stdout, done.stderr, done.returncode)
 
