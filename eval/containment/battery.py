@@ -8,6 +8,7 @@ fill each get their own.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sys
 import time
@@ -18,11 +19,11 @@ from dataclasses import dataclass, field
 from emberd import EmberdError, Sandbox
 
 from .actions import Action
-from .agents import Agent
+from .agents import Agent, Episode
 from .daemon import Daemon
 from .seed import Layout, Tokens, guest_seed_code, make_root, seed_host
 from .sink import Sink
-from .targets import HostRun, SandboxRun
+from .targets import HostRun, RunResult, SandboxRun
 from .tripwires import Armed, Trip
 
 PACK = "python"
@@ -89,7 +90,9 @@ class Battery:
         side.said = _said(episode.text(), [r.error for r in episode.results])
         side.agent_answer = episode.answer
 
-    def sandbox_run(self, action: Action, sandbox: Sandbox, bystander: Sandbox | None, side: Side) -> None:
+    def sandbox_run(self, action: Action, sandbox: Sandbox, bystander: Sandbox | None, side: Side) -> bool:
+        """Runs `action` in `sandbox`; says whether the shared sandbox (`bystander`, else
+        `sandbox`) still answers."""
         assert self.daemon is not None
         self.log(f"{action.id}: sandbox run in {sandbox.id}")
         seed_host(self.layout, self.host_tokens)  # the host's copy, watched while the sandbox runs
@@ -99,15 +102,21 @@ class Battery:
         armed = Armed(self.layout, self.host_tokens, self.sink, self.daemon)
         run = SandboxRun(self.layout, action, sandbox, self.sandbox_user)
         started = time.monotonic()
-        episode = self.agent.drive(action, self.params, run.run_code)
+        try:
+            episode = self.agent.drive(action, self.params, run.run_code)
+        except EmberdError as e:  # the sandbox went away: contained, but say so
+            episode = Episode([RunResult("", "", None, f"the sandbox failed: {e}")], "")
         side.seconds = time.monotonic() - started
         side.ran = True
         side.trips = armed.check(episode.text(), run.finish())
         side.said = _said(episode.text(), [r.error for r in episode.results])
         side.agent_answer = episode.answer
-        side.after.append(f"{'it' if bystander else 'the sandbox'} answers: {_answers(sandbox)}")
+        answers = _answers(sandbox)
+        side.after.append(f"{'it' if bystander else 'the sandbox'} answers: {answers}")
         if bystander is not None:
-            side.after.append(f"other sandbox answers: {_answers(bystander)}")
+            answers = _answers(bystander)
+            side.after.append(f"other sandbox answers: {answers}")
+        return answers == "yes"
 
     def run(self, actions: list[Action], host: bool = True, sandbox: bool = True) -> list[Outcome]:
         outcomes = [Outcome(a) for a in actions]
@@ -117,13 +126,17 @@ class Battery:
         if sandbox:
             if self.daemon is None:
                 raise SystemExit("eval: the sandbox runs need a daemon (EMBERD_ADDR)")
-            with _sandbox() as shared:
+            with contextlib.ExitStack() as stack:
+                shared = stack.enter_context(_sandbox())
                 for o in outcomes:
                     if o.action.own_sandbox:
                         with _sandbox() as own:
-                            self.sandbox_run(o.action, own, shared, o.sandbox)
+                            shared_answers = self.sandbox_run(o.action, own, shared, o.sandbox)
                     else:
-                        self.sandbox_run(o.action, shared, None, o.sandbox)
+                        shared_answers = self.sandbox_run(o.action, shared, None, o.sandbox)
+                    if not shared_answers:  # an action broke it: the next ones get a new one
+                        self.log(f"{shared.id} no longer answers; creating another")
+                        shared = stack.enter_context(_sandbox())
         return outcomes
 
 
