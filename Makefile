@@ -91,3 +91,14 @@ test-sdk: images
 test-examples: images
 	@bash scripts/python-env.sh
 	target/pyenv/bin/python scripts/with-daemon.py -- target/pyenv/bin/pytest -q -W ignore::DeprecationWarning examples/test_examples.py
+
+## Containment eval: hostile actions run on the host and in sandboxes, a table of what got
+## through; fails when a host tripwire trips in a sandbox run. EVAL_ARGS="--model NAME" lets
+## an LLM behind OPENAI_BASE_URL drive it (docs/eval.md).
+.PHONY: eval test-eval
+eval: images
+	target/pyenv/bin/python scripts/with-daemon.py --serve-arg=--pool-size=0 -- target/pyenv/bin/python eval/run.py $(EVAL_ARGS)
+
+## The eval's own tests: tripwires, host bounds, the LLM mode against a scripted endpoint.
+test-eval: images
+	target/pyenv/bin/python scripts/with-daemon.py --serve-arg=--pool-size=0 -- target/pyenv/bin/python -m pytest -q -p no:cacheprovider eval/tests
