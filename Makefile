@@ -58,3 +58,8 @@ bench: images
 
 clean-images:
 	rm -rf "$(DATA_DIR)"
+
+## The MCP tools through the Python `mcp` client, over stdio (`emberd mcp`) and HTTP
+## (`/mcp`), against a fresh daemon with real VMs.
+test-mcp: images
+	target/pyenv/bin/python scripts/with-daemon.py -- target/pyenv/bin/python -m pytest -q crates/emberd/tests/mcp
