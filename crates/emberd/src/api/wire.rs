@@ -7,11 +7,11 @@ use emberd_api::{
     SandboxInfo, SandboxState,
 };
 
+use crate::guest::files::{EntryKind, FileStat};
 use crate::sandbox::{
     self, CreateParams, DaemonInfo, ExecOutcome, ExecParams, ExitStatus, GuestUser, SandboxError,
     SandboxSummary,
 };
-use crate::guest::files::{EntryKind, FileStat};
 use crate::vmm::Accel;
 
 pub fn create_params(request: CreateSandboxRequest) -> CreateParams {

@@ -33,8 +33,10 @@ pub struct FileBytes {
 #[async_trait]
 pub trait SandboxOps: Send + Sync + 'static {
     /// `POST /sandboxes` with this pack (`None`: the daemon's default).
-    async fn create(&self, language_pack: Option<String>)
-        -> Result<CreateSandboxResponse, OpsError>;
+    async fn create(
+        &self,
+        language_pack: Option<String>,
+    ) -> Result<CreateSandboxResponse, OpsError>;
 
     /// `POST /sandboxes/{id}/exec`, output collected.
     async fn exec(&self, id: &str, request: ExecRequest) -> Result<ExecResponse, OpsError>;

@@ -124,11 +124,7 @@ impl SandboxOps for ManagerOps {
         path: &str,
         depth: Option<u32>,
     ) -> Result<FileList, OpsError> {
-        let listing = self
-            .manager
-            .file_list(id, path, depth)
-            .await
-            .map_err(api)?;
+        let listing = self.manager.file_list(id, path, depth).await.map_err(api)?;
         Ok(FileList {
             entries: listing.entries.into_iter().map(wire::file_entry).collect(),
             truncated: listing.truncated,

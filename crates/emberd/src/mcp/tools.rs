@@ -9,9 +9,7 @@ use base64::Engine as _;
 use emberd_api::{ExecRequest, ExecResponse};
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::Parameters;
-use rmcp::model::{
-    CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig,
-};
+use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabilities, ServerConfig};
 use rmcp::{tool, tool_handler, tool_router, ErrorData, ServerHandler};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -303,11 +301,13 @@ impl SandboxTools {
         // A task of its own, so that a client that goes away mid-run does
         // not cancel the delete.
         let ops = self.ops.clone();
-        let run =
-            tokio::spawn(async move { run_once(&*ops, args.language_pack, request).await });
+        let run = tokio::spawn(async move { run_once(&*ops, args.language_pack, request).await });
         match run.await {
             Ok(outcome) => answer(outcome),
-            Err(e) => Err(ErrorData::internal_error(format!("run_code failed: {e}"), None)),
+            Err(e) => Err(ErrorData::internal_error(
+                format!("run_code failed: {e}"),
+                None,
+            )),
         }
     }
 
