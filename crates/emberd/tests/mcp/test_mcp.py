@@ -83,7 +83,7 @@ async def test_the_tools_are_listed_with_truthful_descriptions(transport: str) -
         exec_code = tools["exec_code"]
         assert set(exec_code.inputSchema["properties"]) == {"sandbox_id", "code", "stdin", "timeout_ms"}
         assert set(exec_code.inputSchema["required"]) == {"sandbox_id", "code"}
-        assert "not persist" in (exec_code.description or "")
+        assert "not persist" in (exec_code.description or "").lower()
         assert set(tools["create_sandbox"].inputSchema["properties"]) == {"language_pack"}
         assert set(tools["delete_sandbox"].inputSchema["required"]) == {"sandbox_id"}
         assert "idle timeout" in (tools["create_sandbox"].description or "")
