@@ -12,7 +12,7 @@ EMBERD_BIN := target/release/emberd
 export EMBERD_DATA_DIR := $(DATA_DIR)
 export EMBERD_INIT_BIN := $(CURDIR)/$(INIT_BIN)
 
-.PHONY: setup build images run test test-firecracker smoke-firecracker lint bench clean-images install
+.PHONY: setup build images run test test-python test-firecracker smoke-firecracker lint bench clean-images install
 
 # `make install`: where the binaries, the system-wide images and the unit go.
 PREFIX ?= /usr/local
@@ -43,6 +43,11 @@ run: images
 ## Set up, then run every test, real VMs included.
 test: images
 	$(CARGO) nextest run --workspace --no-fail-fast
+	$(MAKE) --no-print-directory test-python
+
+## The Python suites, each against a fresh daemon with real VMs: the SDK, the examples, the
+## MCP tools, the OpenAPI document under schemathesis, and the containment eval.
+test-python: test-sdk test-examples test-mcp test-openapi test-eval eval
 
 ## The real-VM suite on Firecracker (needs hardware KVM and firecracker; fails otherwise).
 test-firecracker: images
@@ -102,3 +107,8 @@ eval: images
 ## The eval's own tests: tripwires, host bounds, the LLM mode against a scripted endpoint.
 test-eval: images
 	target/pyenv/bin/python scripts/with-daemon.py --serve-arg=--pool-size=0 -- target/pyenv/bin/python -m pytest -q -p no:cacheprovider eval/tests
+
+## The MCP tools through the Python `mcp` client, over stdio (`emberd mcp`) and HTTP
+## (`/mcp`), against a fresh daemon with real VMs.
+test-mcp: images
+	target/pyenv/bin/python scripts/with-daemon.py -- target/pyenv/bin/python -m pytest -q crates/emberd/tests/mcp

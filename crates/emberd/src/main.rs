@@ -1,4 +1,4 @@
-//! The `emberd` command: `serve`, `image build`, `doctor`.
+//! The `emberd` command: `serve`, `image build`, `doctor`, `mcp`.
 
 use std::process::ExitCode;
 
@@ -34,6 +34,9 @@ enum Command {
     /// Check what this host can run, with a fix for each problem, and which
     /// backend `serve` would run with these settings.
     Doctor(emberd::config::ServeArgs),
+    /// Serve MCP (Model Context Protocol) on stdio as a client of a running
+    /// daemon, for agents that launch their tools as commands.
+    Mcp(emberd::config::McpArgs),
 }
 
 #[derive(Subcommand)]
@@ -50,6 +53,12 @@ fn main() -> ExitCode {
             .map_err(anyhow::Error::from)
             .and_then(|rt| {
                 rt.block_on(emberd::serve::run(args))
+                    .map_err(anyhow::Error::from)
+            }),
+        Command::Mcp(args) => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(emberd::mcp::stdio::run(args))
                     .map_err(anyhow::Error::from)
             }),
         Command::Doctor(args) => return ExitCode::from(emberd::doctor::run(&args) as u8),

@@ -16,13 +16,13 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use emberd_api::files::{header as file_header, FileEntry, FileKind, FileList, WriteResult};
+use emberd_api::files::{header as file_header, FileList, WriteResult};
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use serde::Deserialize;
 
 use super::body::{content_length, expects_continue, linger, LINGER_BYTES, LINGER_TIME};
-use super::{ApiError, AppState};
+use super::{wire, ApiError, AppState};
 use crate::guest::files::{EntryKind, FileStat, Owner, UploadTarget};
 use crate::sandbox::{FileStream, SandboxError};
 
@@ -104,33 +104,12 @@ fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-fn kind_of(kind: EntryKind) -> FileKind {
-    match kind {
-        EntryKind::File => FileKind::File,
-        EntryKind::Dir => FileKind::Dir,
-        EntryKind::Symlink => FileKind::Symlink,
-        EntryKind::Other => FileKind::Other,
-    }
-}
-
 fn kind_name(kind: EntryKind) -> &'static str {
     match kind {
         EntryKind::File => "file",
         EntryKind::Dir => "dir",
         EntryKind::Symlink => "symlink",
         EntryKind::Other => "other",
-    }
-}
-
-fn entry(stat: FileStat) -> FileEntry {
-    FileEntry {
-        path: stat.path,
-        name: stat.name,
-        kind: kind_of(stat.kind),
-        size: stat.size,
-        mode: format!("{:04o}", stat.mode),
-        mtime: rfc3339(stat.modified),
-        link_target: stat.link_target,
     }
 }
 
@@ -313,7 +292,7 @@ async fn list(
     let q = query(q)?;
     let listing = state.manager.file_list(&id, &q.path, q.depth).await?;
     Ok(Json(FileList {
-        entries: listing.entries.into_iter().map(entry).collect(),
+        entries: listing.entries.into_iter().map(wire::file_entry).collect(),
         truncated: listing.truncated,
     }))
 }
@@ -357,7 +336,7 @@ mod tests {
     }
 
     #[test]
-    fn entries_carry_octal_modes_and_utc_times() {
+    fn headers_carry_octal_modes_and_kinds() {
         let stat = FileStat {
             path: "/a/b".into(),
             name: "b".into(),
@@ -370,10 +349,5 @@ mod tests {
         let headers = stat_headers(&stat);
         assert_eq!(headers[1].1, "0777");
         assert_eq!(headers[3].1, "symlink");
-        let entry = entry(stat);
-        assert_eq!(entry.mode, "0777");
-        assert_eq!(entry.mtime, "1970-01-02T00:00:00Z");
-        assert_eq!(entry.kind, FileKind::Symlink);
-        assert_eq!(entry.link_target.as_deref(), Some("c"));
     }
 }

@@ -16,13 +16,14 @@ mod body;
 mod edge;
 mod error;
 mod files;
+mod mcp;
 mod metrics;
 pub mod origin;
 mod processes;
 mod server;
 mod stream;
 mod trace;
-mod wire;
+pub(crate) mod wire;
 
 pub use body::{LINGER_BYTES, LINGER_TIME};
 pub use edge::{with_edge, HttpConfig, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS};
@@ -79,6 +80,7 @@ fn routes(manager: Arc<Manager>, body_read_timeout: Duration) -> Router {
         .merge(processes::routes())
         .merge(files::routes())
         .merge(metrics::routes())
+        .merge(mcp::routes(&manager))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(AppState {

@@ -3,9 +3,11 @@
 //! died of a signal or never started, with the reason in `error`.
 
 use emberd_api::{
-    CreateSandboxRequest, ExecRequest, ExecResponse, InfoResponse, SandboxInfo, SandboxState,
+    CreateSandboxRequest, ExecRequest, ExecResponse, FileEntry, FileKind, InfoResponse,
+    SandboxInfo, SandboxState,
 };
 
+use crate::guest::files::{EntryKind, FileStat};
 use crate::sandbox::{
     self, CreateParams, DaemonInfo, ExecOutcome, ExecParams, ExitStatus, GuestUser, SandboxError,
     SandboxSummary,
@@ -66,6 +68,24 @@ pub fn exec_response(outcome: ExecOutcome) -> ExecResponse {
         error,
         stdout_truncated: outcome.stdout_truncated,
         stderr_truncated: outcome.stderr_truncated,
+    }
+}
+
+/// One entry of a files listing: octal mode, RFC 3339 UTC time.
+pub fn file_entry(stat: FileStat) -> FileEntry {
+    FileEntry {
+        path: stat.path,
+        name: stat.name,
+        kind: match stat.kind {
+            EntryKind::File => FileKind::File,
+            EntryKind::Dir => FileKind::Dir,
+            EntryKind::Symlink => FileKind::Symlink,
+            EntryKind::Other => FileKind::Other,
+        },
+        size: stat.size,
+        mode: format!("{:04o}", stat.mode),
+        mtime: rfc3339(stat.modified),
+        link_target: stat.link_target,
     }
 }
 
@@ -160,5 +180,22 @@ mod tests {
         let normal = exec_response(outcome(ExitStatus::Exited(7)));
         assert_eq!(normal.exit_code, 7);
         assert_eq!(normal.error, None);
+    }
+
+    #[test]
+    fn file_entries_carry_octal_modes_and_utc_times() {
+        let entry = file_entry(FileStat {
+            path: "/a/b".into(),
+            name: "b".into(),
+            kind: EntryKind::Symlink,
+            size: 1,
+            mode: 0o777,
+            modified: std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(86_400),
+            link_target: Some("c".into()),
+        });
+        assert_eq!(entry.mode, "0777");
+        assert_eq!(entry.mtime, "1970-01-02T00:00:00Z");
+        assert_eq!(entry.kind, FileKind::Symlink);
+        assert_eq!(entry.link_target.as_deref(), Some("c"));
     }
 }

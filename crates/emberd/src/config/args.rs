@@ -196,6 +196,24 @@ pub struct ServeArgs {
     pub max_transfer_mib: Option<u64>,
 }
 
+/// Flags of `emberd mcp`: which daemon the stdio MCP server is a client of.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct McpArgs {
+    /// Address of the daemon, host:port or an http:// URL [default: 127.0.0.1:7777].
+    #[arg(long, env = "EMBERD_ADDR")]
+    pub addr: Option<String>,
+    /// Bearer token for a daemon that wants one.
+    #[arg(long, env = "EMBERD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+impl McpArgs {
+    /// The daemon's address, the default when none is given.
+    pub fn addr(&self) -> &str {
+        self.addr.as_deref().unwrap_or("127.0.0.1:7777")
+    }
+}
+
 /// `--backend`: the choice's names, with `auto` explained in `--help`.
 fn backend_parser() -> impl TypedValueParser<Value = BackendChoice> {
     PossibleValuesParser::new(BackendChoice::ALL.map(|choice| {
@@ -345,6 +363,25 @@ mod tests {
         assert_eq!(settings.max_concurrent_requests, 16);
         assert_eq!(settings.header_read_timeout, Duration::from_secs(3));
         assert_eq!(settings.body_read_timeout, Duration::from_secs(20));
+    }
+
+    #[test]
+    fn mcp_flags_name_the_daemon_and_default_to_loopback() {
+        #[derive(Parser)]
+        struct Mcp {
+            #[command(flatten)]
+            args: McpArgs,
+        }
+        let defaults = Mcp::try_parse_from(["emberd"]).unwrap().args;
+        if std::env::var_os("EMBERD_ADDR").is_none() {
+            assert_eq!(defaults.addr(), "127.0.0.1:7777");
+        }
+        let parsed =
+            Mcp::try_parse_from(["emberd", "--addr", "10.0.0.2:9000", "--token", "s3cret"])
+                .unwrap()
+                .args;
+        assert_eq!(parsed.addr(), "10.0.0.2:9000");
+        assert_eq!(parsed.token.as_deref(), Some("s3cret"));
     }
 
     #[test]

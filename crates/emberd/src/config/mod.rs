@@ -24,7 +24,7 @@ use crate::vmm::qemu::AccelChoice;
 mod args;
 mod limits;
 
-pub use args::ServeArgs;
+pub use args::{McpArgs, ServeArgs};
 
 /// Errors resolving settings.
 #[derive(Debug, thiserror::Error)]
