@@ -1,4 +1,4 @@
-//! The `emberd` command: `serve`, `image build`, `doctor`.
+//! The `emberd` command: `serve`, `image build`, `doctor`, `openapi`.
 
 use std::process::ExitCode;
 
@@ -25,6 +25,9 @@ enum Command {
     /// Check what this host can run, with a fix for each problem, and which
     /// backend `serve` would run with these settings.
     Doctor(emberd::config::ServeArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (as `docs/openapi.json`
+    /// holds it: with the bearer requirement of a daemon that has tokens).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -49,6 +52,10 @@ fn main() -> ExitCode {
                 rt.block_on(emberd::serve::run(args))
                     .map_err(anyhow::Error::from)
             }),
+        Command::Openapi => {
+            print!("{}", emberd::api::openapi_json(true));
+            Ok(())
+        }
         Command::Doctor(args) => return ExitCode::from(emberd::doctor::run(&args) as u8),
         Command::Image(ImageCommand::Build(args)) => emberd::image::build(&args)
             .map(|report| println!("{report}"))
