@@ -317,7 +317,7 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
         ("cursor" = Option<u64>, Query, description = "The byte offset to read from (0 when absent)"),
         ("limit" = Option<u64>, Query, description = "Most bytes in a page"),
         ("follow" = Option<bool>, Query, description = "Answer as Server-Sent Events until the process ends"),
-        ("last-event-id" = Option<String>, Header, description = "A follower's cursor to resume from")),
+        ("last-event-id" = Option<String>, Header, pattern = "^[0-9]+$", description = "A follower's cursor to resume from")),
     responses(
         (status = 200, description = "A page of output, or its events as they happen",
             content(
