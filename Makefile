@@ -112,3 +112,16 @@ test-eval: images
 ## (`/mcp`), against a fresh daemon with real VMs.
 test-mcp: images
 	target/pyenv/bin/python scripts/with-daemon.py -- target/pyenv/bin/python -m pytest -q crates/emberd/tests/mcp
+
+.PHONY: openapi test-openapi
+
+## Regenerate the committed OpenAPI document from the handlers (a test fails when it is stale).
+openapi:
+	$(CARGO) run --quiet -p emberd -- openapi > docs/openapi.json
+
+## Property-based tests (schemathesis) of a live daemon against its OpenAPI document:
+## no 5xx, documented statuses and content types, bodies that match their schemas.
+test-openapi: images
+	bash scripts/python-env.sh
+	target/pyenv/bin/python scripts/with-daemon.py -- \
+		target/pyenv/bin/python -m pytest -p no:cacheprovider -q tests/openapi/test_schemathesis.py

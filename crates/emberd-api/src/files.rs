@@ -14,6 +14,7 @@ pub mod header {
 
 /// What a directory entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum FileKind {
     File,
@@ -24,6 +25,7 @@ pub enum FileKind {
 
 /// One entry of `GET …/files/list`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileEntry {
     /// The entry's absolute path.
     pub path: String,
@@ -42,6 +44,7 @@ pub struct FileEntry {
 
 /// `GET …/files/list?path=` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FileList {
     pub entries: Vec<FileEntry>,
     /// Set when the listing hit its bound on entries and some were left out.
@@ -51,6 +54,7 @@ pub struct FileList {
 
 /// `PUT …/files?path=` 201 body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WriteResult {
     pub path: String,
     /// Bytes written (a file) or unpacked (a tar).

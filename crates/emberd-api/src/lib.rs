@@ -22,6 +22,7 @@ pub const DEFAULT_LANGUAGE_PACK: &str = "python";
 
 /// `POST /sandboxes` body. An empty body means all defaults.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateSandboxRequest {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -57,12 +58,14 @@ impl CreateSandboxRequest {
 
 /// `POST /sandboxes` 201 body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateSandboxResponse {
     pub id: String,
 }
 
 /// `POST /sandboxes/{id}/exec` body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     pub code: String,
@@ -77,6 +80,7 @@ pub struct ExecRequest {
 
 /// `POST /sandboxes/{id}/exec` 200 body, whatever the exit code.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ExecResponse {
     pub stdout: String,
     pub stderr: String,
@@ -109,6 +113,7 @@ pub(crate) fn is_false(flag: &bool) -> bool {
 
 /// Lifecycle state of a sandbox.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxState {
     Booting,
@@ -120,6 +125,7 @@ pub enum SandboxState {
 
 /// One entry of `GET /sandboxes` and the body of `GET /sandboxes/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxInfo {
     pub id: String,
     pub pack: String,
@@ -155,12 +161,14 @@ pub struct SandboxInfo {
 
 /// `GET /sandboxes` body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SandboxList {
     pub sandboxes: Vec<SandboxInfo>,
 }
 
 /// `GET /info` body. The first five fields are those of the original API.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InfoResponse {
     pub guest_ram_mib: u32,
     pub guest_vcpus: u32,
@@ -189,6 +197,7 @@ pub struct InfoResponse {
 
 /// Every error body: `{"error": "<message>"}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: String,
 }

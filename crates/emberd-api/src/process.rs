@@ -8,6 +8,7 @@ use crate::stream::OutputEvent;
 
 /// A terminal size.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PtySize {
     pub rows: u32,
@@ -16,6 +17,7 @@ pub struct PtySize {
 
 /// `POST /sandboxes/{id}/processes` body: exactly one of `cmd` and `code`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct StartProcessRequest {
     /// A program and its arguments, run as is (found on `PATH`).
@@ -46,6 +48,7 @@ pub struct StartProcessRequest {
 
 /// `POST /sandboxes/{id}/processes` 201 body.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessStarted {
     /// The process's pid in the guest; names it in every `…/processes/{pid}` route.
     pub pid: u32,
@@ -53,6 +56,7 @@ pub struct ProcessStarted {
 
 /// Where a process is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ProcessState {
     Running,
@@ -67,6 +71,7 @@ pub enum ProcessState {
 
 /// One entry of `GET …/processes` and the body of `GET …/processes/{pid}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessInfo {
     pub pid: u32,
     /// The argv, or the interpreter's argv for `code`.
@@ -95,12 +100,14 @@ pub struct ProcessInfo {
 
 /// `GET …/processes` body, oldest first.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProcessList {
     pub processes: Vec<ProcessInfo>,
 }
 
 /// `POST …/processes/{pid}/signal` body.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SignalRequest {
     /// A name with or without `SIG` ("TERM", "SIGKILL") or a number as text.
@@ -112,6 +119,7 @@ pub type ResizeRequest = PtySize;
 
 /// One piece of `GET …/output` (without `follow`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputChunk {
     /// "stdout" or "stderr".
     pub stream: String,
@@ -121,6 +129,7 @@ pub struct OutputChunk {
 
 /// `GET …/processes/{pid}/output?cursor=N` body (without `follow`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputPage {
     /// The pieces from the cursor on, in the order they were written.
     pub chunks: Vec<OutputChunk>,
@@ -140,6 +149,7 @@ fn is_zero(n: &u64) -> bool {
 /// A control frame of `GET …/processes/{pid}/attach` (a WebSocket text
 /// frame from the client); binary frames carry stdin in and output out.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
 pub enum AttachControl {
     Resize {
@@ -156,6 +166,7 @@ pub enum AttachControl {
 /// A text frame the daemon sends on `GET …/processes/{pid}/attach` (binary
 /// frames carry the output).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum AttachNotice {
     /// Output fell off the start of the process's log before it was sent.

@@ -23,6 +23,7 @@ pub mod event {
 
 /// One piece of output.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct OutputEvent {
     /// The bytes: UTF-8 text, or base64 when `base64` is set (they were not
     /// valid UTF-8).
@@ -38,6 +39,7 @@ pub struct OutputEvent {
 
 /// The `data` of a `dropped` event.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DroppedEvent {
     /// Bytes between the asked cursor and the oldest one still kept.
     pub dropped: u64,

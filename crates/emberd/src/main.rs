@@ -1,4 +1,4 @@
-//! The `emberd` command: `serve`, `image build`, `doctor`, `mcp`.
+//! The `emberd` command: `serve`, `image build`, `doctor`, `mcp`, `openapi`.
 
 use std::process::ExitCode;
 
@@ -37,6 +37,9 @@ enum Command {
     /// Serve MCP (Model Context Protocol) on stdio as a client of a running
     /// daemon, for agents that launch their tools as commands.
     Mcp(emberd::config::McpArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API (as `docs/openapi.json`
+    /// holds it: with the bearer requirement of a daemon that has tokens).
+    Openapi,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +64,10 @@ fn main() -> ExitCode {
                 rt.block_on(emberd::mcp::stdio::run(args))
                     .map_err(anyhow::Error::from)
             }),
+        Command::Openapi => {
+            print!("{}", emberd::api::openapi_json(true));
+            Ok(())
+        }
         Command::Doctor(args) => return ExitCode::from(emberd::doctor::run(&args) as u8),
         Command::Image(ImageCommand::Build(args)) => emberd::image::build(&args)
             .map(|report| println!("{report}"))

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
-use emberd_api::{AttachControl, AttachNotice};
+use emberd_api::{AttachControl, AttachNotice, ErrorBody};
 use futures::{SinkExt as _, StreamExt as _};
 
 use super::processes::{parse_pid, query_u64};
@@ -28,6 +28,21 @@ const MAX_REASON_BYTES: usize = 123;
 /// Largest message taken from the client.
 const MAX_MESSAGE_BYTES: usize = 1024 * 1024;
 
+/// The process over a WebSocket: binary frames in are stdin, its output
+/// goes out as binary frames; text frames in are `AttachControl` JSON,
+/// text frames out `AttachNotice` JSON.
+#[utoipa::path(get, path = "/sandboxes/{id}/processes/{pid}/attach", tag = "processes", operation_id = "attach_process",
+    params(("id" = String, Path, description = "The sandbox's id"), ("pid" = u32, Path, description = "The process's pid in the guest"),
+        ("cursor" = Option<u64>, Query, description = "Send output from this byte offset (from the current end when absent)"),
+        ("upgrade" = String, Header, pattern = "^websocket$", description = "websocket"),
+        ("connection" = String, Header, pattern = "^Upgrade$", description = "Upgrade"),
+        ("sec-websocket-version" = String, Header, pattern = "^13$", description = "13"),
+        ("sec-websocket-key" = String, Header, pattern = "^[A-Za-z0-9+/]{22}==$", description = "The client's WebSocket key (16 bytes, base64)")),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol"),
+        (status = 400, description = "Not a WebSocket upgrade request, a pid that is not a number, a bad cursor or one beyond the end", body = ErrorBody),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+    ))]
 pub(super) async fn attach(
     State(state): State<AppState>,
     Path((id, pid)): Path<(String, String)>,

@@ -14,14 +14,18 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use emberd_api::files::{header as file_header, FileList, WriteResult};
+use emberd_api::ErrorBody;
 use futures::StreamExt as _;
 use http_body_util::BodyExt as _;
 use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::body::{content_length, expects_continue, linger, LINGER_BYTES, LINGER_TIME};
+use super::openapi::Binary;
 use super::{wire, ApiError, AppState};
 use crate::guest::files::{EntryKind, FileStat, Owner, UploadTarget};
 use crate::sandbox::{FileStream, SandboxError};
@@ -29,20 +33,20 @@ use crate::sandbox::{FileStream, SandboxError};
 /// The media type of a tar stream, up and down.
 pub const TAR_MEDIA_TYPE: &str = "application/x-tar";
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/sandboxes/{id}/files",
-            get(download).head(head).put(upload).delete(remove),
-        )
-        .route("/sandboxes/{id}/files/list", get(list))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(download, head, upload, remove))
+        .routes(routes!(list))
 }
 
 /// The query of `…/files`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct FileQuery {
+    /// The absolute path in the sandbox.
     #[serde(default)]
+    #[param(required = true)]
     path: String,
     /// `PUT`: make missing parent directories.
     mkdir: Option<bool>,
@@ -50,18 +54,23 @@ struct FileQuery {
     mode: Option<String>,
     /// `PUT`: who owns what is created: `sandbox` (default) or `root`.
     user: Option<String>,
-    /// `GET`: `tar` to pack a directory.
+    /// `GET`: `raw` (the default) or `tar` to pack a directory.
+    #[param(pattern = "^(raw|tar)$")]
     format: Option<String>,
     /// `DELETE`: remove a directory with its entries.
     recursive: Option<bool>,
 }
 
 /// The query of `…/files/list`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct ListQuery {
+    /// The directory's absolute path.
     #[serde(default)]
+    #[param(required = true)]
     path: String,
+    /// Levels below the directory to list (1 when absent).
     depth: Option<u32>,
 }
 
@@ -144,6 +153,27 @@ fn body_of(stream: FileStream, id: String) -> Body {
     }))
 }
 
+/// A file's bytes (with its metadata in `x-emberd-*` headers), or a
+/// directory packed as a tar with `format=tar`; streamed.
+#[utoipa::path(get, path = "/sandboxes/{id}/files", tag = "files", operation_id = "download_file",
+    params(("id" = String, Path, description = "The sandbox's id"), FileQuery),
+    responses(
+        (status = 200, description = "The file, or the directory as a tar",
+            content(
+                (Binary = "application/octet-stream"),
+                (Binary = "application/x-tar"),
+            ),
+            headers(
+                ("x-emberd-mode" = String, description = "Permission bits in octal (a file only)"),
+                ("x-emberd-mtime" = String, description = "RFC 3339 UTC modification time (a file only)"),
+                ("x-emberd-kind" = String, description = "file, dir, symlink or other (a file only)"),
+            )),
+        (status = 400, description = "A bad query or path (relative, with `..`, too long)", body = ErrorBody),
+        (status = 404, description = "No such sandbox or file", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or the path is of the wrong kind", body = ErrorBody),
+        (status = 502, description = "The guest agent misbehaved", body = ErrorBody),
+        (status = 413, description = "The file is over the transfer limit", body = ErrorBody),
+    ))]
 async fn download(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -176,6 +206,21 @@ async fn download(
     }
 }
 
+/// A path's metadata, in headers.
+#[utoipa::path(head, path = "/sandboxes/{id}/files", tag = "files", operation_id = "stat_file",
+    params(("id" = String, Path, description = "The sandbox's id"), FileQuery),
+    responses(
+        (status = 200, description = "The path exists",
+            headers(
+                ("x-emberd-mode" = String, description = "Permission bits in octal"),
+                ("x-emberd-mtime" = String, description = "RFC 3339 UTC modification time"),
+                ("x-emberd-kind" = String, description = "file, dir, symlink or other"),
+            )),
+        (status = 400, description = "A bad query or path (relative, with `..`, too long)", body = ErrorBody),
+        (status = 404, description = "No such sandbox or file", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or the path is of the wrong kind", body = ErrorBody),
+        (status = 502, description = "The guest agent misbehaved", body = ErrorBody),
+    ))]
 async fn head(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -188,6 +233,25 @@ async fn head(
     Ok(response)
 }
 
+/// Writes the body to a file, or unpacks it into a directory when it is
+/// `application/x-tar`; streamed.
+#[utoipa::path(put, path = "/sandboxes/{id}/files", tag = "files", operation_id = "upload_file",
+    params(("id" = String, Path, description = "The sandbox's id"), FileQuery),
+    request_body(description = "The file's bytes, or a tar to unpack",
+        content(
+            (Binary = "application/octet-stream"),
+            (Binary = "application/x-tar"),
+        )),
+    responses(
+        (status = 201, description = "Written", body = WriteResult),
+        (status = 400, description = "A bad query or path (relative, with `..`, too long)", body = ErrorBody),
+        (status = 404, description = "No such sandbox or file", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or the path is of the wrong kind", body = ErrorBody),
+        (status = 502, description = "The guest agent misbehaved", body = ErrorBody),
+        (status = 408, description = "The body stalled", body = ErrorBody),
+        (status = 413, description = "Over the transfer limit, or no space left in the sandbox", body = ErrorBody),
+        (status = 503, description = "The daemon is shutting down", body = ErrorBody),
+    ))]
 async fn upload(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -271,6 +335,16 @@ async fn upload(
     ))
 }
 
+/// Removes a file, or a directory with `recursive=true`.
+#[utoipa::path(delete, path = "/sandboxes/{id}/files", tag = "files", operation_id = "remove_file",
+    params(("id" = String, Path, description = "The sandbox's id"), FileQuery),
+    responses(
+        (status = 204, description = "Removed"),
+        (status = 400, description = "A bad query or path (relative, with `..`, too long)", body = ErrorBody),
+        (status = 404, description = "No such sandbox or file", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or the path is of the wrong kind", body = ErrorBody),
+        (status = 502, description = "The guest agent misbehaved", body = ErrorBody),
+    ))]
 async fn remove(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -284,6 +358,16 @@ async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A directory's entries, to a depth.
+#[utoipa::path(get, path = "/sandboxes/{id}/files/list", tag = "files", operation_id = "list_files",
+    params(("id" = String, Path, description = "The sandbox's id"), ListQuery),
+    responses(
+        (status = 200, description = "The entries", body = FileList),
+        (status = 400, description = "A bad query or path (relative, with `..`, too long)", body = ErrorBody),
+        (status = 404, description = "No such sandbox or file", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running, or the path is of the wrong kind", body = ErrorBody),
+        (status = 502, description = "The guest agent misbehaved", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     Path(id): Path<String>,

@@ -5,14 +5,19 @@
 use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::response::IntoResponse;
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::AppState;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new().route("/metrics", get(metrics))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(metrics))
 }
+
+/// The daemon's metrics in the OpenMetrics text format.
+#[utoipa::path(get, path = "/metrics", tag = "daemon", operation_id = "metrics",
+    responses((status = 200, description = "Prometheus metrics",
+        content((String = "application/openmetrics-text; version=1.0.0; charset=utf-8")))))]
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     (

@@ -18,6 +18,7 @@ mod error;
 mod files;
 mod mcp;
 mod metrics;
+mod openapi;
 pub mod origin;
 mod processes;
 mod server;
@@ -28,6 +29,7 @@ pub(crate) mod wire;
 pub use body::{LINGER_BYTES, LINGER_TIME};
 pub use edge::{with_edge, HttpConfig, DEFAULT_BODY_READ_TIMEOUT, DEFAULT_MAX_CONCURRENT_REQUESTS};
 pub use error::ApiError;
+pub use openapi::{document as openapi_document, document_json as openapi_json};
 pub use server::{serve, DEFAULT_HEADER_READ_TIMEOUT};
 
 use std::sync::Arc;
@@ -37,13 +39,14 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse as _;
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use emberd_api::{
-    CreateSandboxRequest, CreateSandboxResponse, ExecRequest, InfoResponse, SandboxInfo,
-    SandboxList,
+    CreateSandboxRequest, CreateSandboxResponse, ErrorBody, ExecRequest, ExecResponse,
+    InfoResponse, SandboxInfo, SandboxList,
 };
 use serde::de::DeserializeOwned;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::sandbox::Manager;
 
@@ -57,6 +60,8 @@ pub const EXEC_BODY_LIMIT: usize = 16 * 1024 * 1024;
 struct AppState {
     manager: Arc<Manager>,
     body_read_timeout: Duration,
+    /// The OpenAPI document this router serves, as JSON.
+    openapi: Arc<str>,
 }
 
 /// The router with the default [`HttpConfig`] (no token, loopback `Host`
@@ -67,25 +72,37 @@ pub fn app(manager: Arc<Manager>) -> Router {
 
 /// The router behind the edge layers `config` sets up.
 pub fn app_with(manager: Arc<Manager>, config: &HttpConfig) -> Router {
-    with_edge(routes(manager, config.body_read_timeout), config)
+    with_edge(routes(manager, config), config)
 }
 
-fn routes(manager: Arc<Manager>, body_read_timeout: Duration) -> Router {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/info", get(info))
-        .route("/sandboxes", post(create).get(list))
-        .route("/sandboxes/{id}", get(get_one).delete(delete))
-        .route("/sandboxes/{id}/exec", post(exec))
+/// Every route with its OpenAPI operation: a route is added here (or in a
+/// module's `routes()`) with `routes!`, which takes its path and methods
+/// from the handler's `#[utoipa::path]`, so none is served undocumented.
+fn documented_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(info))
+        .routes(routes!(create, list))
+        .routes(routes!(get_one, delete))
+        .routes(routes!(exec))
         .merge(processes::routes())
         .merge(files::routes())
         .merge(metrics::routes())
+        .merge(openapi::routes())
+}
+
+fn routes(manager: Arc<Manager>, config: &HttpConfig) -> Router {
+    let (router, document) = documented_routes().split_for_parts();
+    let document = openapi::finish(document, !config.tokens.is_empty());
+    router
+        // A service, not a handler: documented by `openapi::DocOnly`.
         .merge(mcp::routes(&manager))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .with_state(AppState {
             manager,
-            body_read_timeout,
+            body_read_timeout: config.body_read_timeout,
+            openapi: openapi::to_json(&document).into(),
         })
 }
 
@@ -100,14 +117,41 @@ fn parse_body<T: DeserializeOwned + Default>(
     serde_json::from_slice(body).map_err(|e| ApiError::BadJson(e.to_string()))
 }
 
-async fn healthz() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// Liveness: open (no token) and never refused for being busy.
+#[utoipa::path(get, path = "/healthz", tag = "daemon", operation_id = "healthz",
+    security(()),
+    responses((status = 200, description = "The daemon is serving", body = Health)))]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
+/// `GET /healthz` body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Health {
+    /// Always "ok".
+    #[schema(value_type = String, example = "ok")]
+    status: &'static str,
+}
+
+/// The daemon's configuration and state: guest shape, boot path, packs.
+#[utoipa::path(get, path = "/info", tag = "daemon", operation_id = "info",
+    responses((status = 200, description = "The daemon's information", body = InfoResponse)))]
 async fn info(State(state): State<AppState>) -> Json<InfoResponse> {
     Json(wire::info_response(state.manager.info()))
 }
 
+/// Creates a sandbox (a booted VM) and answers once it is ready.
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", operation_id = "create_sandbox",
+    request_body(content = CreateSandboxRequest, description = "An empty body means all defaults"),
+    responses(
+        (status = 201, description = "The sandbox is running", body = CreateSandboxResponse),
+        (status = 400, description = "Invalid JSON, an unknown pack, a shape or TTL over the operator's maxima", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 413, description = "The body is over its limit (4 KiB)", body = ErrorBody),
+        (status = 429, description = "At capacity (sandboxes or guest memory); see Retry-After", body = ErrorBody),
+        (status = 500, description = "The VM did not boot", body = ErrorBody),
+        (status = 503, description = "The daemon is shutting down", body = ErrorBody),
+    ))]
 async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -123,6 +167,25 @@ async fn create(
     Ok((StatusCode::CREATED, Json(CreateSandboxResponse { id })))
 }
 
+/// Runs code in the sandbox: one JSON answer once it ends, or Server-Sent
+/// Events (`stdout`, `stderr`, then `exit` or `error`) when the request
+/// accepts `text/event-stream`.
+#[utoipa::path(post, path = "/sandboxes/{id}/exec", tag = "sandboxes", operation_id = "exec",
+    params(("id" = String, Path, description = "The sandbox's id")),
+    request_body(content = ExecRequest),
+    responses(
+        (status = 200, description = "The exec ended (whatever its exit code), or its events as they happen",
+            content(
+                (ExecResponse = "application/json"),
+                (String = "text/event-stream"),
+            )),
+        (status = 400, description = "Invalid JSON, a bad user, a timeout over the maximum", body = ErrorBody),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running (booting, deleted, exited)", body = ErrorBody),
+        (status = 413, description = "The body is over its limit (16 MiB)", body = ErrorBody),
+        (status = 500, description = "The guest agent failed or stopped answering", body = ErrorBody),
+    ))]
 async fn exec(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -141,6 +204,13 @@ async fn exec(
     Ok(Json(wire::exec_response(outcome)).into_response())
 }
 
+/// Deletes a sandbox: stops its VM and removes its files.
+#[utoipa::path(delete, path = "/sandboxes/{id}", tag = "sandboxes", operation_id = "delete_sandbox",
+    params(("id" = String, Path, description = "The sandbox's id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+    ))]
 async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -149,6 +219,9 @@ async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Every sandbox.
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes", operation_id = "list_sandboxes",
+    responses((status = 200, description = "The sandboxes", body = SandboxList)))]
 async fn list(State(state): State<AppState>) -> Json<SandboxList> {
     Json(SandboxList {
         sandboxes: state
@@ -160,6 +233,13 @@ async fn list(State(state): State<AppState>) -> Json<SandboxList> {
     })
 }
 
+/// One sandbox, with the tail of its console.
+#[utoipa::path(get, path = "/sandboxes/{id}", tag = "sandboxes", operation_id = "get_sandbox",
+    params(("id" = String, Path, description = "The sandbox's id")),
+    responses(
+        (status = 200, description = "The sandbox", body = SandboxInfo),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+    ))]
 async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,

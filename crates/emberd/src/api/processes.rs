@@ -8,15 +8,17 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::Event;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use emberd_api::stream::{event, DroppedEvent};
 use emberd_api::{
-    OutputChunk, OutputPage, ProcessInfo, ProcessList, ProcessStarted, ProcessState, ResizeRequest,
-    SignalRequest, StartProcessRequest,
+    ErrorBody, OutputChunk, OutputPage, ProcessInfo, ProcessList, ProcessStarted, ProcessState,
+    PtySize, ResizeRequest, SignalRequest, StartProcessRequest,
 };
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::stream::{error_event, json_event, output_event, sse_response, stream_name};
+use super::openapi::Binary;
 use super::{attach, body, parse_body, ApiError, AppState};
 use crate::sandbox::process::{
     FollowEvent, ProcessCommand, ProcessFollower, ProcessParams, ProcessSnapshot, ProcessStatus,
@@ -31,18 +33,15 @@ pub const STDIN_BODY_LIMIT: usize = 1024 * 1024;
 /// Largest signal or resize body.
 const SMALL_BODY_LIMIT: usize = 4 * 1024;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/sandboxes/{id}/processes", post(start).get(list))
-        .route("/sandboxes/{id}/processes/{pid}", get(get_one))
-        .route("/sandboxes/{id}/processes/{pid}/signal", post(signal))
-        .route("/sandboxes/{id}/processes/{pid}/stdin", post(stdin))
-        .route("/sandboxes/{id}/processes/{pid}/resize", post(resize))
-        .route("/sandboxes/{id}/processes/{pid}/output", get(output))
-        .route(
-            "/sandboxes/{id}/processes/{pid}/attach",
-            get(attach::attach),
-        )
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(start, list))
+        .routes(routes!(get_one))
+        .routes(routes!(signal))
+        .routes(routes!(stdin))
+        .routes(routes!(resize))
+        .routes(routes!(output))
+        .routes(routes!(attach::attach))
 }
 
 pub(super) fn parse_pid(pid: &str) -> Result<u32, ApiError> {
@@ -141,6 +140,22 @@ pub(super) fn process_info(snapshot: ProcessSnapshot) -> ProcessInfo {
     }
 }
 
+/// Starts a background process: a command (`cmd`) or code for the pack's
+/// interpreter (`code`).
+#[utoipa::path(post, path = "/sandboxes/{id}/processes", tag = "processes", operation_id = "start_process",
+    params(("id" = String, Path, description = "The sandbox's id")),
+    request_body(content = StartProcessRequest),
+    responses(
+        (status = 201, description = "Started", body = ProcessStarted),
+        (status = 400, description = "Invalid JSON, not exactly one of cmd and code, a bad user, a program that cannot start", body = ErrorBody),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running", body = ErrorBody),
+        (status = 413, description = "The body is over its limit (1 MiB)", body = ErrorBody),
+        (status = 429, description = "The sandbox runs its most processes", body = ErrorBody),
+        (status = 500, description = "The guest agent failed or stopped answering", body = ErrorBody),
+        (status = 503, description = "The daemon is shutting down", body = ErrorBody),
+    ))]
 async fn start(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -161,6 +176,13 @@ async fn start(
     ))
 }
 
+/// The sandbox's processes, running and ended (oldest first).
+#[utoipa::path(get, path = "/sandboxes/{id}/processes", tag = "processes", operation_id = "list_processes",
+    params(("id" = String, Path, description = "The sandbox's id")),
+    responses(
+        (status = 200, description = "The processes", body = ProcessList),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+    ))]
 async fn list(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -171,6 +193,14 @@ async fn list(
     }))
 }
 
+/// One process.
+#[utoipa::path(get, path = "/sandboxes/{id}/processes/{pid}", tag = "processes", operation_id = "get_process",
+    params(("id" = String, Path, description = "The sandbox's id"), ("pid" = u32, Path, description = "The process's pid in the guest")),
+    responses(
+        (status = 200, description = "The process", body = ProcessInfo),
+        (status = 400, description = "The pid is not a number", body = ErrorBody),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+    ))]
 async fn get_one(
     State(state): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
@@ -179,6 +209,19 @@ async fn get_one(
     Ok(Json(process_info(handle.snapshot())))
 }
 
+/// Sends a signal to the process (and its process group).
+#[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/signal", tag = "processes", operation_id = "signal_process",
+    params(("id" = String, Path, description = "The sandbox's id"), ("pid" = u32, Path, description = "The process's pid in the guest")),
+    request_body(content = SignalRequest),
+    responses(
+        (status = 204, description = "Sent"),
+        (status = 400, description = "The pid is not a number, or invalid JSON", body = ErrorBody),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The process is not running", body = ErrorBody),
+        (status = 413, description = "The body is over its limit", body = ErrorBody),
+        (status = 500, description = "The guest agent failed or stopped answering", body = ErrorBody),
+    ))]
 async fn signal(
     State(state): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
@@ -191,6 +234,20 @@ async fn signal(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Writes the body to the process's stdin (started with `stdin: true`).
+#[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/stdin", tag = "processes", operation_id = "write_stdin",
+    params(("id" = String, Path, description = "The sandbox's id"), ("pid" = u32, Path, description = "The process's pid in the guest"),
+        ("eof" = Option<bool>, Query, description = "Close stdin after these bytes")),
+    request_body(content = Binary, content_type = "application/octet-stream", description = "Bytes for stdin (at most 1 MiB a request)"),
+    responses(
+        (status = 204, description = "Written"),
+        (status = 400, description = "The pid is not a number, or invalid JSON", body = ErrorBody),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The process is not running", body = ErrorBody),
+        (status = 413, description = "The body is over its limit", body = ErrorBody),
+        (status = 500, description = "The guest agent failed or stopped answering", body = ErrorBody),
+    ))]
 async fn stdin(
     State(state): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
@@ -206,6 +263,19 @@ async fn stdin(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Resizes the process's terminal (started with `pty`).
+#[utoipa::path(post, path = "/sandboxes/{id}/processes/{pid}/resize", tag = "processes", operation_id = "resize_process",
+    params(("id" = String, Path, description = "The sandbox's id"), ("pid" = u32, Path, description = "The process's pid in the guest")),
+    request_body(content = PtySize),
+    responses(
+        (status = 204, description = "Resized"),
+        (status = 400, description = "The pid is not a number, or invalid JSON", body = ErrorBody),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+        (status = 408, description = "The body did not arrive in time", body = ErrorBody),
+        (status = 409, description = "The process is not running", body = ErrorBody),
+        (status = 413, description = "The body is over its limit", body = ErrorBody),
+        (status = 500, description = "The guest agent failed or stopped answering", body = ErrorBody),
+    ))]
 async fn resize(
     State(state): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
@@ -239,6 +309,24 @@ fn last_event_id(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
+/// The process's output from a cursor: one page as JSON, or with
+/// `follow=true` Server-Sent Events (`stdout`, `stderr`, `dropped`, then
+/// `exit` or `error`) until it ends. `Last-Event-ID` resumes a stream.
+#[utoipa::path(get, path = "/sandboxes/{id}/processes/{pid}/output", tag = "processes", operation_id = "process_output",
+    params(("id" = String, Path, description = "The sandbox's id"), ("pid" = u32, Path, description = "The process's pid in the guest"),
+        ("cursor" = Option<u64>, Query, description = "The byte offset to read from (0 when absent)"),
+        ("limit" = Option<u64>, Query, description = "Most bytes in a page"),
+        ("follow" = Option<bool>, Query, description = "Answer as Server-Sent Events until the process ends"),
+        ("last-event-id" = Option<String>, Header, pattern = "^[0-9]+$", description = "A follower's cursor to resume from")),
+    responses(
+        (status = 200, description = "A page of output, or its events as they happen",
+            content(
+                (OutputPage = "application/json"),
+                (String = "text/event-stream"),
+            )),
+        (status = 400, description = "The pid is not a number, a bad query, a cursor beyond the end", body = ErrorBody),
+        (status = 404, description = "No such sandbox or process", body = ErrorBody),
+    ))]
 async fn output(
     State(state): State<AppState>,
     Path((id, pid)): Path<(String, String)>,
