@@ -40,8 +40,8 @@ CHECKS = (
     response_schema_conformance,
 )
 # Examples per operation; a create boots a VM, so it gets fewer.
-EXAMPLES = int(os.environ.get("EMBERD_OPENAPI_EXAMPLES", "25"))
-CREATE_EXAMPLES = 6
+EXAMPLES = int(os.environ.get("EMBERD_OPENAPI_EXAMPLES", "50"))
+CREATE_EXAMPLES = 10
 
 # EMBERD_OPENAPI_FILE: test a daemon against a document from a file instead.
 SCHEMA_FILE = os.environ.get("EMBERD_OPENAPI_FILE")

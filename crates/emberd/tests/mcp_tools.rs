@@ -49,7 +49,7 @@ async fn manager_ops_answer_in_the_apis_shapes() {
     let daemon = Daemon::start();
     let ops = ManagerOps::new(daemon.manager.clone());
     let id = ops.create(Some("python".into())).await.unwrap().id;
-    assert_eq!(daemon.listed_ids().await, [id.clone()]);
+    assert_eq!(daemon.listed_ids().await, std::slice::from_ref(&id));
 
     let mut request = exec("cat\nexit:3");
     request.stdin = Some("in".into());

@@ -60,7 +60,9 @@ fn operations(document: &Value) -> Vec<(Method, String, String)> {
             let Ok(parsed) = Method::from_bytes(method.to_uppercase().as_bytes()) else {
                 continue;
             };
-            let uri = path.replace("{id}", "sb_000000000000").replace("{pid}", "1");
+            let uri = path
+                .replace("{id}", "sb_000000000000")
+                .replace("{pid}", "1");
             found.push((parsed, uri, path.clone()));
         }
     }

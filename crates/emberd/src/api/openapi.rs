@@ -50,7 +50,10 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     responses((status = 200, description = "The OpenAPI 3.1 document of this API",
         content((serde_json::Value = "application/json")))))]
 async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
-    ([(CONTENT_TYPE, "application/json")], state.openapi.to_string())
+    (
+        [(CONTENT_TYPE, "application/json")],
+        state.openapi.to_string(),
+    )
 }
 
 /// What the generated operations do not say: the title, the tags, the
@@ -66,7 +69,7 @@ async fn openapi_json(State(state): State<AppState>) -> impl IntoResponse {
             `DroppedEvent` (`dropped`), `ExecResponse` or `ProcessInfo` (`exit`) and `ErrorBody` \
             (`error`) as their data; the attach WebSocket takes `AttachControl` text frames and \
             sends `AttachNotice` ones. See docs/api.md.",
-        license(name = "MIT OR Apache-2.0"),
+        license(name = "Apache-2.0"),
     ),
     components(schemas(Binary, ErrorBody, OutputEvent, DroppedEvent, AttachControl, AttachNotice)),
     tags(
@@ -141,7 +144,11 @@ pub(super) fn finish(documented: OpenApi, tokens: bool) -> OpenApi {
             add_edge_answers(operation, tokens);
         }
         // A HEAD answer has no body, whatever its status.
-        for answer in item.head.iter_mut().flat_map(|op| op.responses.responses.values_mut()) {
+        for answer in item
+            .head
+            .iter_mut()
+            .flat_map(|op| op.responses.responses.values_mut())
+        {
             if let RefOr::T(answer) = answer {
                 answer.content.clear();
             }

@@ -17,8 +17,8 @@ use emberd_api::{
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::stream::{error_event, json_event, output_event, sse_response, stream_name};
 use super::openapi::Binary;
+use super::stream::{error_event, json_event, output_event, sse_response, stream_name};
 use super::{attach, body, parse_body, ApiError, AppState};
 use crate::sandbox::process::{
     FollowEvent, ProcessCommand, ProcessFollower, ProcessParams, ProcessSnapshot, ProcessStatus,
