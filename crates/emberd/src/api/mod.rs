@@ -21,6 +21,7 @@ pub mod origin;
 mod processes;
 mod server;
 mod stream;
+mod timing;
 mod wire;
 
 pub use body::{LINGER_BYTES, LINGER_TIME};
@@ -66,6 +67,7 @@ pub fn app(manager: Arc<Manager>) -> Router {
 /// The router behind the edge layers `config` sets up.
 pub fn app_with(manager: Arc<Manager>, config: &HttpConfig) -> Router {
     with_edge(routes(manager, config.body_read_timeout), config)
+        .layer(axum::middleware::from_fn(timing::server_timing))
 }
 
 fn routes(manager: Arc<Manager>, body_read_timeout: Duration) -> Router {
