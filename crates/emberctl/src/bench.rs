@@ -181,16 +181,32 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
         eprintln!("bench: wrote {}", path.display());
     }
     let failures = report.failures();
-    anyhow::ensure!(failures.is_empty(), "checks failed: {}", failures.join("; "));
+    anyhow::ensure!(
+        failures.is_empty(),
+        "checks failed: {}",
+        failures.join("; ")
+    );
     Ok(())
 }
 
 /// The ratios of medians the tables print when both figures were measured.
 fn ratios(report: &mut Report) {
     let pairs = [
-        ("cold boot / snapshot restore (create)", paths::CREATE_COLD, paths::CREATE_RESTORE),
-        ("cold boot / standby restore (create)", paths::CREATE_COLD, standby::CREATE),
-        ("cold boot / pool full (create)", paths::CREATE_COLD, pool::CREATE_POOL_FULL),
+        (
+            "cold boot / snapshot restore (create)",
+            paths::CREATE_COLD,
+            paths::CREATE_RESTORE,
+        ),
+        (
+            "cold boot / standby restore (create)",
+            paths::CREATE_COLD,
+            standby::CREATE,
+        ),
+        (
+            "cold boot / pool full (create)",
+            paths::CREATE_COLD,
+            pool::CREATE_POOL_FULL,
+        ),
         (
             "time to first result: pool full / steady print(6*7) API time",
             pool::FIRST_POOL_FULL,
@@ -206,7 +222,11 @@ fn ratios(report: &mut Report) {
             standby::FIRST,
             exec::API,
         ),
-        ("bare python3 in guest / print(6*7) end to end", exec::BARE_PYTHON, exec::API),
+        (
+            "bare python3 in guest / print(6*7) end to end",
+            exec::BARE_PYTHON,
+            exec::API,
+        ),
         (
             "bare node in guest / console.log(6*7) end to end, 5 s after the last",
             exec::BARE_NODE,

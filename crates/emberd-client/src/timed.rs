@@ -85,7 +85,10 @@ mod tests {
     fn the_app_duration_is_read_and_anything_else_is_none() {
         let mut headers = HeaderMap::new();
         assert_eq!(server_time(&headers), None);
-        headers.insert("server-timing", HeaderValue::from_static("db;dur=3, app;dur=1.250"));
+        headers.insert(
+            "server-timing",
+            HeaderValue::from_static("db;dur=3, app;dur=1.250"),
+        );
         assert_eq!(server_time(&headers), Some(Duration::from_micros(1250)));
         headers.insert("server-timing", HeaderValue::from_static("app;dur=-1"));
         assert_eq!(server_time(&headers), None);

@@ -184,7 +184,10 @@ pub(super) async fn run(args: &BenchArgs, report: &mut Report) -> anyhow::Result
     );
     if cycles > first_cycles {
         report.figures.insert(
-            format!("churn: cycles per minute, the other {} (each {every} from full pools)", cycles - first_cycles),
+            format!(
+                "churn: cycles per minute, the other {} (each {every} from full pools)",
+                cycles - first_cycles
+            ),
             (cycles - first_cycles) as f64 / (churning - first_segment).as_secs_f64() * 60.0,
         );
     }
@@ -252,7 +255,10 @@ mod tests {
         last.dirs += 2;
         let ((ok, seen), _) = judge(&[at(100, 50, 8.0), last]);
         assert!(!ok);
-        assert!(seen.contains("processes, work-dir directories GREW"), "{seen}");
+        assert!(
+            seen.contains("processes, work-dir directories GREW"),
+            "{seen}"
+        );
     }
 
     #[test]

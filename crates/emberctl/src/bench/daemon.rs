@@ -166,8 +166,16 @@ pub(super) fn hello(pack: &str) -> ExecRequest {
         "shell" => "echo $((6*7))",
         _ => "print(6*7)",
     };
-    code_request(code)
+    ExecRequest {
+        // Node starts in seconds under TCG, and much later on a loaded host:
+        // this exec proves the sandbox answers, not how fast.
+        timeout_ms: Some(EXEC_42_TIMEOUT_MS),
+        ..code_request(code)
+    }
 }
+
+/// Bound of the execs that check a sandbox answers.
+const EXEC_42_TIMEOUT_MS: u64 = 180_000;
 
 pub(super) fn code_request(code: &str) -> ExecRequest {
     ExecRequest {

@@ -23,8 +23,7 @@ pub(super) const CHANNEL: &str = "exec print(6*7): channel inside the VM (VM tim
 pub(super) const BARE_PYTHON: &str = "bare python3 -c 'print(6*7)' inside the guest";
 pub(super) const BARE_NODE: &str = "bare node -e 'console.log(6*7)' inside the guest";
 pub(super) const NODE_PAUSED: &str = "exec console.log(6*7) on node, 5 s after the last: API time";
-pub(super) const NODE_BACK_TO_BACK: &str =
-    "exec console.log(6*7) on node, back to back: API time";
+pub(super) const NODE_BACK_TO_BACK: &str = "exec console.log(6*7) on node, back to back: API time";
 
 /// Runs `code`, which times something inside the guest and prints seconds.
 async fn seconds_printed(client: &Client, id: &str, code_text: &str) -> anyhow::Result<Duration> {
@@ -45,7 +44,14 @@ pub(super) async fn python(
 ) -> anyhow::Result<()> {
     eprintln!("bench: exec print(6*7) ({samples} samples), workloads");
     let sandbox = daemon.create(&create_request("python")).await?;
-    let result = python_in(&daemon.client, &sandbox.id, &sandbox.boot_path, report, samples).await;
+    let result = python_in(
+        &daemon.client,
+        &sandbox.id,
+        &sandbox.boot_path,
+        report,
+        samples,
+    )
+    .await;
     daemon.client.delete_sandbox(&sandbox.id).await?;
     result
 }
@@ -93,9 +99,20 @@ async fn python_in(
         report.add(BARE_PYTHON, seconds_printed(client, id, bare).await?, path);
     }
     let workloads: Vec<(&str, ExecRequest)> = vec![
-        ("workload: imports (json, re, decimal, collections)", code_request("import json, re, decimal, collections, datetime\nprint(len(json.dumps({'a': 1})))")),
-        ("workload: 64 KiB of code", code_request(&format!("x = '{}'\nprint(len(x))", "a".repeat(64 * 1024)))),
-        ("workload: 1 MiB of output", code_request("import sys\nsys.stdout.write('x' * (1 << 20))")),
+        (
+            "workload: imports (json, re, decimal, collections)",
+            code_request(
+                "import json, re, decimal, collections, datetime\nprint(len(json.dumps({'a': 1})))",
+            ),
+        ),
+        (
+            "workload: 64 KiB of code",
+            code_request(&format!("x = '{}'\nprint(len(x))", "a".repeat(64 * 1024))),
+        ),
+        (
+            "workload: 1 MiB of output",
+            code_request("import sys\nsys.stdout.write('x' * (1 << 20))"),
+        ),
         (
             "workload: 64 KiB of stdin",
             ExecRequest {
@@ -144,7 +161,11 @@ pub(super) async fn node(
 ) -> anyhow::Result<()> {
     eprintln!("bench: node ({samples} samples per figure)");
     let sandbox = daemon.create(&create_request("node")).await?;
-    let (client, id, path) = (&daemon.client, sandbox.id.as_str(), sandbox.boot_path.as_str());
+    let (client, id, path) = (
+        &daemon.client,
+        sandbox.id.as_str(),
+        sandbox.boot_path.as_str(),
+    );
     let result = async {
         for pause in [Duration::from_secs(5), Duration::ZERO] {
             for _ in 0..samples {

@@ -15,8 +15,8 @@ use emberd_api::{CreateSandboxRequest, ExecRequest, ProcessState, StartProcessRe
 use emberd_client::{Client, ExecEvent, PutOptions, UploadBody};
 use sha2::{Digest as _, Sha256};
 
-use super::report::{print_table, Report};
 use super::daemon::Daemon;
+use super::report::{print_table, Report};
 use super::{provenance, BenchArgs};
 
 /// Prints at once, then keeps the exec open: the first byte cannot wait for the end.

@@ -52,7 +52,15 @@ pub(super) async fn cold(args: &BenchArgs, report: &mut Report) -> anyhow::Resul
     );
     time_creates(&daemon, report, samples, CREATE_COLD, FIRST_COLD).await?;
     let packs = daemon.client.info().await?.packs;
-    idle_pss(&daemon, report, "cold boot", &packs, args.pss_sandboxes, None).await
+    idle_pss(
+        &daemon,
+        report,
+        "cold boot",
+        &packs,
+        args.pss_sandboxes,
+        None,
+    )
+    .await
 }
 
 pub(super) async fn restore(args: &BenchArgs, report: &mut Report) -> anyhow::Result<()> {

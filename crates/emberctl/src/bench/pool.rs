@@ -23,7 +23,9 @@ const MAX_BURSTS: usize = 10;
 pub(super) fn burst_names(burst: usize, path: &str) -> (String, String) {
     (
         format!("create: burst of {burst} at a full pool, {path}"),
-        format!("time to first result: burst of {burst} at a full pool, {path} (create + first exec)"),
+        format!(
+            "time to first result: burst of {burst} at a full pool, {path} (create + first exec)"
+        ),
     )
 }
 

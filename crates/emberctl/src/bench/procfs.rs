@@ -22,8 +22,8 @@ fn field_kib(text: &str, name: &str) -> Option<u64> {
 
 /// PSS of the file at `path` (an `smaps_rollup`), in KiB.
 pub(super) fn pss_kib_at(path: &Path) -> anyhow::Result<u64> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_pss_kib(&text).with_context(|| format!("no Pss line in {}", path.display()))
 }
 

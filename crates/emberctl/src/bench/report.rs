@@ -150,7 +150,9 @@ pub(super) fn print_table(report: &Report) {
         println!("| {name} | {} | {p50} | {p95} | {mix} |", samples.len());
     }
     if !report.memory_mib.is_empty() {
-        println!("\n| memory | n | median MiB | min | max | boot paths |\n|---|---:|---:|---:|---:|---|");
+        println!(
+            "\n| memory | n | median MiB | min | max | boot paths |\n|---|---:|---:|---:|---:|---|"
+        );
         for (name, samples) in &report.memory_mib {
             let v = values(samples);
             let (p50, _) = stat_cells(&v);
@@ -173,7 +175,12 @@ pub(super) fn print_table(report: &Report) {
     let ratios: Vec<_> = report
         .ratios
         .iter()
-        .map(|r| (r, report.median(&r.numerator) / report.median(&r.denominator)))
+        .map(|r| {
+            (
+                r,
+                report.median(&r.numerator) / report.median(&r.denominator),
+            )
+        })
         .filter(|(_, value)| value.is_finite())
         .collect();
     if !ratios.is_empty() {
@@ -212,7 +219,11 @@ mod tests {
         report.add("x", Duration::from_millis(5), "snapshot-restore");
         assert_eq!(report.median("x"), 3.0);
         assert_eq!(
-            path_mix(report.latencies_ms["x"].iter().map(|s| s.boot_path.as_str())),
+            path_mix(
+                report.latencies_ms["x"]
+                    .iter()
+                    .map(|s| s.boot_path.as_str())
+            ),
             "snapshot-restore×1 warm-pool×4"
         );
     }
