@@ -123,12 +123,32 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     }
     args.pss_sandboxes = args.pss_sandboxes.max(stats::MIN_SAMPLES);
     let mut report = Report::default();
+    // What was measured before a failure is still printed and written.
+    let measured = sections(&args, &mut report).await;
+    ratios(&mut report);
+    print_table(&report);
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("bench: wrote {}", path.display());
+    }
+    measured?;
+    let failures = report.failures();
+    anyhow::ensure!(
+        failures.is_empty(),
+        "checks failed: {}",
+        failures.join("; ")
+    );
+    Ok(())
+}
+
+/// Runs the sections asked for, in order, until one fails.
+async fn sections(args: &BenchArgs, report: &mut Report) -> anyhow::Result<()> {
     let samples = args.samples();
     if args.runs(Section::Cold) {
-        paths::cold(&args, &mut report).await?;
+        paths::cold(args, report).await?;
     }
     if args.runs(Section::Restore) {
-        paths::restore(&args, &mut report).await?;
+        paths::restore(args, report).await?;
     }
     let pool_sections = [
         Section::Pool,
@@ -138,54 +158,39 @@ pub async fn run(mut args: BenchArgs) -> anyhow::Result<()> {
     ];
     if pool_sections.iter().any(|s| args.runs(*s)) {
         let size = args.pool_size.to_string();
-        let daemon = daemon::Daemon::start(&args, &["--pool-size", &size, "--snapshots", "true"])?;
-        if report.provenance.is_empty() {
-            provenance(&mut report, &daemon.client).await?;
-        }
+        let daemon = daemon::Daemon::start(args, &["--pool-size", &size, "--snapshots", "true"])?;
+        provenance(report, &daemon.client).await?;
         daemon.wait_for_pools(args.pool_size).await?;
         if args.runs(Section::Pool) {
-            pool::full(&daemon, &mut report, samples, args.pool_size).await?;
-            pool::burst(&daemon, &mut report, samples, args.pool_size).await?;
-            pool::pss(&daemon, &mut report, args.pss_sandboxes, args.pool_size).await?;
+            pool::full(&daemon, report, samples, args.pool_size).await?;
+            pool::burst(&daemon, report, samples, args.pool_size).await?;
+            pool::pss(&daemon, report, args.pss_sandboxes, args.pool_size).await?;
         }
         if args.runs(Section::Exec) {
             daemon.wait_for_pools(args.pool_size).await?;
-            exec::python(&daemon, &mut report, samples).await?;
+            exec::python(&daemon, report, samples).await?;
             daemon.wait_for_pools(args.pool_size).await?;
-            exec::node(&daemon, &mut report, samples.min(10)).await?;
+            exec::node(&daemon, report, samples.min(10)).await?;
         }
         if args.runs(Section::Interactive) {
-            interactive::run(&daemon.client, &mut report, samples).await?;
+            interactive::run(&daemon.client, report, samples).await?;
         }
         if args.runs(Section::Concurrency) {
-            concurrency::sweep(&daemon, &mut report, samples, args.pool_size).await?;
+            concurrency::sweep(&daemon, report, samples, args.pool_size).await?;
         }
     }
     if args.runs(Section::Churn) && args.churn > 0 {
-        churn::run(&args, &mut report).await?;
+        churn::run(args, report).await?;
     }
     if args.runs(Section::Density) && args.density > 0 {
-        density::run(&args, &mut report).await?;
+        density::run(args, report).await?;
     }
     if args.runs(Section::Sizes) && !args.sizes.is_empty() {
-        sizes::run(&args, &mut report).await?;
+        sizes::run(args, report).await?;
     }
     if args.runs(Section::Standby) {
-        standby::run(&args, &mut report).await?;
+        standby::run(args, report).await?;
     }
-    ratios(&mut report);
-
-    print_table(&report);
-    if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-        eprintln!("bench: wrote {}", path.display());
-    }
-    let failures = report.failures();
-    anyhow::ensure!(
-        failures.is_empty(),
-        "checks failed: {}",
-        failures.join("; ")
-    );
     Ok(())
 }
 
@@ -244,7 +249,11 @@ fn ratios(report: &mut Report) {
     );
 }
 
+/// Notes where the run happened, from the first daemon a run starts.
 async fn provenance(report: &mut Report, client: &Client) -> anyhow::Result<()> {
+    if !report.provenance.is_empty() {
+        return Ok(());
+    }
     let info = client.info().await?;
     let p = &mut report.provenance;
     p.insert("backend".into(), info.backend.unwrap_or_default());

@@ -23,6 +23,11 @@ pub(super) const DAEMON_SLOPE_BOUND: f64 = 1.0;
 /// Bound on the VMMs' total PSS slope (the pools' VMs at each settled
 /// footprint), MiB per 100 cycles.
 pub(super) const VMM_SLOPE_BOUND: f64 = 16.0;
+/// Growth over the whole churn (slope × cycles) below which a slope is
+/// noise, MiB: a short churn's two footprints a few MiB apart would
+/// otherwise extrapolate to a steep slope.
+pub(super) const DAEMON_NOISE_FLOOR: f64 = 4.0;
+pub(super) const VMM_NOISE_FLOOR: f64 = 64.0;
 
 /// What the daemon holds at one point of the churn.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -89,13 +94,18 @@ pub(super) fn judge(footprints: &[Footprint]) -> ((bool, String), (bool, String)
             .collect();
         slope(&points)
     };
+    let span = (last.cycle - first.cycle) as f64 / 100.0;
     let daemon = per_100(|f| f.daemon_pss_mib);
     let vmm = per_100(|f| f.vmm_pss_mib);
-    let memory_ok = daemon <= DAEMON_SLOPE_BOUND && vmm <= VMM_SLOPE_BOUND;
+    // NaN (no slope) fails: both comparisons are false.
+    let within = |slope: f64, bound: f64, floor: f64| slope <= bound || slope * span <= floor;
+    let memory_ok = within(daemon, DAEMON_SLOPE_BOUND, DAEMON_NOISE_FLOOR)
+        && within(vmm, VMM_SLOPE_BOUND, VMM_NOISE_FLOOR);
     let memory = format!(
-        "daemon PSS {daemon:+.2} MiB per 100 cycles (bound {DAEMON_SLOPE_BOUND}), \
-         VMMs' PSS {vmm:+.2} MiB per 100 cycles (bound {VMM_SLOPE_BOUND}), \
-         over {} settled footprints",
+        "daemon PSS {daemon:+.2} MiB per 100 cycles (bound {DAEMON_SLOPE_BOUND}, \
+         unless under {DAEMON_NOISE_FLOOR} MiB over the run), \
+         VMMs' PSS {vmm:+.2} MiB per 100 cycles (bound {VMM_SLOPE_BOUND}, \
+         unless under {VMM_NOISE_FLOOR} MiB over the run), over {} settled footprints",
         settled.len()
     );
     (counts_verdict, (memory_ok, memory))
@@ -151,6 +161,7 @@ pub(super) async fn run(args: &BenchArgs, report: &mut Report) -> anyhow::Result
     eprintln!("bench: churn of {cycles} cycles, a footprint every {every}");
     let size = pool_size.to_string();
     let daemon = Daemon::start(args, &["--pool-size", &size, "--snapshots", "true"])?;
+    super::provenance(report, &daemon.client).await?;
     let first_pooled: usize = daemon
         .client
         .info()
@@ -280,5 +291,18 @@ mod tests {
         assert!(ok);
         assert!(!memory_ok, "{memory}");
         assert!(memory.contains("+2.00 MiB per 100 cycles"), "{memory}");
+    }
+
+    #[test]
+    fn a_steep_slope_over_a_short_churn_is_noise_under_the_floor() {
+        // 1.6 MiB over 10 cycles: 16 MiB per 100, but under the floor in all.
+        let footprints = [at(10, 50, 8.0), at(20, 50, 9.6)];
+        let (_, (memory_ok, memory)) = judge(&footprints);
+        assert!(memory_ok, "{memory}");
+        let footprints = [at(10, 50, 8.0), at(20, 50, 14.0)];
+        assert!(
+            !judge(&footprints).1 .0,
+            "6 MiB in 10 cycles is over the floor"
+        );
     }
 }

@@ -33,6 +33,7 @@ pub(super) async fn run(args: &BenchArgs, report: &mut Report) -> anyhow::Result
             &most_memory,
         ],
     )?;
+    super::provenance(report, &daemon.client).await?;
     daemon.wait_for_template().await?;
     // The template's files read once before the figure starts.
     let warm = daemon.create(&create_request("python")).await?;
@@ -50,7 +51,8 @@ pub(super) async fn run(args: &BenchArgs, report: &mut Report) -> anyhow::Result
         }
         tokio::time::sleep(SETTLE).await;
         let after = mem_available_kib()?;
-        let drop_mib = before.saturating_sub(after) as f64 / 1024.0;
+        // Signed: on a shared host others' work can free memory meanwhile.
+        let drop_mib = (before as f64 - after as f64) / 1024.0;
         report.figures.insert(
             format!("density: host MemAvailable drop for {n} idle sandboxes (MiB)"),
             drop_mib,
@@ -59,10 +61,16 @@ pub(super) async fn run(args: &BenchArgs, report: &mut Report) -> anyhow::Result
             format!("density: host MemAvailable drop per sandbox, of {n} (MiB)"),
             drop_mib / n.max(1) as f64,
         );
+        let mut total_kib = 0;
         for sandbox in &created {
             let kib = pss_kib(sandbox.vmm_pid)?;
+            total_kib += kib;
             report.add_mib(&pss_name(n), kib as f64 / 1024.0, &sandbox.boot_path);
         }
+        report.figures.insert(
+            format!("density: PSS of the {n} VMMs together (MiB)"),
+            total_kib as f64 / 1024.0,
+        );
         report.check(
             &format!("density: an exec in each of {n} idle sandboxes answers"),
             true,

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use emberd_api::ExecRequest;
 use emberd_client::Client;
 
-use super::daemon::{code_request, create_request, Daemon};
+use super::daemon::{code_request, create_request, hello, Daemon};
 use super::report::Report;
 
 pub(super) const API: &str = "exec print(6*7): API time (client, request to parsed answer)";
@@ -171,12 +171,11 @@ pub(super) async fn node(
             for _ in 0..samples {
                 tokio::time::sleep(pause).await;
                 let started = Instant::now();
-                let response = client.exec(id, &code_request("console.log(6*7)")).await?;
+                let response = client.exec(id, &hello("node")).await?;
                 let elapsed = started.elapsed();
                 anyhow::ensure!(
                     response.stdout == "42\n",
-                    "console.log(6*7) printed {:?}",
-                    response.stdout
+                    "console.log(6*7) answered {response:?}"
                 );
                 let name = if pause.is_zero() {
                     NODE_BACK_TO_BACK

@@ -67,9 +67,7 @@ pub(super) async fn restore(args: &BenchArgs, report: &mut Report) -> anyhow::Re
     let samples = args.samples();
     eprintln!("bench: snapshot restore ({samples} creates)");
     let daemon = Daemon::start(args, &["--pool-size", "0", "--snapshots", "true"])?;
-    if report.provenance.is_empty() {
-        provenance(report, &daemon.client).await?;
-    }
+    provenance(report, &daemon.client).await?;
     daemon.wait_for_template().await?;
     let packs = daemon.client.info().await?.packs;
     for pack in &packs {

@@ -47,6 +47,7 @@ pub(super) async fn run(args: &BenchArgs, report: &mut Report) -> anyhow::Result
                 &most,
             ],
         )?;
+        super::provenance(report, &daemon.client).await?;
         daemon.wait_for_template().await?;
         let warm = daemon.create(&create_request("python")).await?;
         daemon.client.delete_sandbox(&warm.id).await?;

@@ -36,6 +36,7 @@ pub(super) async fn run(args: &BenchArgs, report: &mut Report) -> anyhow::Result
         args,
         &["--pool-size", "0", "--snapshots", "true", FLAG, &count],
     )?;
+    super::provenance(report, &daemon.client).await?;
     daemon.wait_for_template().await?;
     for _ in 0..samples {
         tokio::time::sleep(RESTART_PAUSE).await;
