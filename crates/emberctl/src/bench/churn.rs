@@ -286,7 +286,7 @@ mod tests {
 
     #[test]
     fn memory_growing_faster_than_the_bound_fails() {
-        let footprints = [at(100, 50, 8.0), at(200, 50, 10.0), at(300, 50, 12.0)];
+        let footprints = [at(100, 50, 8.0), at(600, 50, 18.0), at(1100, 50, 28.0)];
         let ((ok, _), (memory_ok, memory)) = judge(&footprints);
         assert!(ok);
         assert!(!memory_ok, "{memory}");
