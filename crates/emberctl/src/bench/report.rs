@@ -122,7 +122,14 @@ pub(super) fn path_mix<'a>(paths: impl IntoIterator<Item = &'a str>) -> String {
     }
     counts
         .iter()
-        .map(|(path, n)| format!("{path}×{n}"))
+        .map(|(path, n)| {
+            if path.contains(' ') || path.contains('×') {
+                // A sample of several creates: its own mix, n times.
+                format!("({path})×{n}")
+            } else {
+                format!("{path}×{n}")
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -226,6 +233,11 @@ mod tests {
             ),
             "snapshot-restore×1 warm-pool×4"
         );
+        let several = path_mix([
+            "warm-pool×2 snapshot-restore×1",
+            "warm-pool×2 snapshot-restore×1",
+        ]);
+        assert_eq!(several, "(warm-pool×2 snapshot-restore×1)×2");
     }
 
     #[test]
