@@ -32,6 +32,8 @@ pub(super) struct Ratio {
     pub(super) label: String,
     pub(super) numerator: String,
     pub(super) denominator: String,
+    /// The ratio of the two medians (null when either is missing).
+    pub(super) value: Option<f64>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -77,11 +79,14 @@ impl Report {
             .insert(name.to_owned(), Check { passed, result });
     }
 
+    /// Registers a ratio of two figures' medians, computed at once.
     pub(super) fn ratio(&mut self, label: &str, numerator: &str, denominator: &str) {
+        let value = self.median(numerator) / self.median(denominator);
         self.ratios.push(Ratio {
             label: label.to_owned(),
             numerator: numerator.to_owned(),
             denominator: denominator.to_owned(),
+            value: value.is_finite().then_some(value),
         });
     }
 
@@ -182,13 +187,7 @@ pub(super) fn print_table(report: &Report) {
     let ratios: Vec<_> = report
         .ratios
         .iter()
-        .map(|r| {
-            (
-                r,
-                report.median(&r.numerator) / report.median(&r.denominator),
-            )
-        })
-        .filter(|(_, value)| value.is_finite())
+        .filter_map(|r| Some((r, r.value?)))
         .collect();
     if !ratios.is_empty() {
         println!("\n| ratio (medians, this run) | value |\n|---|---:|");
