@@ -16,7 +16,6 @@ pub(super) const CREATE_RESTORE: &str = "create: snapshot restore";
 pub(super) const FIRST_COLD: &str = "time to first result: cold boot (create + first exec)";
 pub(super) const FIRST_RESTORE: &str =
     "time to first result: snapshot restore (create + first exec)";
-pub(super) const DELETE: &str = "delete";
 
 /// Times `samples` creates (each followed by its first `print(6*7)` and a
 /// delete) and records them under `create_name` and `first_name`.
@@ -36,7 +35,11 @@ pub(super) async fn time_creates(
         report.add(first_name, first, &sandbox.boot_path);
         let started = Instant::now();
         daemon.client.delete_sandbox(&sandbox.id).await?;
-        report.add(DELETE, started.elapsed(), &sandbox.boot_path);
+        report.add(
+            &format!("delete: a {} sandbox", sandbox.boot_path),
+            started.elapsed(),
+            &sandbox.boot_path,
+        );
     }
     Ok(())
 }
