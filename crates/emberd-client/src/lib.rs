@@ -28,6 +28,7 @@ mod files;
 mod follow;
 mod process;
 mod sse;
+mod timed;
 
 pub use attach::{Attach, AttachEnd, AttachEvent, AttachReceiver, AttachSender};
 pub use error::ClientError;
@@ -36,6 +37,7 @@ pub use files::{Download, FileStat, Progress, PutOptions, UploadBody};
 pub use follow::{OutputFollow, ProcessEvent, StreamKind};
 pub use reqwest::StatusCode;
 pub use sse::decode_output;
+pub use timed::{server_time, Timed};
 
 /// Address used when none is given.
 pub const DEFAULT_ADDR: &str = "http://127.0.0.1:7777";

@@ -15,8 +15,9 @@ use emberd_api::{CreateSandboxRequest, ExecRequest, ProcessState, StartProcessRe
 use emberd_client::{Client, ExecEvent, PutOptions, UploadBody};
 use sha2::{Digest as _, Sha256};
 
+use super::daemon::Daemon;
 use super::report::{print_table, Report};
-use super::{provenance, BenchArgs, Daemon};
+use super::{provenance, BenchArgs};
 
 /// Prints at once, then keeps the exec open: the first byte cannot wait for the end.
 const PRINT_THEN_SLEEP: &str = "import time\nprint('ready', flush=True)\ntime.sleep(0.5)";
@@ -43,8 +44,8 @@ const SIZES: [Size; 2] = [
     Size {
         label: "100 MiB",
         bytes: 100 << 20,
-        min_samples: 3,
-        max_samples: 3,
+        min_samples: 5,
+        max_samples: 5,
     },
 ];
 
@@ -60,9 +61,10 @@ fn download_name(label: &str) -> String {
 /// the default configuration (pools and snapshots on).
 pub(super) async fn run_alone(args: &BenchArgs) -> anyhow::Result<()> {
     let mut report = Report::default();
-    let daemon = Daemon::start(args, &["--pool-size", "2", "--snapshots", "true"])?;
+    let size = args.pool_size.to_string();
+    let daemon = Daemon::start(args, &["--pool-size", &size, "--snapshots", "true"])?;
     provenance(&mut report, &daemon.client).await?;
-    run(&daemon.client, &mut report, args.samples.max(1)).await?;
+    run(&daemon.client, &mut report, args.samples()).await?;
     print_table(&report);
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -86,7 +88,15 @@ pub(super) async fn run(
             ..CreateSandboxRequest::default()
         })
         .await?;
-    let result = measure(client, &id, report, samples).await;
+    let result = async {
+        let path = client
+            .get_sandbox(&id)
+            .await?
+            .boot_path
+            .context("the sandbox's info has no boot_path")?;
+        measure(client, &id, &path, report, samples).await
+    }
+    .await;
     let deleted = client.delete_sandbox(&id).await;
     result?;
     deleted?;
@@ -96,6 +106,7 @@ pub(super) async fn run(
 async fn measure(
     client: &Client,
     id: &str,
+    path: &str,
     report: &mut Report,
     samples: usize,
 ) -> anyhow::Result<()> {
@@ -107,13 +118,13 @@ async fn measure(
     };
     for _ in 0..n {
         let (first, exit) = first_byte(client, id).await?;
-        report.add(FIRST_BYTE, first);
-        report.add(STREAM_EXIT, exit);
+        report.add(FIRST_BYTE, first, path);
+        report.add(STREAM_EXIT, exit, path);
         // The same program without streaming, alternated with the streamed
         // one so that both meet the same sandbox state.
         let started = Instant::now();
         let answer = client.exec(id, &unary).await?;
-        report.add(UNARY, started.elapsed());
+        report.add(UNARY, started.elapsed(), path);
         anyhow::ensure!(answer.exit_code == 0, "the program exited with {answer:?}");
     }
 
@@ -125,7 +136,7 @@ async fn measure(
         };
         let started = Instant::now();
         let pid = client.start_process(id, &request).await?;
-        report.add(PROCESS_START, started.elapsed());
+        report.add(PROCESS_START, started.elapsed(), path);
         wait_for_end(client, id, pid).await?;
     }
 
@@ -143,7 +154,7 @@ async fn measure(
             let written = client
                 .put_file(id, &remote, body, &PutOptions::default())
                 .await?;
-            report.add(&upload_name(size.label), started.elapsed());
+            report.add(&upload_name(size.label), started.elapsed(), path);
             anyhow::ensure!(
                 written.bytes == size.bytes,
                 "the upload wrote {} bytes",
@@ -154,7 +165,7 @@ async fn measure(
             let download = client.get_file(id, &remote).await?;
             let mut sink = HashSink::default();
             let got = download.write_to(&mut sink, None).await?;
-            report.add(&download_name(size.label), started.elapsed());
+            report.add(&download_name(size.label), started.elapsed(), path);
             anyhow::ensure!(got == size.bytes, "the download was {got} bytes");
             anyhow::ensure!(
                 sink.hex() == digest,
@@ -174,14 +185,20 @@ async fn measure(
                 format!("download {} (MB/s, from the median)", size.label),
             ),
         ] {
-            let seconds = report.median(&name) / 1000.0;
+            let seconds = super::stats::median(
+                &report.latencies_ms[&name]
+                    .iter()
+                    .map(|s| s.value)
+                    .collect::<Vec<_>>(),
+            ) / 1000.0;
             report
                 .figures
                 .insert(figure, size.bytes as f64 / 1e6 / seconds);
         }
     }
-    report.checks.insert(
-        "transfers: sha256 of each download equals the upload's".into(),
+    report.check(
+        "transfers: sha256 of each download equals the upload's",
+        true,
         format!("equal in {checked} of {checked}"),
     );
     Ok(())

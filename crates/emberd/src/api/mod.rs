@@ -23,6 +23,7 @@ pub mod origin;
 mod processes;
 mod server;
 mod stream;
+mod timing;
 mod trace;
 pub(crate) mod wire;
 
@@ -73,6 +74,7 @@ pub fn app(manager: Arc<Manager>) -> Router {
 /// The router behind the edge layers `config` sets up.
 pub fn app_with(manager: Arc<Manager>, config: &HttpConfig) -> Router {
     with_edge(routes(manager, config), config)
+        .layer(axum::middleware::from_fn(timing::server_timing))
 }
 
 /// Every route with its OpenAPI operation: a route is added here (or in a
