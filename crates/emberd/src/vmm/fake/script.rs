@@ -203,6 +203,7 @@ pub async fn run(
         stderr_truncated: output.truncated[1],
         duration_us: u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX),
         error: String::new(),
+        ..ExecExit::default()
     };
     output.send(exec_output::Kind::Exit(exit)).await;
 }
