@@ -7,7 +7,9 @@ Each round waits until the pack's pool is full, creates a sandbox (which the poo
 serves), runs `print(6*7)` once (the first exec) and then `--steady` times more, and
 deletes the sandbox. Prints, per round and in total, the first exec's time and the
 median of the steady ones as the client saw them (ms), with the daemon's
-`duration_ms`, the VM's `vm_duration_us` and the agent's `duration_us`.
+`duration_ms`, the VM's `vm_duration_us` and the agent's `duration_us`; then, over all
+steady execs, the medians of the agent's time, of the channel (VM time less agent
+time: the VMM and the guest kernel both ways) and of the client's time less the agent's.
 Uses only the standard library.
 """
 
@@ -59,6 +61,7 @@ def main() -> None:
     args = ap.parse_args()
     addr = os.environ.get("EMBERD_ADDR", "127.0.0.1:7777")
     firsts, steadies, creates, paths = [], [], [], []
+    records: list[dict] = []
     for n in range(args.rounds):
         wait_full(addr, args.pack, args.pool_size)
         time.sleep(args.settle)
@@ -74,6 +77,7 @@ def main() -> None:
               f"steady median={med:.1f} ms", flush=True)
         firsts.append(first["client_ms"])
         steadies.extend(s["client_ms"] for s in steady)
+        records.extend(steady)
         creates.append(create_ms)
         paths.append(info.get("boot_path"))
     print(f"boot paths: {paths}")
@@ -81,6 +85,14 @@ def main() -> None:
           f"{statistics.median(firsts):.1f} ms (min {min(firsts):.1f}, max {max(firsts):.1f}); "
           f"steady median {statistics.median(steadies):.1f} ms over {len(steadies)} execs; "
           f"create+first / steady = {(statistics.median(creates) + statistics.median(firsts)) / statistics.median(steadies):.1f}x")
+    timed = [r for r in records if r["vm_us"] is not None and r["agent_us"] is not None]
+    if timed:
+        med = lambda xs: statistics.median(xs)  # noqa: E731
+        print(f"steady execs with timings: {len(timed)}; medians: agent {med([r['agent_us'] for r in timed]):.0f} us, "
+              f"vm {med([r['vm_us'] for r in timed]):.0f} us, channel (vm - agent) "
+              f"{med([r['vm_us'] - r['agent_us'] for r in timed]):.0f} us, client - agent "
+              f"{med([r['client_ms'] * 1000 - r['agent_us'] for r in timed]):.0f} us, client - vm "
+              f"{med([r['client_ms'] * 1000 - r['vm_us'] for r in timed]):.0f} us")
 
 
 if __name__ == "__main__":
