@@ -53,7 +53,10 @@ async fn the_agent_offers_batch_execs() {
         .await
         .unwrap()
         .into_inner();
-    assert!(hello.capabilities.iter().any(|c| c == capability::EXEC_BATCH));
+    assert!(hello
+        .capabilities
+        .iter()
+        .any(|c| c == capability::EXEC_BATCH));
 }
 
 #[tokio::test]
