@@ -13,7 +13,7 @@ use emberd_proto::v1::{
 };
 use emberd_proto::warm::WarmLanguage;
 use emberd_proto::PROTOCOL_GENERATION;
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -93,6 +93,7 @@ impl Agent for AgentService {
                 capability::PTY,
                 capability::TAR,
                 capability::FILES_OWNER,
+                capability::EXEC_BATCH,
             ]
             .into_iter()
             .map(String::from)
@@ -158,7 +159,10 @@ impl Agent for AgentService {
                 "argv and env must not contain NUL bytes",
             ));
         }
-        let (tx, rx) = mpsc::channel(32);
+        let (tx, mut rx) = mpsc::channel(32);
+        // A batch exec that needs no more input answers in one piece: its
+        // headers wait for its first message (for a short exec, the exit).
+        let whole = start.batch_output && start.close_stdin;
         tokio::spawn(exec::run(
             self.exec_env.clone(),
             self.reaper.clone(),
@@ -168,6 +172,13 @@ impl Agent for AgentService {
             self.running.clone(),
             received,
         ));
+        if whole {
+            let first = rx.recv().await;
+            let rest = ReceiverStream::new(rx);
+            return Ok(Response::new(Box::pin(
+                futures::stream::iter(first).chain(rest),
+            )));
+        }
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 

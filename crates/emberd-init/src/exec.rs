@@ -17,7 +17,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emberd_proto::boundary::SANDBOX_HOME;
+use emberd_proto::boundary::{MAX_BATCH_HELD_BYTES, SANDBOX_HOME};
 use emberd_proto::v1::{
     exec_input, exec_output, ExecExit, ExecInput, ExecOutput, ExecStart, ExecStarted,
 };
@@ -33,7 +33,7 @@ use crate::code_file::{write_code_file, CodeFile};
 use crate::forkserver::ForkServer;
 use crate::group::Group;
 use crate::node_spare::NodeSpares;
-use crate::output::{drain_limit, forward};
+use crate::output::{drain_limit, forward, Forwarded};
 use crate::process_env::default_env;
 use crate::pty::{self, Pty};
 use crate::reaper::{Exit, Reaper};
@@ -318,14 +318,20 @@ async fn supervise(
         code_file,
         cgroup,
     } = launched;
-    let _ = out
-        .send(Ok(ExecOutput {
-            kind: Some(exec_output::Kind::Started(ExecStarted {
-                pid: pid as u32,
-                warm,
-            })),
-        }))
-        .await;
+    // A batch exec's `started` fields go with its exit, and its output is
+    // held back (within a bound) to go with it too.
+    let batch = start.batch_output;
+    if !batch {
+        let _ = out
+            .send(Ok(ExecOutput {
+                kind: Some(exec_output::Kind::Started(ExecStarted {
+                    pid: pid as u32,
+                    warm,
+                })),
+            }))
+            .await;
+    }
+    let hold = if batch { MAX_BATCH_HELD_BYTES } else { 0 };
     let (group_gone, gone) = tokio::sync::watch::channel(false);
     let stdout_task = tokio::spawn(forward(
         stdout,
@@ -334,18 +340,37 @@ async fn supervise(
         true,
         gone.clone(),
         drain,
+        hold,
     ));
     let stderr_task = match stderr {
-        Some(stderr) => tokio::spawn(forward(stderr, out.clone(), limit, false, gone, drain)),
-        None => tokio::spawn(async { false }),
+        Some(stderr) => tokio::spawn(forward(
+            stderr,
+            out.clone(),
+            limit,
+            false,
+            gone,
+            drain,
+            hold,
+        )),
+        None => tokio::spawn(async { Forwarded::default() }),
     };
 
     // Input from the host: stdin, close, signals. A broken host stream kills.
     let (gone_tx, mut gone_rx) = tokio::sync::oneshot::channel::<()>();
     let mut stdin = stdin;
     let signals = group.clone();
+    let (inline_stdin, close_inline) = (start.stdin.clone(), start.close_stdin);
     let input_task = tokio::spawn(async move {
         let mut gone_tx = Some(gone_tx);
+        // Stdin that came with the start goes first.
+        if let Some(pipe) = stdin.as_mut().filter(|_| !inline_stdin.is_empty()) {
+            if pipe.write_all(&inline_stdin).await.is_err() {
+                stdin = None;
+            }
+        }
+        if close_inline {
+            close_stdin(&mut stdin, pty.is_some()).await;
+        }
         loop {
             match input.message().await {
                 Ok(Some(ExecInput { kind: Some(kind) })) => match kind {
@@ -423,8 +448,8 @@ async fn supervise(
     }
     group_gone.send_replace(true);
     input_task.abort();
-    let stdout_truncated = stdout_task.await.unwrap_or(false);
-    let stderr_truncated = stderr_task.await.unwrap_or(false);
+    let stdout = stdout_task.await.unwrap_or_default();
+    let stderr = stderr_task.await.unwrap_or_default();
     if let Some(file) = code_file {
         let _ = std::fs::remove_file(file);
     }
@@ -438,14 +463,18 @@ async fn supervise(
         exit_code,
         signal,
         timed_out,
-        stdout_truncated,
-        stderr_truncated,
+        stdout_truncated: stdout.truncated,
+        stderr_truncated: stderr.truncated,
         duration_us: 0,
         error: if exit.is_none() {
             "the process's exit status was lost".into()
         } else {
             String::new()
         },
+        stdout: stdout.held,
+        stderr: stderr.held,
+        pid: if batch { pid as u32 } else { 0 },
+        warm: batch && warm,
     }
 }
 

@@ -36,10 +36,21 @@ pub fn drain_limit(drain_limit_ms: u64) -> Duration {
     }
 }
 
-/// Forwards one output stream until EOF; returns whether it was cut at
-/// `limit`. After `gone` turns true (the process group is dead) the reader
-/// ends once the pipe stays idle for [`DRAIN_GRACE`] or `drain_limit` has
-/// passed; what the group wrote before it died is still forwarded.
+/// What a forwarder did with its stream.
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    /// Output went over the cap and was cut.
+    pub truncated: bool,
+    /// The end of the stream, held back (at most the `hold` asked for).
+    pub held: Vec<u8>,
+}
+
+/// Forwards one output stream until EOF, holding back up to `hold` bytes
+/// (0: none) for the caller to send with the exit; says whether it was cut
+/// at `limit`. After `gone` turns true (the process group is dead) the
+/// reader ends once the pipe stays idle for [`DRAIN_GRACE`] or
+/// `drain_limit` has passed; what the group wrote before it died is still
+/// forwarded.
 pub async fn forward(
     mut pipe: pipe::Receiver,
     out: mpsc::Sender<Result<ExecOutput, Status>>,
@@ -47,11 +58,14 @@ pub async fn forward(
     is_stdout: bool,
     mut gone: tokio::sync::watch::Receiver<bool>,
     drain_limit: Duration,
-) -> bool {
+    hold: usize,
+) -> Forwarded {
     let mut buf = vec![0u8; CHUNK];
     let mut sent: u64 = 0;
     let mut truncated = false;
+    let mut held = Vec::new();
     let mut gone_at: Option<Instant> = None;
+    let end = |truncated: bool, held: Vec<u8>| Forwarded { truncated, held };
     loop {
         let read = match gone_at {
             None => tokio::select! {
@@ -65,16 +79,16 @@ pub async fn forward(
             Some(at) => {
                 let left = drain_limit.saturating_sub(at.elapsed());
                 if left.is_zero() {
-                    return truncated;
+                    return end(truncated, held);
                 }
                 match tokio::time::timeout(DRAIN_GRACE.min(left), pipe.read(&mut buf)).await {
                     Ok(read) => read,
-                    Err(_idle) => return truncated,
+                    Err(_idle) => return end(truncated, held),
                 }
             }
         };
         let n = match read {
-            Ok(0) | Err(_) => return truncated,
+            Ok(0) | Err(_) => return end(truncated, held),
             Ok(n) => n,
         };
         let room = usize::try_from(limit.saturating_sub(sent)).unwrap_or(usize::MAX);
@@ -86,14 +100,23 @@ pub async fn forward(
             continue;
         }
         sent += take as u64;
-        let data = buf[..take].to_vec();
-        let kind = if is_stdout {
-            exec_output::Kind::Stdout(data)
-        } else {
-            exec_output::Kind::Stderr(data)
-        };
-        if out.send(Ok(ExecOutput { kind: Some(kind) })).await.is_err() {
-            return truncated;
+        if held.len() + take <= hold {
+            held.extend_from_slice(&buf[..take]);
+            continue;
+        }
+        // Over the hold: what was held goes first, then this piece.
+        for data in [std::mem::take(&mut held), buf[..take].to_vec()] {
+            if data.is_empty() {
+                continue;
+            }
+            let kind = if is_stdout {
+                exec_output::Kind::Stdout(data)
+            } else {
+                exec_output::Kind::Stderr(data)
+            };
+            if out.send(Ok(ExecOutput { kind: Some(kind) })).await.is_err() {
+                return end(truncated, Vec::new());
+            }
         }
     }
 }
@@ -138,6 +161,7 @@ mod tests {
             true,
             gone,
             DEFAULT_DRAIN_LIMIT,
+            0,
         ));
         gone_tx.send_replace(true);
         // Longer than the grace: the reader is waiting on the host, not the pipe.
@@ -150,7 +174,7 @@ mod tests {
         assert_eq!(received, 60_000);
         // The write end is still open (as if a process escaped the group),
         // yet the reader has ended.
-        assert!(!task.await.unwrap());
+        assert!(!task.await.unwrap().truncated);
         drop(writer);
     }
 
@@ -166,7 +190,15 @@ mod tests {
         let (mut writer, reader) = output_pipe();
         let (tx, mut rx) = mpsc::channel(64);
         let (_gone_tx, gone) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(forward(reader, tx, 1000, true, gone, DEFAULT_DRAIN_LIMIT));
+        let task = tokio::spawn(forward(
+            reader,
+            tx,
+            1000,
+            true,
+            gone,
+            DEFAULT_DRAIN_LIMIT,
+            0,
+        ));
         // Far more than a pipe holds: the writer only finishes if the
         // reader keeps draining past the limit.
         let written = tokio::task::spawn_blocking(move || {
@@ -175,11 +207,53 @@ mod tests {
             }
         });
         written.await.unwrap();
-        assert!(task.await.unwrap());
+        assert!(task.await.unwrap().truncated);
         let mut received = 0;
         while let Some(message) = rx.recv().await {
             received += data(message.unwrap()).len();
         }
         assert_eq!(received, 1000);
+    }
+
+    #[tokio::test]
+    async fn output_within_the_hold_is_held_and_beyond_it_sent() {
+        let (mut writer, reader) = output_pipe();
+        let (tx, mut rx) = mpsc::channel(64);
+        let (_gone_tx, gone) = tokio::sync::watch::channel(false);
+        writer.write_all(b"short").unwrap();
+        drop(writer);
+        let held = forward(
+            reader,
+            tx,
+            u64::MAX,
+            true,
+            gone.clone(),
+            DEFAULT_DRAIN_LIMIT,
+            100,
+        );
+        let held = held.await;
+        assert_eq!(held.held, b"short");
+        assert!(rx.recv().await.is_none(), "nothing sent on its own");
+
+        let (mut writer, reader) = output_pipe();
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = tokio::spawn(forward(
+            reader,
+            tx,
+            u64::MAX,
+            true,
+            gone,
+            DEFAULT_DRAIN_LIMIT,
+            100,
+        ));
+        let written = tokio::task::spawn_blocking(move || writer.write_all(&[3u8; 1000]).unwrap());
+        written.await.unwrap();
+        let forwarded = task.await.unwrap();
+        let mut received = 0;
+        while let Some(message) = rx.recv().await {
+            received += data(message.unwrap()).len();
+        }
+        assert!(forwarded.held.len() <= 100);
+        assert_eq!(received + forwarded.held.len(), 1000);
     }
 }

@@ -49,6 +49,14 @@ pub const MAX_LIST_ENTRIES: usize = 10_000;
 /// The longest path either end accepts, in bytes (Linux's `PATH_MAX`).
 pub const MAX_PATH_BYTES: usize = 4096;
 
+/// The most stdin a host sends inside `ExecStart.stdin`; more goes in
+/// `stdin` messages.
+pub const MAX_INLINE_STDIN_BYTES: usize = 64 * 1024;
+
+/// The most output per stream a `batch_output` exec holds back for its
+/// `exit` message; beyond it, output is sent as it comes.
+pub const MAX_BATCH_HELD_BYTES: usize = 64 * 1024;
+
 /// Capabilities an agent lists in `HelloResponse.capabilities` for the
 /// optional parts of the protocol.
 pub mod capability {
@@ -58,4 +66,7 @@ pub mod capability {
     pub const TAR: &str = "tar";
     /// `WriteFileStart.owner`, `MakeDirRequest.owner`, `PathRequest.depth`.
     pub const FILES_OWNER: &str = "files-owner";
+    /// `ExecStart.stdin`, `.close_stdin` and `.batch_output`, and the
+    /// output, pid and warm flag an `ExecExit` carries.
+    pub const EXEC_BATCH: &str = "exec-batch";
 }

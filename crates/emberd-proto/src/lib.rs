@@ -45,6 +45,10 @@ pub const SCHEMA_FINGERPRINTS: &[(u32, &str)] = &[
         1,
         "e84133b9d32febdc587b07d46f0c2cab8330f53ce2f2389a90a287d8f476dd05",
     ),
+    (
+        1,
+        "14a26b61453fb03b6596b0a0855b569db03687e7e83230e335fb3af643184811",
+    ),
 ];
 
 /// The text of `agent.proto`, for the schema test and for diagnostics.

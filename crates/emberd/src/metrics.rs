@@ -51,6 +51,8 @@ pub struct Snapshot {
     pub sandboxes: Vec<(String, String)>,
     /// Ready VMs per pack, when pools are on.
     pub pool_ready: Option<BTreeMap<String, usize>>,
+    /// The size each pack's pool is kept at now (it adapts to demand).
+    pub pool_target: Option<BTreeMap<String, usize>>,
     /// Sandboxes (pooled VMs included) holding admission slots.
     pub held_sandboxes: usize,
     /// Guest memory they hold, in MiB.
@@ -78,6 +80,8 @@ pub struct Metrics {
     template_builds: Family<BuildLabels, Counter>,
     sandboxes: Family<StateLabels, Gauge>,
     pool_ready: Family<PackLabel, Gauge>,
+    pool_target: Family<PackLabel, Gauge>,
+    pool_misses: Family<PackLabel, Counter>,
     held_sandboxes: Gauge,
     committed_memory: Gauge,
     reaped: Counter,
@@ -149,6 +153,18 @@ impl Metrics {
             "Booted VMs ready in the warm pool, by pack",
             pool_ready.clone(),
         );
+        let pool_target = Family::<PackLabel, Gauge>::default();
+        registry.register(
+            "pool_target",
+            "The size each pack's warm pool is kept at now (it grows on misses, shrinks when idle)",
+            pool_target.clone(),
+        );
+        let pool_misses = Family::<PackLabel, Counter>::default();
+        registry.register(
+            "pool_misses",
+            "Creates of the default shape that found no ready VM in the pack's pool",
+            pool_misses.clone(),
+        );
         let held_sandboxes = Gauge::default();
         registry.register(
             "held_sandboxes",
@@ -179,6 +195,7 @@ impl Metrics {
             let label = PackLabel { pack: pack.clone() };
             boot_failures.get_or_create_owned(&label);
             restore_failures.get_or_create_owned(&label);
+            pool_misses.get_or_create_owned(&label);
             for result in ["ok", "failed"] {
                 template_builds.get_or_create_owned(&BuildLabels {
                     pack: pack.clone(),
@@ -196,6 +213,8 @@ impl Metrics {
             template_builds,
             sandboxes,
             pool_ready,
+            pool_target,
+            pool_misses,
             held_sandboxes,
             committed_memory,
             reaped,
@@ -218,6 +237,15 @@ impl Metrics {
     /// A create's VM failed to come up.
     pub fn record_boot_failure(&self, pack: &str) {
         self.boot_failures
+            .get_or_create(&PackLabel {
+                pack: pack.to_owned(),
+            })
+            .inc();
+    }
+
+    /// A create of `pack` found its pool empty (or only unusable VMs in it).
+    pub fn record_pool_miss(&self, pack: &str) {
+        self.pool_misses
             .get_or_create(&PackLabel {
                 pack: pack.to_owned(),
             })
@@ -266,6 +294,12 @@ impl Metrics {
                 .get_or_create(&PackLabel { pack: pack.clone() })
                 .set(saturating_i64(*ready as u64));
         }
+        self.pool_target.clear();
+        for (pack, target) in snapshot.pool_target.iter().flatten() {
+            self.pool_target
+                .get_or_create(&PackLabel { pack: pack.clone() })
+                .set(saturating_i64(*target as u64));
+        }
         self.held_sandboxes
             .set(saturating_i64(snapshot.held_sandboxes as u64));
         self.committed_memory.set(saturating_i64(
@@ -303,6 +337,7 @@ mod tests {
         metrics.record_exec(Duration::from_millis(5));
         metrics.record_boot_failure("python");
         metrics.record_restore_failure("python");
+        metrics.record_pool_miss("python");
         metrics.record_template_build("python", true);
         let snapshot = Snapshot {
             sandboxes: vec![
@@ -310,6 +345,7 @@ mod tests {
                 ("running".into(), "python".into()),
             ],
             pool_ready: Some(BTreeMap::from([("python".into(), 2)])),
+            pool_target: Some(BTreeMap::from([("python".into(), 3)])),
             held_sandboxes: 4,
             held_memory_mib: 512,
             reaped: 3,
@@ -327,6 +363,8 @@ mod tests {
             "emberd_template_builds_total{pack=\"python\",result=\"failed\"} 0",
             "emberd_sandboxes{state=\"running\",pack=\"python\"} 2",
             "emberd_pool_ready{pack=\"python\"} 2",
+            "emberd_pool_target{pack=\"python\"} 3",
+            "emberd_pool_misses_total{pack=\"python\"} 1",
             "emberd_held_sandboxes 4",
             "emberd_guest_memory_committed_bytes 536870912",
             "emberd_reaped_total 3",

@@ -22,6 +22,7 @@ fn config(work_dir: &Path) -> ManagerConfig {
         overlay_mib: 64,
         pool_size: 0,
         pool_memory_mib: 1024,
+        pool: emberd::sandbox::PoolPolicy::default(),
         snapshot_dir: None,
         warm_templates_at_start: false,
         limits: Limits::default(),

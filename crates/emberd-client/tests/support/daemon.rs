@@ -41,6 +41,7 @@ impl Daemon {
             overlay_mib: 64,
             pool_size: 0,
             pool_memory_mib: 0,
+            pool: emberd::sandbox::PoolPolicy::default(),
             snapshot_dir: None,
             warm_templates_at_start: false,
             limits: emberd::sandbox::Limits::default(),

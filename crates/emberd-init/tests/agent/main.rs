@@ -1,6 +1,7 @@
 //! The agent as a host process on a Unix socket: exec, files and protocol
 //! semantics without a VM, with the real `python3` and `node`.
 
+mod batch;
 mod exec;
 mod file_kinds;
 mod files;

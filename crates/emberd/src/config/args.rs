@@ -78,6 +78,32 @@ pub struct ServeArgs {
     #[arg(long, env = "EMBERD_POOL_MEMORY_MIB")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pool_memory_mib: Option<u64>,
+    /// Most VMs per pack a pool grows to when creates find it empty; it
+    /// shrinks back to --pool-size when idle [default: 4].
+    #[arg(long, env = "EMBERD_POOL_MAX")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_max: Option<usize>,
+    /// Pool refills (boot and warm-up) in flight at once over all packs;
+    /// 0 for no bound beyond --max-concurrent-boots [default: 1].
+    #[arg(long, env = "EMBERD_POOL_REFILLS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pool_refills: Option<usize>,
+    /// How long a refill waits after a hand-out, so that the sandbox just
+    /// handed out runs its first exec alone [default: 250ms].
+    #[arg(long, env = "EMBERD_POOL_REFILL_SETTLE", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_some"
+    )]
+    pub pool_refill_settle: Option<Duration>,
+    /// A pool grown past --pool-size shrinks by one VM after this long
+    /// without a hand-out or a miss [default: 60s].
+    #[arg(long, env = "EMBERD_POOL_SHRINK_AFTER", value_parser = parse_duration)]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "duration::serialize_some"
+    )]
+    pub pool_shrink_after: Option<Duration>,
     /// Restore sandboxes from per-pack template snapshots [default: true].
     #[arg(long, env = "EMBERD_SNAPSHOTS", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]

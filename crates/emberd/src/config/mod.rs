@@ -63,6 +63,17 @@ pub struct Settings {
     #[serde(with = "pool_size")]
     pub pool_size: usize,
     pub pool_memory_mib: u64,
+    /// Most VMs per pack a pool grows to when creates find it empty;
+    /// at most `pool_size` means a fixed size.
+    pub pool_max: usize,
+    /// Pool refills (boot and warm-up) in flight at once over all packs.
+    pub pool_refills: usize,
+    /// How long a refill waits after a hand-out.
+    #[serde(with = "duration")]
+    pub pool_refill_settle: Duration,
+    /// A grown pool shrinks by one VM after this long without demand.
+    #[serde(with = "duration")]
+    pub pool_shrink_after: Duration,
     pub snapshots: bool,
     pub skip_warm: bool,
     // Firecracker's jailer (VMM confinement).
@@ -128,6 +139,10 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_secs(10),
             pool_size: 2,
             pool_memory_mib: 2048,
+            pool_max: 4,
+            pool_refills: 1,
+            pool_refill_settle: Duration::from_millis(250),
+            pool_shrink_after: Duration::from_secs(60),
             snapshots: true,
             skip_warm: false,
             jailer: None,
@@ -224,6 +239,12 @@ impl Settings {
             overlay_mib: self.overlay_mib,
             pool_size: self.pool_size,
             pool_memory_mib: self.pool_memory_mib,
+            pool: crate::sandbox::PoolPolicy {
+                max_size: self.pool_max,
+                max_refills: self.pool_refills,
+                refill_settle: self.pool_refill_settle,
+                shrink_after: self.pool_shrink_after,
+            },
             snapshot_dir: self.snapshots.then(|| self.data_dir.join("snapshots")),
             warm_templates_at_start: !self.skip_warm,
             limits: self.limits(),

@@ -20,7 +20,9 @@ pub mod untrusted;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use emberd_proto::boundary::{MAX_EXEC_DRAIN_LIMIT_MS, MAX_MESSAGE_BYTES};
+use emberd_proto::boundary::{
+    capability, MAX_EXEC_DRAIN_LIMIT_MS, MAX_INLINE_STDIN_BYTES, MAX_MESSAGE_BYTES,
+};
 use emberd_proto::v1::{
     agent_client::AgentClient as RawAgentClient, HealthRequest, HelloRequest, Identity,
     QuiesceRequest,
@@ -304,12 +306,12 @@ impl AgentClient {
     /// agent kills the process.
     pub async fn run(&self, spec: RunSpec) -> Result<RunOutcome, GuestError> {
         let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-        let mut outcome = self
-            .run_forwarding(spec, &mut |stream, data| match stream {
-                OutputStream::Stdout => stdout.extend_from_slice(data),
-                OutputStream::Stderr => stderr.extend_from_slice(data),
-            })
-            .await?;
+        let mut sink = |stream: OutputStream, data: &[u8]| match stream {
+            OutputStream::Stdout => stdout.extend_from_slice(data),
+            OutputStream::Stderr => stderr.extend_from_slice(data),
+        };
+        // The whole output is collected: the agent may hold it for the exit.
+        let mut outcome = self.run_into(spec, &mut sink, true).await?;
         outcome.stdout = stdout;
         outcome.stderr = stderr;
         Ok(outcome)
@@ -323,6 +325,17 @@ impl AgentClient {
         spec: RunSpec,
         sink: OutputSink<'_>,
     ) -> Result<RunOutcome, GuestError> {
+        self.run_into(spec, sink, false).await
+    }
+
+    /// Runs `spec`, handing output to `sink`; with `batch`, the agent may
+    /// hold output back and send it with the exit.
+    async fn run_into(
+        &self,
+        spec: RunSpec,
+        sink: OutputSink<'_>,
+        batch: bool,
+    ) -> Result<RunOutcome, GuestError> {
         let drain_limit = spec
             .drain_limit
             .unwrap_or(EXEC_DRAIN_LIMIT)
@@ -331,6 +344,17 @@ impl AgentClient {
             .timeout
             .map(|timeout| exec_answer_bound(timeout, drain_limit));
         let limit = spec.output_limit_bytes;
+        let stdin = spec.stdin.unwrap_or_default();
+        // An agent that takes a whole exec in one message gets it so: the
+        // start, its stdin and the end of it in one write, and (when the
+        // output is collected) the answer back in as few as it allows.
+        let offered = self.has_capability(capability::EXEC_BATCH);
+        let inline = offered && stdin.len() <= MAX_INLINE_STDIN_BYTES;
+        let (inline_stdin, stdin) = if inline {
+            (stdin, Vec::new())
+        } else {
+            (Vec::new(), stdin)
+        };
         let start = StartSpec {
             interpreter: spec.interpreter,
             code: spec.code,
@@ -340,9 +364,11 @@ impl AgentClient {
             output_limit_bytes: limit,
             warm_language: spec.warm_language,
             user: spec.user,
+            stdin: inline_stdin,
+            close_stdin: inline,
+            batch_output: offered && batch,
             ..StartSpec::default()
         };
-        let stdin = spec.stdin.unwrap_or_default();
         self.bounded(
             "Exec",
             answer_bound,
@@ -359,11 +385,12 @@ impl AgentClient {
         sink: OutputSink<'_>,
     ) -> Result<RunOutcome, GuestError> {
         let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        let closed = start.close_stdin;
         let (input, mut events) = self.start(start).await?;
         // Stdin goes in while output comes back: a program that answers
         // before reading all its input must not stall the writer.
         let feed = async move {
-            if input.write_stdin(&stdin).await.is_ok() {
+            if !closed && input.write_stdin(&stdin).await.is_ok() {
                 let _ = input.close_stdin().await;
             }
             std::future::pending::<()>().await

@@ -9,7 +9,7 @@
 //! are as the guest sent them: each at most one protocol message, no more in
 //! total than the consumer chooses to keep.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
 use emberd_proto::boundary::{MAX_MESSAGE_BYTES, MAX_PTY_SIDE};
@@ -47,6 +47,14 @@ pub struct StartSpec {
     pub user: String,
     /// Run on a terminal of (rows, cols).
     pub pty: Option<(u32, u32)>,
+    /// Stdin sent with the start (agents with the `exec-batch` capability;
+    /// at most `MAX_INLINE_STDIN_BYTES`).
+    pub stdin: Vec<u8>,
+    /// Stdin ends after `stdin`: no [`SessionInput::close_stdin`] needed.
+    pub close_stdin: bool,
+    /// The caller collects the whole output: the agent may hold it back
+    /// and send it with the exit (`exec-batch`).
+    pub batch_output: bool,
 }
 
 /// How a program ended, as the agent reported it.
@@ -121,6 +129,9 @@ pub struct SessionEvents {
     client: AgentClient,
     mark: Mark,
     ended: bool,
+    /// Events an exit message carried (a batch exec's start and the end
+    /// of its output), handed out before the exit itself.
+    carried: VecDeque<ExecEvent>,
     /// Holds the request stream open when no [`SessionInput`] is kept.
     _input: mpsc::Sender<ExecInput>,
 }
@@ -130,6 +141,9 @@ impl SessionEvents {
     /// exit is [`GuestError::NoExit`]. Not bounded in time: the caller
     /// bounds it (a timeout, a deletion, a client that went away).
     pub async fn next(&mut self) -> Result<Option<ExecEvent>, GuestError> {
+        if let Some(event) = self.carried.pop_front() {
+            return Ok(Some(event));
+        }
         if self.ended {
             return Ok(None);
         }
@@ -150,9 +164,27 @@ impl SessionEvents {
                 },
                 Some(exec_output::Kind::Stdout(data)) => ExecEvent::Stdout(data),
                 Some(exec_output::Kind::Stderr(data)) => ExecEvent::Stderr(data),
-                Some(exec_output::Kind::Exit(exit)) => {
+                Some(exec_output::Kind::Exit(mut exit)) => {
                     self.ended = true;
-                    ExecEvent::Exit(ExitReport {
+                    if exit.pid != 0 || exit.warm {
+                        self.carried.push_back(ExecEvent::Started {
+                            pid: exit.pid,
+                            warm: exit.warm,
+                        });
+                    }
+                    for (data, stdout) in [
+                        (std::mem::take(&mut exit.stdout), true),
+                        (std::mem::take(&mut exit.stderr), false),
+                    ] {
+                        if !data.is_empty() {
+                            self.carried.push_back(if stdout {
+                                ExecEvent::Stdout(data)
+                            } else {
+                                ExecEvent::Stderr(data)
+                            });
+                        }
+                    }
+                    self.carried.push_back(ExecEvent::Exit(ExitReport {
                         exit_code: exit.exit_code,
                         signal: (exit.signal != 0).then_some(exit.signal),
                         timed_out: exit.timed_out,
@@ -161,7 +193,8 @@ impl SessionEvents {
                         guest_duration: Duration::from_micros(exit.duration_us),
                         vm_duration: self.client.clock.since(self.mark),
                         launch_error: (!exit.error.is_empty()).then(|| guest_text(&exit.error)),
-                    })
+                    }));
+                    return Ok(self.carried.pop_front());
                 }
                 None => continue,
             };
@@ -200,6 +233,9 @@ impl AgentClient {
                 rows: rows.clamp(1, MAX_PTY_SIDE),
                 cols: cols.clamp(1, MAX_PTY_SIDE),
             }),
+            stdin: spec.stdin,
+            close_stdin: spec.close_stdin,
+            batch_output: spec.batch_output,
         };
         let (tx, rx) = mpsc::channel(INPUT_QUEUE);
         tx.send(ExecInput {
@@ -220,6 +256,7 @@ impl AgentClient {
                 client: self.clone(),
                 mark,
                 ended: false,
+                carried: VecDeque::new(),
                 _input: tx,
             },
         ))

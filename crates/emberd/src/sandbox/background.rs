@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::launcher::Launcher;
-use super::pool::{fill_forever, Pools};
+use super::pool::Pools;
+use super::pool_filler::fill_forever;
 use super::template;
 
 /// The running background tasks of one manager.

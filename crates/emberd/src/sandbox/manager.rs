@@ -155,6 +155,11 @@ impl Manager {
                     }
                 }
             }
+            // A pool miss: the pool grows (within its bounds) and it counts.
+            if self.pools.enabled() {
+                self.pools.missed(pack);
+                self.metrics.record_pool_miss(pack);
+            }
         }
         let reservation = self.make_room(terms.shape.memory_mib).await?;
         self.boot_new(pack, terms, reservation, started).await
@@ -376,6 +381,12 @@ impl Manager {
             pool_ready: self.pools.enabled().then(|| self.pools.ready_counts()),
             reaped: self.reaped(),
         }
+    }
+
+    /// How many VMs each pack's pool keeps ready now (its adaptive
+    /// target), when pools are on.
+    pub(super) fn pool_targets(&self) -> Option<std::collections::BTreeMap<String, usize>> {
+        self.pools.enabled().then(|| self.pools.targets())
     }
 
     /// How many packs' template restores were given up since the daemon

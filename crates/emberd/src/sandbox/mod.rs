@@ -19,7 +19,10 @@
 //! - `exec`: one exec, from request to outcome (collected or streamed);
 //! - [`process`]: background processes, their output logs and streams;
 //! - `files`: file operations and transfers on a sandbox;
-//! - `pool`: booted VMs kept ready per pack, and their fillers;
+//! - `pool`: booted, warmed-up VMs kept ready per pack, their adaptive
+//!   size, and (`pool_filler`) the task that refills each pack's pool;
+//! - `warmup`: the pack's warm-up exec, run before a template or a pooled
+//!   VM counts as ready;
 //! - `template`: template snapshots, stored and built;
 //! - `background`: the tasks that build templates and fill pools;
 //! - `recovery`: the work-dir lock and clearing a crashed daemon's leftovers.
@@ -37,12 +40,14 @@ mod manager;
 mod model;
 mod observe;
 mod pool;
+mod pool_filler;
 pub mod process;
 mod reaper;
 mod record;
 mod recovery;
 mod template;
 mod vm_watch;
+mod warmup;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -58,6 +63,7 @@ pub use model::{
     BootPath, CreateParams, DaemonInfo, ExecOutcome, ExecParams, ExitStatus, GuestUser,
     SandboxState, SandboxSummary, Shape,
 };
+pub use pool::PoolPolicy;
 pub use recovery::{WorkDirError, WorkDirLock};
 
 /// Settings of the manager.
@@ -73,6 +79,8 @@ pub struct ManagerConfig {
     pub pool_size: usize,
     /// Upper bound on guest memory held by all pools together, in MiB.
     pub pool_memory_mib: u64,
+    /// How pools refill and grow or shrink with demand.
+    pub pool: PoolPolicy,
     /// Where template snapshots live; `None` disables snapshot restore.
     pub snapshot_dir: Option<PathBuf>,
     /// Build every pack's template at startup (else after its first cold boot).

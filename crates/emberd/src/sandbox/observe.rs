@@ -32,6 +32,7 @@ impl Manager {
                 .map(|s| (s.state.to_string(), s.pack))
                 .collect(),
             pool_ready: self.info().pool_ready,
+            pool_target: self.pool_targets(),
             held_sandboxes,
             held_memory_mib,
             reaped: self.reaped(),

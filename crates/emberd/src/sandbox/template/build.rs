@@ -10,26 +10,21 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use emberd_proto::warm::WarmLanguage;
 use tokio_util::sync::CancellationToken;
 
-use crate::guest::{guest_bytes, AgentClient, RunSpec};
+use crate::guest::AgentClient;
+use crate::image::PackArtefact;
 use crate::vmm::{SnapshotFiles, Vm};
 
 use super::super::error::{BootError, SandboxError};
-use super::super::exec::DEFAULT_EXEC_TIMEOUT;
 use super::super::launcher::Launcher;
 use super::super::record::Guest;
+use super::super::warmup::warm_up;
 use super::lock::BuildLock;
 use super::store::Templates;
 
-/// How long a template build waits for the guest's pre-started interpreter
-/// (each `Health` probe is bounded on its own).
-const WARM_INTERPRETER_BOUND: Duration = Duration::from_secs(30);
 /// Time for the agent to see the host hang up before the VM is paused.
 const QUIESCE_SETTLE: Duration = Duration::from_millis(300);
-/// Cap on the warm-up's output (only its stderr is ever shown).
-const WARMUP_OUTPUT_LIMIT: u64 = 64 * 1024;
 
 /// Builds the template of `pack` unless one exists or a build is under way
 /// (or failed before), and logs the result.
@@ -94,19 +89,7 @@ async fn build(
     let spec = launcher.boot_spec(&id, &dir, artefact);
     async {
         let guest = launcher.cold_boot(&spec).await?;
-        if let Some(language) = artefact.warm_language {
-            wait_until_warm(&guest.agent, language).await;
-        }
-        let warmup = RunSpec {
-            interpreter: artefact.interpreter.clone(),
-            code: artefact.warmup.clone().into_bytes(),
-            file_suffix: artefact.file_suffix.clone(),
-            timeout: Some(DEFAULT_EXEC_TIMEOUT),
-            output_limit_bytes: WARMUP_OUTPUT_LIMIT,
-            warm_language: artefact.warm_language,
-            ..RunSpec::default()
-        };
-        let prepared = warm_up_and_quiesce(&guest.agent, warmup).await;
+        let prepared = warm_up_and_quiesce(&guest.agent, artefact).await;
         let Guest { vm, agent, .. } = guest;
         // Close the session before the pause, so the image holds an agent
         // waiting for its next connection.
@@ -133,16 +116,11 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-async fn warm_up_and_quiesce(agent: &AgentClient, warmup: RunSpec) -> Result<(), SandboxError> {
-    // Bounded by its timeout, the drain limit and the kill-and-reap margin.
-    let outcome = agent.run(warmup).await.map_err(SandboxError::Exec)?;
-    if outcome.exit.exit_code != 0 {
-        return Err(BootError::Warmup {
-            exit_code: outcome.exit.exit_code,
-            stderr: guest_bytes(&outcome.stderr),
-        }
-        .into());
-    }
+async fn warm_up_and_quiesce(
+    agent: &AgentClient,
+    artefact: &PackArtefact,
+) -> Result<(), SandboxError> {
+    warm_up(agent, artefact).await?;
     agent.quiesce().await.map_err(SandboxError::Exec)
 }
 
@@ -173,24 +151,4 @@ async fn snapshot_into(
         .await
         .unwrap_or_else(|e| Err(std::io::Error::other(e)));
     Ok(published.map_err(store_error(&staging_dir))?)
-}
-
-/// Waits (bounded) until the agent's pre-started interpreter for `language`
-/// is ready, so that a template holds it warm. Without one, execs still work.
-async fn wait_until_warm(agent: &AgentClient, language: WarmLanguage) {
-    let deadline = Instant::now() + WARM_INTERPRETER_BOUND;
-    while Instant::now() < deadline {
-        if agent
-            .warm_interpreters()
-            .await
-            .is_some_and(|warm| warm.contains(&language))
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    tracing::warn!(
-        %language,
-        "the warm interpreter did not come up; the template runs one-shot"
-    );
 }

@@ -7,6 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use emberd_proto::boundary::capability;
 use emberd_proto::v1::agent_server::Agent;
 use emberd_proto::v1::{
     exec_input, ExecInput, ExecOutput, HealthRequest, HealthResponse, HelloRequest, HelloResponse,
@@ -57,7 +58,9 @@ impl Agent for ScriptedAgent {
         Ok(Response::new(HelloResponse {
             generation,
             agent_version: "fake".to_owned(),
-            capabilities: vec!["exec".to_owned(), "identity".to_owned()],
+            capabilities: ["exec", "identity", capability::EXEC_BATCH]
+                .map(String::from)
+                .to_vec(),
         }))
     }
 

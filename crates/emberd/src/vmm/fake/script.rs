@@ -21,12 +21,15 @@
 //! kills with that signal, and a host that goes away ends the exec with no
 //! answer. Output of a lingering child is drained, once the process ended,
 //! for the request's `drain_limit_ms` (the shared default when 0) before
-//! the answer. Nothing here touches a real process.
+//! the answer. A batch exec (`exec-batch`) takes its stdin with the start
+//! and gets its output (up to the shared hold per stream), pid and warm flag
+//! in the exit, as from the real agent. Nothing here touches a real process.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use emberd_proto::boundary::MAX_BATCH_HELD_BYTES;
 use emberd_proto::v1::{exec_input, exec_output, ExecExit, ExecInput, ExecOutput, ExecStarted};
 use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
@@ -128,13 +131,20 @@ pub async fn run(
         n => n,
     };
     let mut output = Output::new(out.clone(), limit);
-    output
-        .send(exec_output::Kind::Started(ExecStarted {
-            pid,
-            warm: !start.warm_language.is_empty(),
-        }))
-        .await;
-    let (stdin_tx, stdin) = watch::channel(Stdin::default());
+    let warm = !start.warm_language.is_empty();
+    // As the real agent: a batch exec's start fields and the end of its
+    // output go with its exit.
+    if start.batch_output {
+        output.held = Some([Vec::new(), Vec::new()]);
+    } else {
+        output
+            .send(exec_output::Kind::Started(ExecStarted { pid, warm }))
+            .await;
+    }
+    let (stdin_tx, stdin) = watch::channel(Stdin {
+        data: start.stdin.clone(),
+        closed: start.close_stdin,
+    });
     let (signal_tx, mut signals) = mpsc::unbounded_channel();
     let reader = tokio::spawn(read_input(input, stdin_tx, signal_tx));
     release.borrow_and_update();
@@ -203,6 +213,17 @@ pub async fn run(
         stderr_truncated: output.truncated[1],
         duration_us: u64::try_from(received.elapsed().as_micros()).unwrap_or(u64::MAX),
         error: String::new(),
+        ..ExecExit::default()
+    };
+    let exit = match output.held.take() {
+        Some([stdout, stderr]) => ExecExit {
+            stdout,
+            stderr,
+            pid,
+            warm,
+            ..exit
+        },
+        None => exit,
     };
     output.send(exec_output::Kind::Exit(exit)).await;
 }
@@ -305,6 +326,8 @@ struct Output {
     limit: u64,
     sent: [u64; 2],
     truncated: [bool; 2],
+    /// A batch exec's output held back for its exit (stdout, stderr).
+    held: Option<[Vec<u8>; 2]>,
 }
 
 impl Output {
@@ -314,6 +337,7 @@ impl Output {
             limit,
             sent: [0; 2],
             truncated: [false; 2],
+            held: None,
         }
     }
 
@@ -329,7 +353,21 @@ impl Output {
         let take = room.min(data.len());
         self.truncated[i] |= take < data.len();
         self.sent[i] += take as u64;
-        for chunk in data[..take].chunks(CHUNK) {
+        let data = &data[..take];
+        if let Some(held) = self.held.as_mut().map(|h| &mut h[i]) {
+            if held.len() + data.len() <= MAX_BATCH_HELD_BYTES {
+                held.extend_from_slice(data);
+                return;
+            }
+            // Over the hold: what was held goes first, then this piece.
+            let first = std::mem::take(held);
+            let kind = match fd {
+                Fd::Stdout => exec_output::Kind::Stdout(first),
+                Fd::Stderr => exec_output::Kind::Stderr(first),
+            };
+            self.send(kind).await;
+        }
+        for chunk in data.chunks(CHUNK) {
             let kind = match fd {
                 Fd::Stdout => exec_output::Kind::Stdout(chunk.to_vec()),
                 Fd::Stderr => exec_output::Kind::Stderr(chunk.to_vec()),
