@@ -20,6 +20,7 @@ fn spec(dir: &Path, boot_timeout: Duration) -> BootSpec {
         memory_mib: 256,
         extra_kernel_args: Vec::new(),
         boot_timeout,
+        memory_file: None,
     }
 }
 
