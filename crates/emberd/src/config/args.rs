@@ -71,7 +71,7 @@ pub struct ServeArgs {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firecracker_bin: Option<PathBuf>,
     /// TCG's translation cache per QEMU process, MiB; no effect under KVM
-    /// [default: 256].
+    /// [default: 64].
     #[arg(long, env = "EMBERD_TB_SIZE_MIB")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tb_size_mib: Option<u32>,

@@ -184,6 +184,36 @@ pub trait VmBackend: Send + Sync + 'static {
             operation: "restore snapshots",
         })
     }
+    /// Starts a VMM process for a later restore of `snapshot` into `spec`
+    /// (its sandbox dir and id are the VM's), without loading any state.
+    /// On error nothing is left running.
+    async fn prepare_restore(
+        &self,
+        spec: &BootSpec,
+        snapshot: &SnapshotFiles,
+    ) -> Result<Box<dyn StandbyVm>, VmmError> {
+        let _ = (spec, snapshot);
+        Err(VmmError::Unsupported {
+            backend: self.name(),
+            operation: "start VMMs ahead of a restore",
+        })
+    }
+}
+
+/// A VMM process started ahead of a restore: running, holding no guest
+/// state yet (QEMU waiting with `-incoming defer`, its RAM file mapped but
+/// untouched), so a restore is only the state load.
+#[async_trait]
+pub trait StandbyVm: Send + Sync + 'static {
+    /// PID of the VMM process on the host.
+    fn pid(&self) -> Option<u32>;
+    /// True once the VMM process is known to have ended.
+    fn has_exited(&self) -> bool;
+    /// Loads `snapshot` (of the template this standby was prepared for)
+    /// and runs the guest. On error the process is stopped.
+    async fn restore(self: Box<Self>, snapshot: &SnapshotFiles) -> Result<Box<dyn Vm>, VmmError>;
+    /// Stops the process; idempotent.
+    async fn stop(&self);
 }
 
 /// One running VM.

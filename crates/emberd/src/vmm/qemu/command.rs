@@ -25,8 +25,10 @@ pub const SANDBOX: &str = "on,obsolete=deny,spawn=deny,resourcecontrol=deny";
 /// TCG's translation cache, MiB, unless the operator sets
 /// `--tb-size-mib`. QEMU's default grows to 1 GiB on a large host; a bound
 /// keeps a VMM's memory predictable (and its cgroup's `memory.max`
-/// honest). See docs/performance.md, "Translation cache size".
-pub const TCG_TRANSLATION_CACHE_MIB: u32 = 256;
+/// honest). Python's steady execs need about 32 MiB of translated code and
+/// thrash below that; 64 leaves room. See docs/performance.md,
+/// "Translation cache size".
+pub const TCG_TRANSLATION_CACHE_MIB: u32 = 64;
 
 /// The id of the memory backend object holding guest RAM in a file.
 const RAM_OBJECT: &str = "ram";
@@ -274,7 +276,7 @@ mod tests {
     #[test]
     fn tcg_gets_a_bounded_translation_cache() {
         let args = args(&launch(None, None), &spec("/run/emberd/sb_1"));
-        assert_eq!(value_of(&args, "-accel", ""), ["tcg,tb-size=256"]);
+        assert_eq!(value_of(&args, "-accel", ""), ["tcg,tb-size=64"]);
         let small = Launch {
             tb_size_mib: 32,
             ..launch(None, None)

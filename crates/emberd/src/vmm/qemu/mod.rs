@@ -49,7 +49,8 @@ use super::kvm::hardware_kvm;
 use super::process::{describe_exit, version_line, SpawnOptions, VmProcess};
 use super::vmm_user::VmmUser;
 use super::{
-    Accel, AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError,
+    Accel, AgentStream, BootSpec, Capabilities, SnapshotFiles, StandbyVm, Vm, VmBackend, VmExit,
+    VmmError,
 };
 use crate::host_tools::find_in_path;
 
@@ -308,28 +309,90 @@ impl VmBackend for QemuBackend {
             }
             return Ok(Box::new(vm));
         }
+        drop(file);
+        let launched = std::time::Instant::now();
+        let standby = self.standby(spec, snapshot).await?;
+        let launch_ms = launched.elapsed().as_secs_f64() * 1000.0;
+        tracing::debug!(sandbox = %spec.sandbox_id, launch_ms, "QEMU started for a restore");
+        Box::new(standby).restore(snapshot).await
+    }
+
+    async fn prepare_restore(
+        &self,
+        spec: &BootSpec,
+        snapshot: &SnapshotFiles,
+    ) -> Result<Box<dyn StandbyVm>, VmmError> {
+        Ok(Box::new(self.standby(spec, snapshot).await?))
+    }
+}
+
+impl QemuBackend {
+    /// Starts QEMU with `snapshot`'s RAM file mapped private and
+    /// `-incoming defer`, waiting for its device state.
+    async fn standby(
+        &self,
+        spec: &BootSpec,
+        snapshot: &SnapshotFiles,
+    ) -> Result<QemuStandby, VmmError> {
+        let ram = snapshot.memory_file();
         check_memory_file(&ram, spec.memory_mib)?;
         let memory = GuestMemory::Private {
             path: &ram,
             read_only: self.private_read_only,
         };
         let vm = self.launch(spec, Incoming::Defer, memory).await?;
+        Ok(QemuStandby {
+            vm,
+            sandbox_id: spec.sandbox_id.clone(),
+            bound: spec.boot_timeout,
+        })
+    }
+}
+
+/// A QEMU process waiting for the device state of a copy-on-write clone.
+struct QemuStandby {
+    vm: QemuVm,
+    sandbox_id: String,
+    /// Bound on the state load, to running.
+    bound: Duration,
+}
+
+#[async_trait]
+impl StandbyVm for QemuStandby {
+    fn pid(&self) -> Option<u32> {
+        self.vm.pid()
+    }
+
+    fn has_exited(&self) -> bool {
+        self.vm.has_exited()
+    }
+
+    async fn restore(self: Box<Self>, snapshot: &SnapshotFiles) -> Result<Box<dyn Vm>, VmmError> {
         let started = std::time::Instant::now();
         let result = async {
-            vm.load_state(&file).await?;
-            vm.finish_incoming(spec.boot_timeout).await
+            let file = File::options()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+                .open(snapshot.dir.join(MIGRATION_FILE))?;
+            self.vm.load_state(&file).await?;
+            drop(file);
+            self.vm.finish_incoming(self.bound).await
         }
         .await;
         if let Err(e) = result {
-            vm.stop().await.ok();
+            self.vm.stop().await.ok();
             return Err(e);
         }
         tracing::debug!(
-            sandbox = %spec.sandbox_id,
-            elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
+            sandbox = %self.sandbox_id,
+            load_to_running_ms = started.elapsed().as_secs_f64() * 1000.0,
             "device state loaded; the clone runs"
         );
-        Ok(Box::new(vm))
+        Ok(Box::new(self.vm))
+    }
+
+    async fn stop(&self) {
+        self.vm.stop().await.ok();
     }
 }
 
