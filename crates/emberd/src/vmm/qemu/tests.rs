@@ -6,6 +6,7 @@ use std::sync::Arc;
 use parking_lot::Mutex as SyncMutex;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use super::clone::check_memory_file;
 use super::qmp::tests::fake_qemu;
 use super::*;
 
