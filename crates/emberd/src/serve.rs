@@ -139,7 +139,8 @@ fn make_backend(settings: &Settings) -> Result<Arc<dyn VmBackend>, ServeError> {
             let vmm_user = VmmUser::for_daemon(nix::unistd::geteuid(), &settings.vmm_user)?;
             let backend = QemuBackend::new(settings.qemu_bin.clone(), settings.accel)?
                 .with_vmm_user(vmm_user)
-                .with_cgroups(vmm_cgroups());
+                .with_cgroups(vmm_cgroups())
+                .with_tb_size_mib(settings.tb_size_mib);
             let accel = backend.accel_decision();
             tracing::info!(backend = %decision.backend, why = %decision.reason, version = %backend.version(), accel = %accel.accel, accel_reason = %accel.reason, vmm_user = backend.vmm_user().map_or("the daemon's own", |u| u.name.as_str()), "backend chosen");
             Ok(Arc::new(backend))

@@ -38,6 +38,7 @@ fn python_spec(manifest: &Manifest, dir: &Path) -> BootSpec {
         memory_mib: 256,
         extra_kernel_args: vec![],
         boot_timeout: Duration::from_secs(60),
+        memory_file: None,
     }
 }
 

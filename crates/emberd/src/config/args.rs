@@ -70,6 +70,11 @@ pub struct ServeArgs {
     #[arg(long, env = "EMBERD_FIRECRACKER_BIN")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub firecracker_bin: Option<PathBuf>,
+    /// TCG's translation cache per QEMU process, MiB; no effect under KVM
+    /// [default: 64].
+    #[arg(long, env = "EMBERD_TB_SIZE_MIB")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tb_size_mib: Option<u32>,
     /// Booted sandboxes kept ready per pack; 0 or -1 disables the pool [default: 2].
     #[arg(long, env = "EMBERD_POOL_SIZE", allow_negative_numbers = true)]
     #[serde(skip_serializing_if = "Option::is_none")]

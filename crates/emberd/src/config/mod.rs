@@ -57,6 +57,8 @@ pub struct Settings {
     pub boot_timeout: Duration,
     pub qemu_bin: Option<PathBuf>,
     pub firecracker_bin: Option<PathBuf>,
+    /// TCG's translation cache per QEMU process, MiB (no effect under KVM).
+    pub tb_size_mib: u32,
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
     /// Booted sandboxes kept ready per pack; 0 disables the pool.
@@ -136,6 +138,7 @@ impl Default for Settings {
             boot_timeout: Duration::from_secs(30),
             qemu_bin: None,
             firecracker_bin: None,
+            tb_size_mib: crate::vmm::qemu::TCG_TRANSLATION_CACHE_MIB,
             shutdown_timeout: Duration::from_secs(10),
             pool_size: 2,
             pool_memory_mib: 2048,
@@ -252,6 +255,11 @@ impl Settings {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        if !(1..=2048).contains(&self.tb_size_mib) {
+            return Err(ConfigError::Invalid(
+                "tb-size-mib must be between 1 and 2048".into(),
+            ));
+        }
         if !(1..=64).contains(&self.vcpus) {
             return Err(ConfigError::Invalid(
                 "vcpus must be between 1 and 64".into(),

@@ -157,16 +157,27 @@ impl Launcher {
             root_disk: pack.squashfs.clone(),
             vcpus: shape.vcpus,
             memory_mib: shape.memory_mib,
-            // init_on_free: memory the guest frees is zeroed, so snapshots skip it.
-            extra_kernel_args: vec![
-                KernelArg::OverlaySize {
-                    mib: shape.disk_mib,
-                }
-                .to_string(),
-                "init_on_free=1".into(),
-            ],
+            extra_kernel_args: self.kernel_args(shape),
             boot_timeout: self.config.boot_timeout,
+            memory_file: None,
         }
+    }
+
+    /// The backend-independent kernel arguments of a VM of `shape`.
+    fn kernel_args(&self, shape: Shape) -> Vec<String> {
+        let mut args = vec![KernelArg::OverlaySize {
+            mib: shape.disk_mib,
+        }
+        .to_string()];
+        // init_on_free zeroes what the guest frees, so that a snapshot
+        // holding guest RAM in its stream skips it. Where RAM is a file
+        // mapped copy-on-write it would do harm: zeroing every page at
+        // boot fills the template's file, and every page a clone frees
+        // would become a private copy.
+        if !self.backend.capabilities().memory_file {
+            args.push("init_on_free=1".into());
+        }
+        args
     }
 
     /// The key a template of `pack` is stored under.

@@ -50,6 +50,11 @@ pub struct BootSpec {
     pub extra_kernel_args: Vec<String>,
     /// Give up when the VMM does not come up within this bound.
     pub boot_timeout: Duration,
+    /// Keep the guest's RAM in this file, mapped shared, instead of in
+    /// anonymous memory: the VM of a template, whose snapshot then holds
+    /// the device state only and whose clones map this file copy-on-write
+    /// (see [`SnapshotFiles::memory_file`]). Backends that cannot ignore it.
+    pub memory_file: Option<PathBuf>,
 }
 
 /// Files making up one snapshot, inside a directory owned by the caller.
@@ -58,12 +63,28 @@ pub struct SnapshotFiles {
     pub dir: PathBuf,
 }
 
+/// Name of the guest-RAM file in a snapshot directory, where the backend
+/// keeps guest memory in a file (see [`BootSpec::memory_file`]).
+pub const GUEST_MEMORY_FILE: &str = "guest.ram";
+
+impl SnapshotFiles {
+    /// Where the guest's RAM lives when the snapshot was taken from a VM
+    /// booted with [`BootSpec::memory_file`]: restores map it privately
+    /// (copy-on-write) and never write to it.
+    pub fn memory_file(&self) -> PathBuf {
+        self.dir.join(GUEST_MEMORY_FILE)
+    }
+}
+
 /// What a backend can do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Capabilities {
     pub pause_resume: bool,
     pub snapshot: bool,
     pub restore: bool,
+    /// Guest RAM can live in a file ([`BootSpec::memory_file`]) that
+    /// snapshots leave out and restores map copy-on-write.
+    pub memory_file: bool,
 }
 
 impl Capabilities {
@@ -72,6 +93,7 @@ impl Capabilities {
         pause_resume: true,
         snapshot: true,
         restore: true,
+        memory_file: true,
     };
 }
 
@@ -162,6 +184,36 @@ pub trait VmBackend: Send + Sync + 'static {
             operation: "restore snapshots",
         })
     }
+    /// Starts a VMM process for a later restore of `snapshot` into `spec`
+    /// (its sandbox dir and id are the VM's), without loading any state.
+    /// On error nothing is left running.
+    async fn prepare_restore(
+        &self,
+        spec: &BootSpec,
+        snapshot: &SnapshotFiles,
+    ) -> Result<Box<dyn StandbyVm>, VmmError> {
+        let _ = (spec, snapshot);
+        Err(VmmError::Unsupported {
+            backend: self.name(),
+            operation: "start VMMs ahead of a restore",
+        })
+    }
+}
+
+/// A VMM process started ahead of a restore: running, holding no guest
+/// state yet (QEMU waiting with `-incoming defer`, its RAM file mapped but
+/// untouched), so a restore is only the state load.
+#[async_trait]
+pub trait StandbyVm: Send + Sync + 'static {
+    /// PID of the VMM process on the host.
+    fn pid(&self) -> Option<u32>;
+    /// True once the VMM process is known to have ended.
+    fn has_exited(&self) -> bool;
+    /// Loads `snapshot` (of the template this standby was prepared for)
+    /// and runs the guest. On error the process is stopped.
+    async fn restore(self: Box<Self>, snapshot: &SnapshotFiles) -> Result<Box<dyn Vm>, VmmError>;
+    /// Stops the process; idempotent.
+    async fn stop(&self);
 }
 
 /// One running VM.

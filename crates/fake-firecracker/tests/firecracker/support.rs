@@ -58,6 +58,7 @@ pub fn boot_spec(dir: &Path, id: &str) -> BootSpec {
         memory_mib: 256,
         extra_kernel_args: vec![KernelArg::OverlaySize { mib: 256 }.to_string()],
         boot_timeout: Duration::from_secs(10),
+        memory_file: None,
     }
 }
 

@@ -1,5 +1,10 @@
 //! Building a pack's template: cold-boot a VM, warm it up, quiesce it,
 //! close the agent session, pause and snapshot it, publish the files.
+//! Where the backend keeps guest RAM in a file, the VM is booted with its
+//! RAM in the staging directory, so the template is that file (which
+//! clones map copy-on-write) plus the device state; the VM is stopped
+//! before the files are hashed, so nothing writes the RAM after its
+//! checksum.
 //!
 //! The agent connection is closed before the pause, so the image holds an
 //! agent waiting for its next connection, which is what a restored clone
@@ -21,7 +26,7 @@ use super::super::launcher::Launcher;
 use super::super::record::Guest;
 use super::super::warmup::warm_up;
 use super::lock::BuildLock;
-use super::store::Templates;
+use super::store::{Staging, Templates};
 
 /// Time for the agent to see the host hang up before the VM is paused.
 const QUIESCE_SETTLE: Duration = Duration::from_millis(300);
@@ -86,7 +91,22 @@ async fn build(
     // Removes the directory however the build ends, a shutdown dropping
     // this future included; the VM dies with its handle.
     let _dir = RemoveOnDrop(dir.clone());
-    let spec = launcher.boot_spec(&id, &dir, artefact);
+    // Removed on drop, a failure or a shutdown included, unless published.
+    let staging = templates
+        .staging_dir(pack, key)
+        .map_err(|source| BootError::TemplateStore {
+            path: templates.root().to_owned(),
+            source,
+        })?;
+    let mut spec = launcher.boot_spec(&id, &dir, artefact);
+    if launcher.backend.capabilities().memory_file {
+        spec.memory_file = Some(
+            SnapshotFiles {
+                dir: staging.dir.clone(),
+            }
+            .memory_file(),
+        );
+    }
     async {
         let guest = launcher.cold_boot(&spec).await?;
         let prepared = warm_up_and_quiesce(&guest.agent, artefact).await;
@@ -97,7 +117,7 @@ async fn build(
         let result = match prepared {
             Ok(()) => {
                 tokio::time::sleep(QUIESCE_SETTLE).await;
-                snapshot_into(vm.as_ref(), templates, pack, key).await
+                snapshot_into(vm.as_ref(), templates, pack, key, staging).await
             }
             Err(e) => Err(e),
         };
@@ -129,21 +149,21 @@ async fn snapshot_into(
     templates: &Arc<Templates>,
     pack: &str,
     key: &str,
+    staging: Staging,
 ) -> Result<SnapshotFiles, SandboxError> {
     let store_error = |path: &std::path::Path| {
         let path = path.to_owned();
         move |source| BootError::TemplateStore { path, source }
     };
-    // Removed on drop, a failure or a shutdown included, unless published.
-    let staging = templates
-        .staging_dir(pack, key)
-        .map_err(store_error(templates.root()))?;
     vm.pause().await.map_err(BootError::from)?;
     vm.snapshot(&SnapshotFiles {
         dir: staging.dir.clone(),
     })
     .await
     .map_err(BootError::from)?;
+    // A VM whose RAM is the template's file must be gone before the file
+    // is hashed: nothing may write it after its checksum.
+    vm.stop().await.map_err(BootError::from)?;
     // Publishing hashes the files: keep it off the async workers.
     let staging_dir = staging.dir.clone();
     let (store, pack, key) = (templates.clone(), pack.to_owned(), key.to_owned());

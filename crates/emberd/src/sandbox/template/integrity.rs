@@ -1,6 +1,12 @@
 //! A template's integrity: the completion marker records the template's key
-//! and the size and SHA-256 of every file in it; a template whose files no
+//! and the size and digest of every file in it; a template whose files no
 //! longer match is corrupt, and only a corrupt template is ever removed.
+//!
+//! The digest is a SHA-256 of a file's content page by page, zero pages
+//! left out (with each page's offset, and the size, hashed in): a guest's
+//! RAM file is mostly holes and zeros, which are then skipped (`SEEK_DATA`)
+//! or only compared, never hashed. Files are flushed to disk before the
+//! marker is written, so a template outlives a host crash or is refused.
 //!
 //! The quick check (every file present with its recorded size) is cheap and
 //! runs before each use; the full check hashes every byte and runs when a
@@ -15,8 +21,12 @@ use sha2::{Digest, Sha256};
 
 /// Marker written last into a complete template.
 pub(super) const COMPLETE_MARKER: &str = "complete";
-/// First line of a marker in this format.
-const MARKER_HEADER: &str = "emberd-template 2";
+/// First line of a marker in this format. Format 3: page digests, and a
+/// guest RAM file beside the device state where the backend keeps one;
+/// templates of older formats are rebuilt, never read.
+const MARKER_HEADER: &str = "emberd-template 3";
+/// The unit of the digest: zero pages of this size are left out.
+const PAGE: usize = 4096;
 
 /// Why a template is not what its marker says.
 #[derive(Debug, thiserror::Error)]
@@ -57,18 +67,59 @@ fn template_files(dir: &Path) -> std::io::Result<Vec<String>> {
     Ok(names)
 }
 
-fn sha256_of(path: &Path) -> std::io::Result<String> {
+/// The digest of `path`'s content (see the module docs). Holes and zero
+/// pages give the same digest, so it depends on the bytes alone.
+fn digest_of(path: &Path) -> std::io::Result<String> {
+    use std::io::{Seek, SeekFrom};
+    use std::os::fd::AsRawFd;
+
     let mut file = std::fs::File::open(path)?;
+    let size = file.metadata()?.len();
     let mut hash = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
+    let mut offset = 0u64;
+    while offset < size {
+        // SAFETY: lseek on a descriptor this function owns; no memory is passed.
+        let data = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, libc::SEEK_DATA) };
+        if data < 0 {
+            match std::io::Error::last_os_error().raw_os_error() {
+                // No data after `offset`: the rest is a hole.
+                Some(libc::ENXIO) => break,
+                // A file system without SEEK_DATA: read everything.
+                Some(libc::EINVAL) => {}
+                _ => return Err(std::io::Error::last_os_error()),
+            }
+        } else {
+            // Holes are zeros: start at the data's page.
+            offset = (data as u64) / PAGE as u64 * PAGE as u64;
+        }
+        file.seek(SeekFrom::Start(offset))?;
+        let n = read_full(&mut file, &mut buf)?;
         if n == 0 {
             break;
         }
-        hash.update(&buf[..n]);
+        for (i, page) in buf[..n].chunks(PAGE).enumerate() {
+            if page.iter().any(|&b| b != 0) {
+                hash.update((offset + (i * PAGE) as u64).to_le_bytes());
+                hash.update(page);
+            }
+        }
+        offset += n as u64;
     }
+    hash.update(size.to_le_bytes());
     Ok(hex::encode(hash.finalize()))
+}
+
+/// Reads until `buf` is full or the file ends.
+fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
 }
 
 /// Hashes every file of the template in `dir` and writes its marker.
@@ -77,8 +128,9 @@ pub(super) fn write_marker(dir: &Path, key: &str) -> std::io::Result<()> {
     let mut text = format!("{MARKER_HEADER}\nkey {key}\n");
     for name in template_files(dir)? {
         let path = dir.join(&name);
+        std::fs::File::open(&path)?.sync_all()?;
         let size = std::fs::metadata(&path)?.len();
-        let sum = sha256_of(&path)?;
+        let sum = digest_of(&path)?;
         text.push_str(&format!("file {sum} {size} {name}\n"));
     }
     std::fs::write(dir.join(COMPLETE_MARKER), text)
@@ -127,7 +179,7 @@ pub(super) fn check_quick(dir: &Path, key: &str) -> Result<(), IntegrityError> {
 pub(super) fn check_full(dir: &Path, key: &str) -> Result<(), IntegrityError> {
     let listing = read_marker(dir, key)?;
     check_listing(dir, &listing, |name, sum| {
-        let actual = sha256_of(&dir.join(name)).map_err(IntegrityError::Io)?;
+        let actual = digest_of(&dir.join(name)).map_err(IntegrityError::Io)?;
         if actual == sum {
             Ok(())
         } else {
@@ -211,6 +263,54 @@ mod tests {
         assert!(matches!(
             check_quick(dir.path(), "k1"),
             Err(IntegrityError::Unlisted(_))
+        ));
+    }
+
+    #[test]
+    fn the_digest_depends_on_the_bytes_not_on_holes() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = dir.path().join("sparse");
+        let file = std::fs::File::create(&sparse).unwrap();
+        file.set_len(8 << 20).unwrap();
+        drop(file);
+        let dense = dir.path().join("dense");
+        std::fs::write(&dense, vec![0u8; 8 << 20]).unwrap();
+        assert_eq!(digest_of(&sparse).unwrap(), digest_of(&dense).unwrap());
+        // One byte anywhere, even deep in a hole, changes it.
+        use std::io::{Seek, Write};
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&sparse)
+            .unwrap();
+        file.seek(std::io::SeekFrom::Start(5 << 20)).unwrap();
+        file.write_all(b"x").unwrap();
+        drop(file);
+        assert_ne!(digest_of(&sparse).unwrap(), digest_of(&dense).unwrap());
+        // So does the size, and where a page sits.
+        let short = dir.path().join("short");
+        std::fs::write(&short, vec![0u8; 4 << 20]).unwrap();
+        assert_ne!(digest_of(&short).unwrap(), digest_of(&dense).unwrap());
+        let mut a = vec![0u8; 3 * PAGE];
+        a[0] = 1;
+        let mut b = vec![0u8; 3 * PAGE];
+        b[PAGE] = 1;
+        std::fs::write(dir.path().join("a"), &a).unwrap();
+        std::fs::write(dir.path().join("b"), &b).unwrap();
+        assert_ne!(
+            digest_of(&dir.path().join("a")).unwrap(),
+            digest_of(&dir.path().join("b")).unwrap()
+        );
+    }
+
+    #[test]
+    fn a_marker_of_the_previous_format_is_not_trusted() {
+        let dir = template();
+        let text = std::fs::read_to_string(dir.path().join(COMPLETE_MARKER)).unwrap();
+        let old = text.replacen(MARKER_HEADER, "emberd-template 2", 1);
+        std::fs::write(dir.path().join(COMPLETE_MARKER), old).unwrap();
+        assert!(matches!(
+            check_quick(dir.path(), "k1"),
+            Err(IntegrityError::BadMarker)
         ));
     }
 

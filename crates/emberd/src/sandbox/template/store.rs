@@ -32,6 +32,9 @@ use super::integrity::{self, IntegrityError};
 use super::lease::{Entry, Lease};
 use crate::vmm::{BootSpec, SnapshotFiles};
 
+/// The template layout, hashed into every key: a new layout gets new keys,
+/// so templates of an older one are replaced, never misread.
+const TEMPLATE_FORMAT: &str = "format 3: ram file";
 /// Prefix of staging directories (and of their owners' lock files).
 const STAGING_PREFIX: &str = ".staging-";
 /// Suffix of the lock file its builder holds beside a staging directory.
@@ -107,6 +110,8 @@ impl Templates {
             backend_version.to_owned(),
             host.to_owned(),
             env!("CARGO_PKG_VERSION").to_owned(),
+            // The layout: device state plus a copy-on-write RAM file.
+            TEMPLATE_FORMAT.to_owned(),
         ] {
             hash.update(part.as_bytes());
             hash.update([0]);
@@ -348,6 +353,7 @@ mod tests {
             memory_mib,
             extra_kernel_args: vec![],
             boot_timeout: Duration::from_secs(1),
+            memory_file: None,
         }
     }
 

@@ -400,6 +400,52 @@ impl VmBackend for FakeBackend {
         }
         self.make(spec, true)
     }
+
+    async fn prepare_restore(
+        &self,
+        spec: &BootSpec,
+        _snapshot: &SnapshotFiles,
+    ) -> Result<Box<dyn super::StandbyVm>, VmmError> {
+        if self.shared.faults().fail_boots {
+            return Err(VmmError::ExitedEarly(
+                "the fake VMM was told to fail boots".into(),
+            ));
+        }
+        Ok(Box::new(FakeStandby {
+            backend: self.clone(),
+            spec: spec.clone(),
+            stopped: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+}
+
+/// A fake VMM "started ahead": no process; its restore is the backend's.
+struct FakeStandby {
+    backend: FakeBackend,
+    spec: BootSpec,
+    stopped: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl super::StandbyVm for FakeStandby {
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    fn has_exited(&self) -> bool {
+        self.stopped.load(Ordering::SeqCst)
+    }
+
+    async fn restore(self: Box<Self>, snapshot: &SnapshotFiles) -> Result<Box<dyn Vm>, VmmError> {
+        if self.has_exited() {
+            return Err(VmmError::ExitedEarly("the standby VMM was stopped".into()));
+        }
+        self.backend.restore(&self.spec, snapshot).await
+    }
+
+    async fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+    }
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ fn spec(dir: &Path, boot_timeout: Duration) -> BootSpec {
         memory_mib: 256,
         extra_kernel_args: Vec::new(),
         boot_timeout,
+        memory_file: None,
     }
 }
 
@@ -285,4 +286,31 @@ async fn calls_an_agent_never_answers_end_at_shutdown_or_their_bound() {
         "{ended:?}"
     );
     vm.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_standby_vmm_restores_later_and_a_stopped_one_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let snapshot = tempfile::tempdir().unwrap();
+    let files = SnapshotFiles {
+        dir: snapshot.path().to_owned(),
+    };
+    let backend = FakeBackend::new();
+    let spec = spec(dir.path(), Duration::from_secs(5));
+    let (vm, _agent) = boot(&backend, dir.path()).await;
+    vm.pause().await.unwrap();
+    vm.snapshot(&files).await.unwrap();
+    vm.stop().await.unwrap();
+
+    let standby = backend.prepare_restore(&spec, &files).await.unwrap();
+    assert_eq!(backend.restores_started(), 0, "preparing loaded state");
+    let restored = standby.restore(&files).await.unwrap();
+    assert!(backend.vm(restored.pid().unwrap()).unwrap().restored());
+    assert_eq!(backend.restores_started(), 1);
+    restored.stop().await.unwrap();
+
+    let stopped = backend.prepare_restore(&spec, &files).await.unwrap();
+    stopped.stop().await;
+    assert!(stopped.has_exited());
+    assert!(stopped.restore(&files).await.is_err());
 }

@@ -332,6 +332,9 @@ impl VmBackend for FirecrackerBackend {
             pause_resume: true,
             snapshot: snapshots,
             restore: snapshots,
+            // Its snapshots write the memory file, which restores map
+            // privately (`mem_backend` of type `File`).
+            memory_file: false,
         }
     }
 

@@ -1,8 +1,10 @@
 //! The QEMU command line of one sandbox.
 //!
 //! Owns every argument: machine, accelerator, seccomp sandbox, privilege
-//! drop, devices, the console on stdio, the control sockets and an incoming
-//! migration on an inherited descriptor. Paths inside option values are
+//! drop, guest memory (anonymous, or a file mapped shared by a template's
+//! VM and privately by its clones), devices, the console on stdio, the
+//! control sockets and an incoming migration (on an inherited descriptor,
+//! or deferred until QMP names one). Paths inside option values are
 //! comma-escaped. Must never name a URI that makes QEMU spawn a program.
 
 use std::os::fd::RawFd;
@@ -20,10 +22,41 @@ use super::super::{Accel, BootSpec};
 /// start (see docs/design-notes.md).
 pub const SANDBOX: &str = "on,obsolete=deny,spawn=deny,resourcecontrol=deny";
 
-/// TCG's translation cache, MiB. QEMU's default grows to 1 GiB on a large
-/// host; a bound keeps a VMM's memory predictable (and its cgroup's
-/// `memory.max` honest).
-pub const TCG_TRANSLATION_CACHE_MIB: u32 = 256;
+/// TCG's translation cache, MiB, unless the operator sets
+/// `--tb-size-mib`. QEMU's default grows to 1 GiB on a large host; a bound
+/// keeps a VMM's memory predictable (and its cgroup's `memory.max`
+/// honest). Python's steady execs need about 32 MiB of translated code and
+/// thrash below that; 64 leaves room. See docs/performance.md,
+/// "Translation cache size".
+pub const TCG_TRANSLATION_CACHE_MIB: u32 = 64;
+
+/// The id of the memory backend object holding guest RAM in a file.
+const RAM_OBJECT: &str = "ram";
+
+/// Where the guest's RAM lives.
+#[derive(Debug, Clone, Copy)]
+pub enum GuestMemory<'a> {
+    /// Anonymous memory of the QEMU process (`-m` alone).
+    Anonymous,
+    /// A file mapped shared: the guest's writes land in it. A template's VM.
+    Shared(&'a Path),
+    /// A file mapped private: the guest's writes are copied on write into
+    /// the clone's own memory and never reach the file. `read_only` opens
+    /// the file read-only too (QEMU 8.2 and later, `readonly=on,rom=off`).
+    Private { path: &'a Path, read_only: bool },
+}
+
+/// How an incoming migration reaches QEMU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Incoming {
+    /// None: a cold boot.
+    None,
+    /// An inherited descriptor, read as soon as QEMU starts.
+    Fd(RawFd),
+    /// `-incoming defer`: QEMU waits for `migrate-incoming`, so that
+    /// capabilities can be set first (and the process started ahead).
+    Defer,
+}
 
 /// What varies between the QEMU processes of one backend.
 #[derive(Debug, Clone, Copy)]
@@ -34,8 +67,12 @@ pub struct Launch<'a> {
     pub accel_kernel_args: &'a [String],
     /// The user QEMU drops to once set up, when the daemon is root.
     pub runas: Option<&'a VmmUser>,
-    /// An inherited descriptor holding an incoming migration.
-    pub incoming_fd: Option<RawFd>,
+    /// An incoming migration, if any.
+    pub incoming: Incoming,
+    /// Where guest RAM lives.
+    pub memory: GuestMemory<'a>,
+    /// TCG's translation cache, MiB (unused under KVM).
+    pub tb_size_mib: u32,
 }
 
 /// A path inside a QEMU option value (`key=value,key=value`), where a comma
@@ -56,14 +93,34 @@ pub fn command(launch: &Launch<'_>, spec: &BootSpec) -> Command {
     ];
     append.extend(launch.accel_kernel_args.iter().cloned());
     append.extend(spec.extra_kernel_args.iter().cloned());
-    let machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on";
-    cmd.args(["-M", machine]);
+    let mut machine = "microvm,x-option-roms=off,isa-serial=on,rtc=on".to_owned();
+    let file = match launch.memory {
+        GuestMemory::Anonymous => None,
+        GuestMemory::Shared(path) => Some((path, "share=on")),
+        GuestMemory::Private {
+            path,
+            read_only: false,
+        } => Some((path, "share=off")),
+        GuestMemory::Private {
+            path,
+            read_only: true,
+        } => Some((path, "share=off,readonly=on,rom=off")),
+    };
+    if let Some((path, mode)) = file {
+        machine.push_str(&format!(",memory-backend={RAM_OBJECT}"));
+        cmd.args([
+            "-object",
+            &format!(
+                "memory-backend-file,id={RAM_OBJECT},mem-path={},size={}M,{mode}",
+                opt_path(path),
+                spec.memory_mib
+            ),
+        ]);
+    }
+    cmd.args(["-M", &machine]);
     match launch.accel {
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => cmd.args([
-            "-accel",
-            &format!("tcg,tb-size={TCG_TRANSLATION_CACHE_MIB}"),
-        ]),
+        Accel::Tcg => cmd.args(["-accel", &format!("tcg,tb-size={}", launch.tb_size_mib)]),
     };
     cmd.args(["-sandbox", SANDBOX]);
     if let Some(user) = launch.runas {
@@ -109,8 +166,14 @@ pub fn command(launch: &Launch<'_>, spec: &BootSpec) -> Command {
                 opt_path(&dir.join("qmp.sock"))
             ),
         ]);
-    if let Some(fd) = launch.incoming_fd {
-        cmd.args(["-incoming", &format!("fd:{fd}")]);
+    match launch.incoming {
+        Incoming::None => {}
+        Incoming::Fd(fd) => {
+            cmd.args(["-incoming", &format!("fd:{fd}")]);
+        }
+        Incoming::Defer => {
+            cmd.args(["-incoming", "defer"]);
+        }
     }
     cmd
 }
@@ -134,6 +197,7 @@ mod tests {
             memory_mib: 256,
             extra_kernel_args: vec![],
             boot_timeout: Duration::from_secs(30),
+            memory_file: None,
         }
     }
 
@@ -158,7 +222,9 @@ mod tests {
             accel: Accel::Tcg,
             accel_kernel_args: &[],
             runas,
-            incoming_fd,
+            incoming: incoming_fd.map_or(Incoming::None, Incoming::Fd),
+            memory: GuestMemory::Anonymous,
+            tb_size_mib: TCG_TRANSLATION_CACHE_MIB,
         }
     }
 
@@ -210,7 +276,13 @@ mod tests {
     #[test]
     fn tcg_gets_a_bounded_translation_cache() {
         let args = args(&launch(None, None), &spec("/run/emberd/sb_1"));
-        assert_eq!(value_of(&args, "-accel", ""), ["tcg,tb-size=256"]);
+        assert_eq!(value_of(&args, "-accel", ""), ["tcg,tb-size=64"]);
+        let small = Launch {
+            tb_size_mib: 32,
+            ..launch(None, None)
+        };
+        let args = self::args(&small, &spec("/run/emberd/sb_1"));
+        assert_eq!(value_of(&args, "-accel", ""), ["tcg,tb-size=32"]);
         let kvm = Launch {
             accel: Accel::Kvm,
             ..launch(None, None)
@@ -239,5 +311,57 @@ mod tests {
         assert!(!args.iter().any(|a| a.contains("exec:")), "{args:?}");
         let args = self::args(&launch(None, None), &spec);
         assert!(value_of(&args, "-incoming", "").is_empty());
+        let defer = Launch {
+            incoming: Incoming::Defer,
+            ..launch(None, None)
+        };
+        assert_eq!(
+            value_of(&self::args(&defer, &spec), "-incoming", ""),
+            ["defer"]
+        );
+    }
+
+    #[test]
+    fn a_template_maps_its_ram_file_shared_and_a_clone_privately() {
+        let spec = spec("/run/emberd/sb_1");
+        let anonymous = args(&launch(None, None), &spec);
+        assert!(value_of(&anonymous, "-object", "").is_empty());
+        assert!(!value_of(&anonymous, "-M", "")[0].contains("memory-backend"));
+
+        let ram = Path::new("/data/snapshots/py,1/guest.ram");
+        let cases = [
+            (GuestMemory::Shared(ram), "share=on"),
+            (
+                GuestMemory::Private {
+                    path: ram,
+                    read_only: false,
+                },
+                "share=off",
+            ),
+            (
+                GuestMemory::Private {
+                    path: ram,
+                    read_only: true,
+                },
+                "share=off,readonly=on,rom=off",
+            ),
+        ];
+        for (memory, mode) in cases {
+            let args = args(
+                &Launch {
+                    memory,
+                    ..launch(None, None)
+                },
+                &spec,
+            );
+            assert_eq!(
+                value_of(&args, "-object", ""),
+                [format!(
+                    "memory-backend-file,id=ram,mem-path=/data/snapshots/py,,1/guest.ram,size=256M,{mode}"
+                )]
+            );
+            assert!(value_of(&args, "-M", "")[0].ends_with(",memory-backend=ram"));
+            assert_eq!(value_of(&args, "-m", ""), ["256M"]);
+        }
     }
 }

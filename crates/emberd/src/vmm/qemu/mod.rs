@@ -12,8 +12,17 @@
 //! the virtio-serial port `org.emberd.agent`), `qemu.log` (QEMU's own
 //! stderr). The pack is a read-only virtio-blk disk; there is no network
 //! device.
+//!
+//! Copy-on-write templates: a VM booted with [`BootSpec::memory_file`]
+//! keeps its RAM in that file, mapped shared, and its snapshot (with the
+//! `x-ignore-shared` migration capability) holds the device state only.
+//! A restore finds the RAM file beside the state ([`SnapshotFiles::memory_file`]),
+//! maps it private (`share=off`: the clone's writes are copied into its own
+//! memory, the file is never written) and loads the state into a QEMU
+//! started with `-incoming defer`.
 
 mod accel;
+mod clone;
 mod command;
 mod qmp;
 
@@ -32,7 +41,9 @@ use tokio::sync::Mutex;
 
 use self::accel::{host_tsc_khz, tcg_clock_args};
 pub use self::accel::{AccelChoice, AccelDecision, UnknownAccel};
-use self::command::{command, Launch, SANDBOX, TCG_TRANSLATION_CACHE_MIB};
+use self::clone::{create_memory_file, ignore_shared, version_at_least};
+pub use self::command::TCG_TRANSLATION_CACHE_MIB;
+use self::command::{command, GuestMemory, Incoming, Launch, SANDBOX};
 use self::qmp::{Qmp, QmpError};
 use super::cgroup::{VmmCgroups, VmmLimits};
 use super::console::ConsoleRing;
@@ -40,7 +51,8 @@ use super::kvm::hardware_kvm;
 use super::process::{describe_exit, version_line, SpawnOptions, VmProcess};
 use super::vmm_user::VmmUser;
 use super::{
-    Accel, AgentStream, BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmExit, VmmError,
+    Accel, AgentStream, BootSpec, Capabilities, SnapshotFiles, StandbyVm, Vm, VmBackend, VmExit,
+    VmmError,
 };
 use crate::host_tools::find_in_path;
 
@@ -83,6 +95,11 @@ pub struct QemuBackend {
     runas: Option<VmmUser>,
     /// Where each VMM's cgroup goes, when the host delegates controllers.
     cgroups: Option<Arc<VmmCgroups>>,
+    /// TCG's translation cache, MiB.
+    tb_size_mib: u32,
+    /// Whether QEMU can open a privately mapped RAM file read-only while
+    /// the guest still writes its own copy (`readonly=on,rom=off`, 8.2+).
+    private_read_only: bool,
 }
 
 impl QemuBackend {
@@ -109,6 +126,7 @@ impl QemuBackend {
         } else {
             Vec::new()
         };
+        let private_read_only = version_at_least(&version, (8, 2));
         Ok(QemuBackend {
             binary: resolved,
             version,
@@ -116,7 +134,15 @@ impl QemuBackend {
             accel_kernel_args,
             runas: None,
             cgroups: None,
+            tb_size_mib: TCG_TRANSLATION_CACHE_MIB,
+            private_read_only,
         })
+    }
+
+    /// Gives TCG a translation cache of `mib` MiB (no effect under KVM).
+    pub fn with_tb_size_mib(mut self, mib: u32) -> Self {
+        self.tb_size_mib = mib;
+        self
     }
 
     /// Runs every VMM as `user` (`-runas`), or as the daemon's user.
@@ -141,16 +167,23 @@ impl QemuBackend {
         &self.accel
     }
 
-    /// Starts QEMU for `spec`, with an incoming migration on `incoming`
-    /// when given, and waits until it answers QMP.
-    async fn launch(&self, spec: &BootSpec, incoming: Option<&File>) -> Result<QemuVm, VmmError> {
+    /// Starts QEMU for `spec` with guest RAM in `memory` and an incoming
+    /// migration as `incoming` says, and waits until it answers QMP.
+    async fn launch(
+        &self,
+        spec: &BootSpec,
+        incoming: Incoming,
+        memory: GuestMemory<'_>,
+    ) -> Result<QemuVm, VmmError> {
         let dir = &spec.sandbox_dir;
         let launch = Launch {
             binary: &self.binary,
             accel: self.accel.accel,
             accel_kernel_args: &self.accel_kernel_args,
             runas: self.runas.as_ref(),
-            incoming_fd: incoming.map(AsRawFd::as_raw_fd),
+            incoming,
+            memory,
+            tb_size_mib: self.tb_size_mib,
         };
         let cgroup = match &self.cgroups {
             Some(cgroups) => {
@@ -158,7 +191,7 @@ impl QemuBackend {
                     vcpus: spec.vcpus,
                     memory_mib: spec.memory_mib,
                     translation_cache_mib: match self.accel.accel {
-                        Accel::Tcg => TCG_TRANSLATION_CACHE_MIB,
+                        Accel::Tcg => self.tb_size_mib,
                         Accel::Kvm => 0,
                     },
                 };
@@ -175,7 +208,10 @@ impl QemuBackend {
             &dir.join("qemu.log"),
             SpawnOptions {
                 console: Some(&console),
-                inherit: launch.incoming_fd.into_iter().collect(),
+                inherit: match launch.incoming {
+                    Incoming::Fd(fd) => vec![fd],
+                    Incoming::None | Incoming::Defer => Vec::new(),
+                },
                 cgroup,
                 launcher_only: false,
             },
@@ -185,6 +221,7 @@ impl QemuBackend {
             dir: dir.clone(),
             qmp: Mutex::new(None),
             console,
+            shared_memory: matches!(memory, GuestMemory::Shared(_)),
         };
         match tokio::time::timeout(spec.boot_timeout, vm.wait_for_control()).await {
             Ok(Ok(())) => Ok(vm),
@@ -231,7 +268,14 @@ impl VmBackend for QemuBackend {
     }
 
     async fn start(&self, spec: &BootSpec) -> Result<Box<dyn Vm>, VmmError> {
-        Ok(Box::new(self.launch(spec, None).await?))
+        let memory = match &spec.memory_file {
+            Some(path) => {
+                create_memory_file(path, spec.memory_mib)?;
+                GuestMemory::Shared(path)
+            }
+            None => GuestMemory::Anonymous,
+        };
+        Ok(Box::new(self.launch(spec, Incoming::None, memory).await?))
     }
 
     async fn restore(
@@ -255,13 +299,32 @@ impl VmBackend for QemuBackend {
         if !file.metadata().is_ok_and(|m| m.is_file()) {
             return Err(no_file());
         }
-        let vm = self.launch(spec, Some(&file)).await?;
-        drop(file);
-        if let Err(e) = vm.finish_incoming(spec.boot_timeout).await {
-            vm.stop().await.ok();
-            return Err(e);
+        let ram = snapshot.memory_file();
+        if !ram.exists() {
+            // A snapshot with the RAM in its stream.
+            let incoming = Incoming::Fd(file.as_raw_fd());
+            let vm = self.launch(spec, incoming, GuestMemory::Anonymous).await?;
+            drop(file);
+            if let Err(e) = vm.finish_incoming(spec.boot_timeout).await {
+                vm.stop().await.ok();
+                return Err(e);
+            }
+            return Ok(Box::new(vm));
         }
-        Ok(Box::new(vm))
+        drop(file);
+        let launched = std::time::Instant::now();
+        let standby = self.standby(spec, snapshot).await?;
+        let launch_ms = launched.elapsed().as_secs_f64() * 1000.0;
+        tracing::debug!(sandbox = %spec.sandbox_id, launch_ms, "QEMU started for a restore");
+        Box::new(standby).restore(snapshot).await
+    }
+
+    async fn prepare_restore(
+        &self,
+        spec: &BootSpec,
+        snapshot: &SnapshotFiles,
+    ) -> Result<Box<dyn StandbyVm>, VmmError> {
+        Ok(Box::new(self.standby(spec, snapshot).await?))
     }
 }
 
@@ -273,6 +336,8 @@ pub struct QemuVm {
     /// timed out (the next call reconnects).
     qmp: Mutex<Option<Qmp>>,
     console: Arc<ConsoleRing>,
+    /// Guest RAM is a file mapped shared: snapshots leave it out.
+    shared_memory: bool,
 }
 
 impl QemuVm {
@@ -496,6 +561,10 @@ impl Vm for QemuVm {
             .mode(0o600)
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(dest.dir.join(MIGRATION_FILE))?;
+        if self.shared_memory {
+            self.qmp("migrate-set-capabilities", Some(ignore_shared()))
+                .await?;
+        }
         self.pass_fd(&file).await?;
         drop(file);
         let uri = format!("fd:{MIGRATION_FD_NAME}");

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use parking_lot::Mutex as SyncMutex;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
+use super::clone::check_memory_file;
 use super::qmp::tests::fake_qemu;
 use super::*;
 
@@ -32,6 +33,7 @@ async fn vm_answering(dir: &Path, answer: &'static str) -> (QemuVm, Arc<SyncMute
         dir: dir.to_owned(),
         qmp: Mutex::new(Some(Qmp::connect(&path, QMP_DEADLINE).await.unwrap())),
         console: Arc::new(ConsoleRing::default()),
+        shared_memory: false,
     };
     (vm, seen)
 }
@@ -82,4 +84,38 @@ fn an_early_exit_quotes_only_the_end_of_the_log() {
     let link = dir.path().join("link.log");
     std::os::unix::fs::symlink(&log, &link).unwrap();
     assert_eq!(log_tail(&link), "", "followed a symlink");
+}
+
+#[test]
+fn read_only_private_ram_needs_qemu_8_2() {
+    let debian = "QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)";
+    assert!(!version_at_least(debian, (8, 2)));
+    assert!(version_at_least("QEMU emulator version 8.2.0", (8, 2)));
+    assert!(version_at_least(
+        "QEMU emulator version 10.0.2 (v10.0.2)",
+        (8, 2)
+    ));
+    assert!(!version_at_least("QEMU emulator version 8.1.5", (8, 2)));
+    assert!(!version_at_least("something else", (8, 2)));
+}
+
+#[test]
+fn a_ram_file_is_made_sparse_and_checked_for_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("guest.ram");
+    create_memory_file(&path, 4).unwrap();
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), 4 << 20);
+    assert!(
+        create_memory_file(&path, 4).is_err(),
+        "an existing file was reused"
+    );
+    check_memory_file(&path, 4).unwrap();
+    assert!(
+        check_memory_file(&path, 8).is_err(),
+        "a RAM file of another size passed"
+    );
+    let link = dir.path().join("link.ram");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    assert!(check_memory_file(&link, 4).is_err(), "a symlink passed");
 }
