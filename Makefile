@@ -82,7 +82,7 @@ install: images
 clean-images:
 	rm -rf "$(DATA_DIR)"
 
-.PHONY: test-sdk test-examples
+.PHONY: test-sdk test-examples test-mcp
 
 ## The Python SDK: mypy --strict on the package and its tests, then its pytest suite
 ## against a fresh daemon (scripts/with-daemon.py).

@@ -89,7 +89,7 @@ struct Base;
 #[openapi(paths(mcp_post))]
 struct DocOnly;
 
-/// The MCP endpoint (`api/mcp.rs`, served by `crate::mcp::http`).
+/// MCP (the Model Context Protocol) over streamable HTTP.
 #[utoipa::path(post, path = "/mcp", tag = "mcp", operation_id = "mcp",
     description = "The Model Context Protocol over streamable HTTP, stateless: one JSON-RPC \
         message in, its answer out. Tools and their results: docs/mcp.md. A failed tool call \
