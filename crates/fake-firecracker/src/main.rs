@@ -44,6 +44,7 @@
 mod guest;
 mod jail;
 mod machine;
+mod mem_backend;
 mod snapshot;
 mod spec;
 
