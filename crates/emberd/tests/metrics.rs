@@ -176,10 +176,18 @@ async fn template_builds_restores_and_a_failed_restore_are_counted() {
         warm_templates_at_start: true,
         ..Options::default()
     });
-    wait_until_async("both templates are built", || async {
+    // A build is counted once its template is published, after its VM stops.
+    wait_until_async("both templates are built and counted", || async {
+        let text = scrape(&daemon).await;
         daemon.backend.snapshots_taken() == 2
             && daemon.backend.live_vms() == 0
             && daemon.info().await["boot_path"] == "snapshot-restore"
+            && ["python", "shell"].iter().all(|pack| {
+                sample(
+                    &text,
+                    &format!("emberd_template_builds_total{{pack=\"{pack}\",result=\"ok\"}}"),
+                ) == Some(1.0)
+            })
     })
     .await;
     let text = scrape(&daemon).await;

@@ -105,7 +105,9 @@ fn no_route_is_added_without_its_documentation() {
             continue;
         }
         let text = std::fs::read_to_string(file).unwrap();
-        for (n, line) in text.lines().enumerate() {
+        // A module's own tests may build throwaway routers.
+        let served = text.split("#[cfg(test)]").next().unwrap_or_default();
+        for (n, line) in served.lines().enumerate() {
             if UNDOCUMENTED_ROUTING.iter().any(|call| line.contains(call)) {
                 offenders.push(format!("src/{relative}:{}: {}", n + 1, line.trim()));
             }
@@ -193,6 +195,10 @@ async fn the_served_document_says_whether_a_token_is_needed() {
 fn every_error_answer_is_an_error_body() {
     let document = document(true);
     for (method, _, path) in operations(&document) {
+        // A nested service (MCP) answers its own errors in its own protocol's shape.
+        if ALLOWED.iter().any(|(_, served)| *served == path) {
+            continue;
+        }
         let operation = &document["paths"][&path][method.as_str().to_lowercase()];
         for (status, answer) in operation["responses"].as_object().unwrap() {
             if !status.starts_with('4') && !status.starts_with('5') {

@@ -102,7 +102,7 @@ struct DocOnly;
         (status = 202, description = "A notification, accepted"),
         (status = 400, description = "Not a JSON-RPC message", body = serde_json::Value),
         (status = 406, description = "The Accept header allows neither JSON nor an event stream"),
-        (status = 413, description = "A body over 16 MiB", body = ErrorBody),
+        (status = 413, description = "A body over 16 MiB"),
         (status = 415, description = "Not application/json"),
     ))]
 #[allow(dead_code)]
