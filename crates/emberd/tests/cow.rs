@@ -6,28 +6,10 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use reqwest::Method;
 use sha2::{Digest, Sha256};
 use support::Api;
-
-/// Waits until `GET /info` reports `boot_path`.
-async fn wait_for_boot_path(api: &Api, expected: &str) {
-    // Generous: a template build under TCG on a loaded host takes minutes.
-    let deadline = Instant::now() + Duration::from_secs(900);
-    loop {
-        let (_, info) = api.raw(Method::GET, "/info", None).await;
-        if info["boot_path"] == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "boot_path never became {expected}: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn template_of(data: &Path, pack: &str) -> PathBuf {
     std::fs::read_dir(data.join("snapshots"))
@@ -112,7 +94,8 @@ async fn clones_map_the_template_ram_privately_and_share_its_pages() {
     let first = api.create("python").await;
     assert_eq!(boot_path(&api, &first).await, "cold-boot");
     assert_eq!(api.delete(&first).await, 204);
-    wait_for_boot_path(&api, "snapshot-restore").await;
+    api.wait_for_boot_path("snapshot-restore", Duration::from_secs(900))
+        .await;
 
     let template = template_of(data.path(), "python");
     let ram = template.join("guest.ram");

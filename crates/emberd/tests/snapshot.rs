@@ -9,22 +9,6 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use support::{eventually, Api};
 
-/// Waits until `GET /info` reports `boot_path`.
-async fn wait_for_boot_path(api: &Api, expected: &str) {
-    let deadline = Instant::now() + Duration::from_secs(240);
-    loop {
-        let (_, info) = api.raw(Method::GET, "/info", None).await;
-        if info["boot_path"] == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "boot_path never became {expected}: {info}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Waits until every pack's pool holds `ready` VMs.
 async fn wait_for_pools(api: &Api, ready: u64) {
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -64,7 +48,8 @@ const IDENTITY_CODE: &str = "import random, socket\nprint(open('/proc/sys/kernel
 async fn clones_of_one_template_get_their_own_identity() {
     let daemon = support::start(&["--snapshots", "true", "--pool-size", "0"]);
     let api = support::api(&daemon);
-    wait_for_boot_path(&api, "snapshot-restore").await;
+    api.wait_for_boot_path("snapshot-restore", Duration::from_secs(240))
+        .await;
     // Age the templates: a clock frozen at snapshot time is now this far behind.
     tokio::time::sleep(TEMPLATE_AGE).await;
     let (a, b) = tokio::join!(api.create("python"), api.create("python"));
@@ -147,7 +132,8 @@ async fn a_corrupted_template_falls_back_to_a_cold_boot() {
         .start()
         .unwrap_or_else(|e| panic!("{e}"));
     let api = support::api(&daemon);
-    wait_for_boot_path(&api, "snapshot-restore").await;
+    api.wait_for_boot_path("snapshot-restore", Duration::from_secs(240))
+        .await;
     let snapshots = data.path().join("snapshots");
     let template = std::fs::read_dir(&snapshots)
         .unwrap()
@@ -198,7 +184,8 @@ async fn a_corrupted_template_falls_back_to_a_cold_boot() {
         )),
         "the corrupted template stayed"
     );
-    wait_for_boot_path(&api2, "snapshot-restore").await;
+    api2.wait_for_boot_path("snapshot-restore", Duration::from_secs(240))
+        .await;
     let again = api.create("python").await;
     assert_eq!(boot_path(&api, &again).await, "snapshot-restore");
     assert_eq!(

@@ -154,6 +154,23 @@ impl Api {
         self.exec_with(id, json!({ "code": code })).await
     }
 
+    /// Waits until `GET /info` reports `boot_path` `expected`, within `bound`
+    /// (a template build under TCG on a loaded host takes minutes).
+    pub async fn wait_for_boot_path(&self, expected: &str, bound: Duration) {
+        let deadline = Instant::now() + bound;
+        loop {
+            let (_, info) = self.raw(reqwest::Method::GET, "/info", None).await;
+            if info["boot_path"] == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "boot_path never became {expected}: {info}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     /// `GET /sandboxes/{id}`; panics unless it is a 200.
     pub async fn sandbox(&self, id: &str) -> Value {
         let (status, info) = self
