@@ -82,15 +82,17 @@ class AccessWatch:
                 return
 
     def _drain(self) -> None:
-        while True:
-            try:
-                buf = os.read(self._fd, 64 * 1024)
-            except BlockingIOError:
-                return
-            if not buf:
-                return
-            found = self._parse_fanotify(buf) if self.mechanism == "fanotify" else self._parse_inotify(buf)
-            with self._lock:
+        # Read and record under one lock, so `events()` never sees the queue emptied
+        # by this thread before what it read has been recorded.
+        with self._lock:
+            while True:
+                try:
+                    buf = os.read(self._fd, 64 * 1024)
+                except BlockingIOError:
+                    return
+                if not buf:
+                    return
+                found = self._parse_fanotify(buf) if self.mechanism == "fanotify" else self._parse_inotify(buf)
                 self._events.extend(found)
 
     def _parse_fanotify(self, buf: bytes) -> list[Access]:
@@ -121,10 +123,7 @@ class AccessWatch:
 
     def events(self) -> list[Access]:
         """Every access seen so far (reads pending in the kernel queue included)."""
-        with self._lock:
-            pending = bool(select.select([self._fd], [], [], 0)[0])
-        if pending:
-            self._drain()
+        self._drain()
         with self._lock:
             return list(self._events)
 
