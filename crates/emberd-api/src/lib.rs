@@ -133,7 +133,7 @@ pub struct SandboxInfo {
     pub backend: String,
     /// RFC 3339 UTC time of creation.
     pub created_at: String,
-    /// How this sandbox was made: "warm-pool", "snapshot-restore" or "cold-boot".
+    /// How this sandbox was made: "warm-pool", "snapshot-restore", "standby-restore" or "cold-boot".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot_path: Option<String>,
     /// PID of the VMM process on the host.
@@ -172,7 +172,7 @@ pub struct SandboxList {
 pub struct InfoResponse {
     pub guest_ram_mib: u32,
     pub guest_vcpus: u32,
-    /// "warm-pool", "snapshot-restore" or "cold-boot": how the next create is served.
+    /// "warm-pool", "snapshot-restore", "standby-restore" or "cold-boot": how the next create is served.
     pub boot_path: String,
     /// Sorted pack names.
     pub packs: Vec<String>,

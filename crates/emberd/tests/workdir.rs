@@ -23,6 +23,7 @@ fn config(work_dir: &Path) -> ManagerConfig {
         pool_size: 0,
         pool_memory_mib: 1024,
         pool: emberd::sandbox::PoolPolicy::default(),
+        standby_vmms: 0,
         snapshot_dir: None,
         warm_templates_at_start: false,
         limits: Limits::default(),

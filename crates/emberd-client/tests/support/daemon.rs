@@ -42,6 +42,7 @@ impl Daemon {
             pool_size: 0,
             pool_memory_mib: 0,
             pool: emberd::sandbox::PoolPolicy::default(),
+            standby_vmms: 0,
             snapshot_dir: None,
             warm_templates_at_start: false,
             limits: emberd::sandbox::Limits::default(),

@@ -109,6 +109,12 @@ pub struct ServeArgs {
         serialize_with = "duration::serialize_some"
     )]
     pub pool_shrink_after: Option<Duration>,
+    /// VMM processes kept started ahead per pack, waiting for the pack's
+    /// template (a create that misses the pool restores into one); 0
+    /// disables them [default: 0].
+    #[arg(long, env = "EMBERD_STANDBY_VMMS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub standby_vmms: Option<usize>,
     /// Restore sandboxes from per-pack template snapshots [default: true].
     #[arg(long, env = "EMBERD_SNAPSHOTS", num_args = 0..=1, default_missing_value = "true")]
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -41,6 +41,9 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// Most standby VMMs per pack: each is a process with its own memory.
+const MAX_STANDBY_VMMS: usize = 64;
+
 /// The settings the daemon runs with, and the keys of the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -76,6 +79,8 @@ pub struct Settings {
     /// A grown pool shrinks by one VM after this long without demand.
     #[serde(with = "duration")]
     pub pool_shrink_after: Duration,
+    /// VMM processes kept started ahead per pack; 0 disables them.
+    pub standby_vmms: usize,
     pub snapshots: bool,
     pub skip_warm: bool,
     // Firecracker's jailer (VMM confinement).
@@ -146,6 +151,7 @@ impl Default for Settings {
             pool_refills: 1,
             pool_refill_settle: Duration::from_millis(250),
             pool_shrink_after: Duration::from_secs(60),
+            standby_vmms: 0,
             snapshots: true,
             skip_warm: false,
             jailer: None,
@@ -248,6 +254,7 @@ impl Settings {
                 refill_settle: self.pool_refill_settle,
                 shrink_after: self.pool_shrink_after,
             },
+            standby_vmms: self.standby_vmms,
             snapshot_dir: self.snapshots.then(|| self.data_dir.join("snapshots")),
             warm_templates_at_start: !self.skip_warm,
             limits: self.limits(),
@@ -259,6 +266,11 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "tb-size-mib must be between 1 and 2048".into(),
             ));
+        }
+        if self.standby_vmms > MAX_STANDBY_VMMS {
+            return Err(ConfigError::Invalid(format!(
+                "standby-vmms must be at most {MAX_STANDBY_VMMS}"
+            )));
         }
         if !(1..=64).contains(&self.vcpus) {
             return Err(ConfigError::Invalid(

@@ -1,4 +1,5 @@
-//! The manager's background work: template builds and pool fillers.
+//! The manager's background work: template builds, pool fillers and the
+//! standby VMMs' fillers (started at once: they wait for a template).
 //!
 //! Template requests arrive on a queue (every pack at start-up when asked
 //! to warm, else a pack whose cold boot found no template) and are built
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::launcher::Launcher;
 use super::pool::Pools;
 use super::pool_filler::fill_forever;
+use super::standby::{keep_ready, Standbys};
 use super::template;
 
 /// The running background tasks of one manager.
@@ -32,14 +34,27 @@ impl Background {
         }
     }
 
-    /// Starts the template builder and, in their turn, the pool fillers.
+    /// Starts the template builder, the standby fillers and, in their
+    /// turn, the pool fillers.
     pub fn start(
         &self,
         launcher: Arc<Launcher>,
         pools: Arc<Pools>,
+        standbys: Arc<Standbys>,
         mut queue: UnboundedReceiver<String>,
     ) {
         let packs = launcher.manifest.pack_names();
+        if standbys.enabled() && launcher.templates.is_some() {
+            let mut tasks = self.tasks.lock();
+            for pack in &packs {
+                tasks.push(tokio::spawn(keep_ready(
+                    launcher.clone(),
+                    standbys.clone(),
+                    pack.clone(),
+                    self.token.clone(),
+                )));
+            }
+        }
         let warm_first = launcher.templates.is_some() && launcher.config.warm_templates_at_start;
         if warm_first {
             for pack in &packs {
@@ -67,6 +82,7 @@ impl Background {
                 };
                 let Some(pack) = pack else { return };
                 template::build_logged(&launcher, &pack, &stop).await;
+                standbys.wake_filler(&pack);
                 if first_pass > 0 {
                     first_pass -= 1;
                     if first_pass == 0 {

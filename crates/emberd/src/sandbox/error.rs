@@ -139,6 +139,9 @@ pub enum BootError {
     Warmup { exit_code: i32, stderr: String },
     #[error("pooled sandbox did not answer Health")]
     Unhealthy,
+    /// A VMM started ahead of a restore needs the pack's template.
+    #[error("the pack has no usable template")]
+    NoTemplate,
     #[error("cannot store the template in {path}")]
     TemplateStore {
         path: PathBuf,

@@ -7,7 +7,9 @@
 //! session within the boot timeout, and, for VMs that will run code, pushes
 //! the identity (id, clock, entropy) within its own bound. Every agent
 //! session ends its calls when the daemon shuts down. On error the VM is
-//! stopped; the directory is the caller's.
+//! stopped; the directory is the caller's. A create that takes a VMM
+//! process started ahead (`standby.rs`) has only the state load, the
+//! session and the identity done here.
 //!
 //! A failed restore never removes the template by itself: only a template
 //! whose integrity check fails is condemned (after a failure that was not
@@ -26,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::guest::{guest_text, AgentClient, GuestError};
 use crate::image::{Manifest, ManifestError, PackArtefact};
 use crate::metrics::Metrics;
-use crate::vmm::{BootSpec, SnapshotFiles, Vm, VmBackend, VmmError};
+use crate::vmm::{BootSpec, SnapshotFiles, StandbyVm, Vm, VmBackend, VmmError};
 
 use super::error::{BootError, SandboxError};
 use super::ids::{create_private_dir, new_sandbox_id};
@@ -197,10 +199,17 @@ impl Launcher {
     }
 
     /// A restore's hold on the usable template of `pack`, if there is one.
-    fn template_lease(&self, pack: &str) -> Option<Lease> {
+    pub fn template_lease(&self, pack: &str) -> Option<Lease> {
         self.templates
             .as_ref()?
             .lease(pack, self.template_key(pack)?)
+    }
+
+    /// True while `lease` holds the template a restore of `pack` would use now.
+    pub fn template_is_current(&self, pack: &str, lease: &Lease) -> bool {
+        self.templates
+            .as_ref()
+            .is_some_and(|t| t.is_current(pack, lease))
     }
 
     /// How a create is served when no pool has a VM of `pack` ready.
@@ -229,14 +238,45 @@ impl Launcher {
         } else {
             self.cold_boot(&spec).await?
         };
-        // The identity goes in before anyone runs code: its id is final, its
-        // clock runs on from here, its entropy is its own. Bounded: a guest
-        // that stops answering fails the boot.
-        if let Err(e) = guest.agent.set_identity(id).await {
-            guest.stop(id).await;
-            return Err(BootError::Agent(e).into());
+        push_identity(guest, id).await
+    }
+
+    /// Restores the template `lease` holds into `standby`, a VMM process
+    /// started ahead for `pack` in `dir` (its id and dir are the sandbox's),
+    /// opens the agent session and gives it identity `id`. A failed
+    /// restore counts and is judged as any restore's, then the create
+    /// falls back to a restore in a new process or a cold boot.
+    pub async fn boot_from_standby(
+        &self,
+        id: &str,
+        dir: &Path,
+        pack: &str,
+        standby: Box<dyn StandbyVm>,
+        lease: Lease,
+    ) -> Result<Guest, SandboxError> {
+        let spec = self.boot_spec(id, dir, self.pack(pack)?);
+        let restored = async {
+            let vm = standby.restore(lease.files()).await?;
+            open_session(&spec, vm, BootPath::StandbyRestore, &self.shutdown).await
         }
-        Ok(guest)
+        .await;
+        let guest = match restored {
+            Ok(guest) => {
+                if let Some(templates) = &self.templates {
+                    templates.restore_succeeded(pack);
+                }
+                guest
+            }
+            Err(e) => {
+                self.metrics.record_restore_failure(pack);
+                tracing::warn!(pack, sandbox = %id, error = %crate::error_chain::render(&e), "restore into a standby VMM failed; falling back");
+                self.check_template_after_failure(pack, &lease, &e).await;
+                drop(lease);
+                clear_dir(dir);
+                self.restore_or_cold_boot(&spec, pack).await?
+            }
+        };
+        push_identity(guest, id).await
     }
 
     /// [`Launcher::boot`] in a fresh directory, removed again when the
@@ -328,6 +368,17 @@ impl Launcher {
         let vm = self.backend.start(spec).await?;
         open_session(spec, vm, BootPath::ColdBoot, &self.shutdown).await
     }
+}
+
+/// Pushes the identity before anyone runs code: its id is final, its clock
+/// runs on from here, its entropy is its own. Bounded: a guest that stops
+/// answering fails the boot (and is stopped).
+async fn push_identity(guest: Guest, id: &str) -> Result<Guest, SandboxError> {
+    if let Err(e) = guest.agent.set_identity(id).await {
+        guest.stop(id).await;
+        return Err(BootError::Agent(e).into());
+    }
+    Ok(guest)
 }
 
 /// True when a boot failed for want of time rather than for what it was given.

@@ -1,8 +1,10 @@
 //! The registry of sandboxes and the manager's public API.
 //!
 //! A create is checked against the per-sandbox limits, then goes to a pool
-//! (default shape only) or takes room under the admission limits and a
-//! boot turn and goes to the launcher; every sandbox is in the registry
+//! (default shape only), else to a standby VMM (default shape, a template
+//! there) whose slot takes the guest's memory, else takes room under the
+//! admission limits; either of the last two takes a boot turn and goes to
+//! the launcher; every sandbox is in the registry
 //! from the moment its id exists until its delete or its reaping. The
 //! manager hands out domain types only.
 
@@ -30,6 +32,7 @@ use super::pool::{Pooled, Pools};
 use super::reaper::{self, Registry};
 use super::record::Sandbox;
 use super::recovery::{self, WorkDirError, WorkDirLock};
+use super::standby::{Standby, Standbys};
 use super::{observe, vm_watch, ManagerConfig};
 
 /// A pooled VM that answered `Health` this recently is handed out unasked.
@@ -42,6 +45,7 @@ pub struct Manager {
     launcher: Arc<Launcher>,
     sandboxes: Registry,
     pools: Arc<Pools>,
+    standbys: Arc<Standbys>,
     admission: Arc<Admission>,
     background: Background,
     template_queue: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
@@ -80,6 +84,12 @@ impl Manager {
             &config,
             admission.clone(),
         ));
+        let standbys = Arc::new(Standbys::new(
+            &manifest.pack_names(),
+            config.standby_vmms,
+            config.pool.refill_settle,
+            admission.clone(),
+        ));
         let metrics = Arc::new(observe::new_metrics(&manifest.pack_names()));
         let (template_requests, template_queue) = tokio::sync::mpsc::unbounded_channel();
         let background = Background::new();
@@ -95,6 +105,7 @@ impl Manager {
             launcher: Arc::new(launcher),
             sandboxes: Arc::new(Mutex::new(HashMap::new())),
             pools,
+            standbys,
             admission,
             background,
             template_queue: Mutex::new(Some(template_queue)),
@@ -111,8 +122,12 @@ impl Manager {
     /// reaper. Only the first call does anything.
     pub fn start_background(&self) {
         if let Some(queue) = self.template_queue.lock().take() {
-            self.background
-                .start(self.launcher.clone(), self.pools.clone(), queue);
+            self.background.start(
+                self.launcher.clone(),
+                self.pools.clone(),
+                self.standbys.clone(),
+                queue,
+            );
             *self.reaper.lock() = Some(reaper::spawn(
                 self.sandboxes.clone(),
                 self.reaped.clone(),
@@ -160,25 +175,73 @@ impl Manager {
                 self.pools.missed(pack);
                 self.metrics.record_pool_miss(pack);
             }
+            if let Some(standby) = self.take_standby(pack, terms.shape.memory_mib).await? {
+                return self
+                    .boot_new(pack, terms, Start::Standby(standby), started)
+                    .await;
+            }
         }
         let reservation = self.make_room(terms.shape.memory_mib).await?;
-        self.boot_new(pack, terms, reservation, started).await
+        self.boot_new(pack, terms, Start::Fresh(reservation), started)
+            .await
+    }
+
+    /// A ready standby VMM of `pack` for its current template, its slot
+    /// now holding `memory_mib` of guest memory, if one is ready. Pooled
+    /// VMs give up their room when the memory limit refuses; when that is
+    /// not enough the standby goes back and the create is refused.
+    async fn take_standby(
+        &self,
+        pack: &str,
+        memory_mib: u32,
+    ) -> Result<Option<Standby>, SandboxError> {
+        if !self.standbys.enabled() {
+            return Ok(None);
+        }
+        let (taken, unusable) = self
+            .standbys
+            .take(pack, |lease| self.launcher.template_is_current(pack, lease));
+        for standby in unusable {
+            tracing::debug!(pack, sandbox = %standby.id, "standby VMM discarded: its VMM ended or its template changed");
+            standby.discard().await;
+        }
+        let Some(mut standby) = taken else {
+            return Ok(None);
+        };
+        loop {
+            let refused = match standby.room.resize(memory_mib) {
+                Ok(()) => return Ok(Some(standby)),
+                Err(refused) => refused,
+            };
+            let Some(pooled) = self.pools.take_any() else {
+                self.standbys.put_back(pack, standby);
+                return Err(refused);
+            };
+            pooled.booted.discard().await;
+        }
     }
 
     /// Room under the admission limits for a sandbox of `memory_mib`. When
-    /// there is none, pooled VMs give up theirs (they are stopped) before
-    /// the create is refused: a ready VM never stands in a sandbox's way.
+    /// there is none, pooled VMs, then standby VMMs, give up theirs (they
+    /// are stopped) before the create is refused: a ready VM never stands
+    /// in a sandbox's way.
     async fn make_room(&self, memory_mib: u32) -> Result<Reservation, SandboxError> {
         loop {
             let refused = match self.admission.reserve(memory_mib) {
                 Ok(reservation) => return Ok(reservation),
                 Err(refused) => refused,
             };
-            let Some(pooled) = self.pools.take_any() else {
+            let mut reservation = if let Some(pooled) = self.pools.take_any() {
+                pooled.booted.discard().await;
+                pooled.reservation
+            } else if let Some(standby) = self.standbys.take_any() {
+                let room = standby.room;
+                standby.vm.stop().await;
+                let _ = std::fs::remove_dir_all(&standby.dir);
+                room
+            } else {
                 return Err(refused);
             };
-            let mut reservation = pooled.reservation;
-            pooled.booted.discard().await;
             if reservation.resize(memory_mib).is_ok() {
                 return Ok(reservation);
             }
@@ -226,16 +289,23 @@ impl Manager {
         Ok(id)
     }
 
-    /// Registers a booting sandbox, waits for a boot turn, boots its VM,
-    /// and unwinds on failure (the reservation goes with the sandbox).
+    /// Registers a booting sandbox, waits for a boot turn, boots its VM
+    /// (in a standby VMM's process and directory when given one), and
+    /// unwinds on failure (the reservation goes with the sandbox).
     async fn boot_new(
         &self,
         pack: &str,
         terms: Terms,
-        reservation: Reservation,
+        start: Start,
         started: Instant,
     ) -> Result<String, SandboxError> {
-        let (id, dir) = self.launcher.new_sandbox_dir()?;
+        let (id, dir, reservation, standby) = match start {
+            Start::Fresh(reservation) => {
+                let (id, dir) = self.launcher.new_sandbox_dir()?;
+                (id, dir, reservation, None)
+            }
+            Start::Standby(s) => (s.id, s.dir, s.room, Some((s.vm, s.lease))),
+        };
         tracing::Span::current().record("sandbox", id.as_str());
         let sandbox = Arc::new(Sandbox::booting(
             id.clone(),
@@ -247,7 +317,14 @@ impl Manager {
         self.insert(sandbox.clone());
         let boot = async {
             let _turn = self.admission.boot_permit().await?;
-            let booted = self.launcher.boot(&id, &dir, pack, terms.shape).await;
+            let booted = match standby {
+                Some((vm, lease)) => {
+                    self.launcher
+                        .boot_from_standby(&id, &dir, pack, vm, lease)
+                        .await
+                }
+                None => self.launcher.boot(&id, &dir, pack, terms.shape).await,
+            };
             // A boot cut short by shutdown is no failure of the VM.
             if matches!(&booted, Err(e) if !matches!(e, SandboxError::ShuttingDown)) {
                 self.metrics.record_boot_failure(pack);
@@ -365,10 +442,13 @@ impl Manager {
     /// The daemon's settings and readiness.
     pub fn info(&self) -> DaemonInfo {
         let launcher = &self.launcher;
+        let pack = emberd_api::DEFAULT_LANGUAGE_PACK;
         let next_boot_path = if self.pools.enabled() {
             BootPath::WarmPool
+        } else if self.standbys.ready(pack) > 0 && launcher.template_for(pack).is_some() {
+            BootPath::StandbyRestore
         } else {
-            launcher.boot_path_without_pool(emberd_api::DEFAULT_LANGUAGE_PACK)
+            launcher.boot_path_without_pool(pack)
         };
         DaemonInfo {
             guest_memory_mib: launcher.config.memory_mib,
@@ -408,8 +488,8 @@ impl Manager {
         &self.streams_closing
     }
 
-    /// Refuses new sandboxes and stops every VM, pooled ones included.
-    /// Called once at shutdown.
+    /// Refuses new sandboxes and stops every VM, pooled ones and standby
+    /// VMMs included. Called once at shutdown.
     pub async fn shutdown(&self) {
         self.background.stop().await;
         let reaper = self.reaper.lock().take();
@@ -418,10 +498,12 @@ impl Manager {
         }
         let ids: Vec<String> = self.sandboxes.lock().keys().cloned().collect();
         let pooled = self.pools.drain();
+        let standbys = self.standbys.drain();
         let count = ids.len() + pooled.len();
         let deletes = futures::future::join_all(ids.iter().map(|id| self.delete(id)));
         let discards = futures::future::join_all(pooled.into_iter().map(|b| b.discard()));
-        tokio::join!(deletes, discards);
+        let stops = futures::future::join_all(standbys.into_iter().map(Standby::discard));
+        tokio::join!(deletes, discards, stops);
         tracing::info!(stopped = count, "all sandboxes stopped");
     }
 
@@ -436,6 +518,14 @@ impl Manager {
     fn insert(&self, sandbox: Arc<Sandbox>) {
         self.sandboxes.lock().insert(sandbox.id.clone(), sandbox);
     }
+}
+
+/// Where a create's VM comes from once the pool had none.
+enum Start {
+    /// A new directory and VMM process, in this room.
+    Fresh(Reservation),
+    /// A standby VMM: its id, directory, process and room.
+    Standby(Standby),
 }
 
 impl Drop for Manager {

@@ -21,10 +21,13 @@
 //! - `files`: file operations and transfers on a sandbox;
 //! - `pool`: booted, warmed-up VMs kept ready per pack, their adaptive
 //!   size, and (`pool_filler`) the task that refills each pack's pool;
+//! - `standby`: VMM processes started ahead, per pack, waiting for the
+//!   template's state, and the task that keeps each pack's count;
 //! - `warmup`: the pack's warm-up exec, run before a template or a pooled
 //!   VM counts as ready;
 //! - `template`: template snapshots, stored and built;
-//! - `background`: the tasks that build templates and fill pools;
+//! - `background`: the tasks that build templates, fill pools and keep
+//!   standby VMMs;
 //! - `recovery`: the work-dir lock and clearing a crashed daemon's leftovers.
 
 mod admission;
@@ -45,6 +48,7 @@ pub mod process;
 mod reaper;
 mod record;
 mod recovery;
+mod standby;
 mod template;
 mod vm_watch;
 mod warmup;
@@ -81,6 +85,9 @@ pub struct ManagerConfig {
     pub pool_memory_mib: u64,
     /// How pools refill and grow or shrink with demand.
     pub pool: PoolPolicy,
+    /// VMM processes kept started ahead per pack, waiting for the pack's
+    /// template state; 0 disables them.
+    pub standby_vmms: usize,
     /// Where template snapshots live; `None` disables snapshot restore.
     pub snapshot_dir: Option<PathBuf>,
     /// Build every pack's template at startup (else after its first cold boot).

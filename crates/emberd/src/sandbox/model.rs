@@ -15,6 +15,9 @@ pub enum BootPath {
     WarmPool,
     /// Restored from the pack's template snapshot.
     SnapshotRestore,
+    /// Restored from the pack's template snapshot into a VMM process
+    /// started ahead of the create (`--standby-vmms`).
+    StandbyRestore,
     /// Booted from the kernel.
     ColdBoot,
 }
@@ -25,6 +28,7 @@ impl BootPath {
         match self {
             BootPath::WarmPool => "warm-pool",
             BootPath::SnapshotRestore => "snapshot-restore",
+            BootPath::StandbyRestore => "standby-restore",
             BootPath::ColdBoot => "cold-boot",
         }
     }

@@ -14,6 +14,7 @@ pub(super) fn new_metrics(packs: &[String]) -> Metrics {
     let boot_paths = [
         BootPath::WarmPool,
         BootPath::SnapshotRestore,
+        BootPath::StandbyRestore,
         BootPath::ColdBoot,
     ]
     .map(BootPath::as_str);

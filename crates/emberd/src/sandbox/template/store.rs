@@ -174,6 +174,18 @@ impl Templates {
         Some(lease)
     }
 
+    /// True while `lease` holds the template a restore of `pack` would use
+    /// now: not condemned, not replaced by a rebuild, its pack not given up.
+    /// Reads memory only.
+    pub(in crate::sandbox) fn is_current(&self, pack: &str, lease: &Lease) -> bool {
+        !self.give_up.is_given_up(pack)
+            && self
+                .ready
+                .lock()
+                .get(pack)
+                .is_some_and(|entry| lease.is_of(entry))
+    }
+
     /// Forgets the leased template, which failed its integrity check, and
     /// removes it once no restore reads it any more.
     pub(in crate::sandbox) fn condemn(&self, pack: &str, lease: &Lease) {

@@ -17,6 +17,7 @@
 mod agent;
 mod guest;
 pub mod script;
+mod standby;
 mod vm;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -28,6 +29,8 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use self::guest::Guest;
+pub use self::standby::FakeStandbyHandle;
+use self::standby::{FakeStandby, StandbyState};
 use self::vm::FakeVm;
 pub use self::vm::FakeVmHandle;
 use super::{BootSpec, Capabilities, SnapshotFiles, Vm, VmBackend, VmmError};
@@ -75,6 +78,8 @@ struct Shared {
     warm_interpreters: Mutex<Vec<String>>,
     next_pid: AtomicU32,
     vms: Mutex<Vec<Arc<Guest>>>,
+    /// Every standby VMM made, oldest first.
+    standbys: Mutex<Vec<Arc<StandbyState>>>,
     boots: AtomicUsize,
     restores: AtomicUsize,
     snapshots: AtomicUsize,
@@ -148,6 +153,7 @@ impl FakeBackend {
                 warm_interpreters: Mutex::new(vec!["python".into(), "node".into()]),
                 next_pid: AtomicU32::new(FIRST_PID),
                 vms: Mutex::new(Vec::new()),
+                standbys: Mutex::new(Vec::new()),
                 boots: AtomicUsize::new(0),
                 restores: AtomicUsize::new(0),
                 snapshots: AtomicUsize::new(0),
@@ -275,6 +281,27 @@ impl FakeBackend {
     /// The most VMs that were live at the same time.
     pub fn most_live_vms(&self) -> usize {
         self.shared.most_live.load(Ordering::SeqCst)
+    }
+
+    /// Every standby VMM this backend started, oldest first.
+    pub fn standbys(&self) -> Vec<FakeStandbyHandle> {
+        self.shared
+            .standbys
+            .lock()
+            .iter()
+            .map(|state| FakeStandbyHandle {
+                state: state.clone(),
+            })
+            .collect()
+    }
+
+    /// Standby VMMs neither stopped, dropped nor restored (a killed one
+    /// counts until its owner stops it, as a dead VM does).
+    pub fn live_standbys(&self) -> Vec<FakeStandbyHandle> {
+        self.standbys()
+            .into_iter()
+            .filter(FakeStandbyHandle::is_live)
+            .collect()
     }
 
     /// The VM with fake PID `pid`.
@@ -411,40 +438,7 @@ impl VmBackend for FakeBackend {
                 "the fake VMM was told to fail boots".into(),
             ));
         }
-        Ok(Box::new(FakeStandby {
-            backend: self.clone(),
-            spec: spec.clone(),
-            stopped: std::sync::atomic::AtomicBool::new(false),
-        }))
-    }
-}
-
-/// A fake VMM "started ahead": no process; its restore is the backend's.
-struct FakeStandby {
-    backend: FakeBackend,
-    spec: BootSpec,
-    stopped: std::sync::atomic::AtomicBool,
-}
-
-#[async_trait]
-impl super::StandbyVm for FakeStandby {
-    fn pid(&self) -> Option<u32> {
-        None
-    }
-
-    fn has_exited(&self) -> bool {
-        self.stopped.load(Ordering::SeqCst)
-    }
-
-    async fn restore(self: Box<Self>, snapshot: &SnapshotFiles) -> Result<Box<dyn Vm>, VmmError> {
-        if self.has_exited() {
-            return Err(VmmError::ExitedEarly("the standby VMM was stopped".into()));
-        }
-        self.backend.restore(&self.spec, snapshot).await
-    }
-
-    async fn stop(&self) {
-        self.stopped.store(true, Ordering::SeqCst);
+        Ok(Box::new(FakeStandby::new(self.clone(), spec.clone())))
     }
 }
 
