@@ -1,4 +1,5 @@
-//! Applying a sandbox identity in the guest: clock, entropy, hostname.
+//! Applying a sandbox identity in the guest: clock, entropy, hostname (and
+//! the `/etc/hosts` that names it).
 //!
 //! Clones restored from one snapshot share their RNG state; the host's seed
 //! is mixed into the kernel's input pool with credit (`RNDADDENTROPY`) and
@@ -25,6 +26,8 @@ pub enum IdentityError {
     Entropy(#[source] std::io::Error),
     #[error("cannot set the hostname")]
     Hostname(#[source] nix::Error),
+    #[error("cannot write /etc/hosts")]
+    Hosts(#[source] std::io::Error),
 }
 
 pub fn apply(identity: &Identity) -> Result<(), IdentityError> {
@@ -40,9 +43,26 @@ pub fn apply(identity: &Identity) -> Result<(), IdentityError> {
         seed_rng(&identity.entropy_seed).map_err(IdentityError::Entropy)?;
     }
     if !identity.hostname.is_empty() {
-        nix::unistd::sethostname(&identity.hostname).map_err(IdentityError::Hostname)?;
+        set_hostname(&identity.hostname)?;
     }
     Ok(())
+}
+
+/// Sets the hostname and makes `/etc/hosts` name it. Without that line a
+/// lookup of the guest's own name (Python's `socket.getfqdn()`, which
+/// `http.server` calls at start) goes to DNS, which a sandbox without a
+/// network waits on until it times out.
+pub fn set_hostname(name: &str) -> Result<(), IdentityError> {
+    nix::unistd::sethostname(name).map_err(IdentityError::Hostname)?;
+    std::fs::write("/etc/hosts", hosts_file(name)).map_err(IdentityError::Hosts)
+}
+
+fn hosts_file(hostname: &str) -> String {
+    format!(
+        "127.0.0.1\tlocalhost\n\
+         ::1\tlocalhost ip6-localhost ip6-loopback\n\
+         127.0.1.1\t{hostname}\n"
+    )
 }
 
 fn seed_rng(seed: &[u8]) -> std::io::Result<()> {
@@ -74,4 +94,23 @@ fn seed_rng(seed: &[u8]) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hosts_file;
+
+    #[test]
+    fn the_hosts_file_names_localhost_and_the_sandbox() {
+        let hosts = hosts_file("sb_0123");
+        let lines: Vec<&str> = hosts.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "127.0.0.1\tlocalhost",
+                "::1\tlocalhost ip6-localhost ip6-loopback",
+                "127.0.1.1\tsb_0123"
+            ]
+        );
+    }
 }

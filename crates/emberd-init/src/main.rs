@@ -124,7 +124,9 @@ fn boot_guest() -> ! {
         KernelArg::Hostname(name) => Some(name),
         _ => None,
     });
-    let _ = nix::unistd::sethostname(hostname.unwrap_or_else(|| "emberd".into()));
+    if let Err(e) = identity::set_hostname(&hostname.unwrap_or_else(|| "emberd".into())) {
+        eprintln!("emberd-init: {}", error_chain(&e));
+    }
     if let Err(e) = loopback::bring_up() {
         eprintln!("emberd-init: cannot bring up the loopback interface: {e}");
     }
