@@ -42,7 +42,7 @@ fn unix_now() -> f64 {
         .as_secs_f64()
 }
 
-const IDENTITY_CODE: &str = "import random, socket\nprint(open('/proc/sys/kernel/random/uuid').read().strip())\nprint(random.getrandbits(64))\nprint(socket.gethostname())";
+const IDENTITY_CODE: &str = "import random, socket\nprint(open('/proc/sys/kernel/random/uuid').read().strip())\nprint(random.getrandbits(64))\nprint(socket.gethostname())\nprint(socket.gethostbyname(socket.gethostname()))";
 
 #[tokio::test]
 async fn clones_of_one_template_get_their_own_identity() {
@@ -58,8 +58,8 @@ async fn clones_of_one_template_get_their_own_identity() {
     let (out_a, out_b) = tokio::join!(api.exec(&a, IDENTITY_CODE), api.exec(&b, IDENTITY_CODE));
     let lines_a: Vec<&str> = out_a.stdout.lines().collect();
     let lines_b: Vec<&str> = out_b.stdout.lines().collect();
-    assert_eq!(lines_a.len(), 3, "{out_a:?}");
-    assert_eq!(lines_b.len(), 3, "{out_b:?}");
+    assert_eq!(lines_a.len(), 4, "{out_a:?}");
+    assert_eq!(lines_b.len(), 4, "{out_b:?}");
     assert_ne!(
         lines_a[0], lines_b[0],
         "two clones drew the same kernel UUID"
@@ -70,6 +70,9 @@ async fn clones_of_one_template_get_their_own_identity() {
     );
     assert_eq!(lines_a[2], a);
     assert_eq!(lines_b[2], b);
+    // `/etc/hosts` names the clone, so its own name resolves without DNS.
+    assert_eq!(lines_a[3], "127.0.1.1");
+    assert_eq!(lines_b[3], "127.0.1.1");
     // The clock was set on restore, not frozen at snapshot time.
     let before = unix_now();
     let out = api.exec(&a, "import time; print(time.time())").await;
